@@ -1,0 +1,168 @@
+"""The ARK metric catalogue: every metric ARK records, declared once as data.
+
+Docs, dashboards and tests read this catalogue; nothing else retypes a metric name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Final
+
+
+class Kind(StrEnum):
+    """Prometheus metric type of a catalogue entry."""
+
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+# Latency buckets in milliseconds, shared by every latency histogram. The SLO thresholds (120 ms for
+# HRM, 400 ms for a decision) are exact boundaries so compliance is counted, not interpolated; the
+# ~10-25% steps between 75 ms and 600 ms keep interpolated p95/p99 within 5% of the exact value for
+# ARK's latency profile (tests/test_window.py checks it on a log-normal sample, median 150 ms).
+LATENCY_BUCKETS_MS: Final[tuple[float, ...]] = (
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 110.0, 120.0, 130.0, 140.0, 150.0, 160.0,
+    175.0, 190.0, 200.0, 225.0, 250.0, 275.0, 300.0, 325.0, 350.0, 375.0, 400.0, 450.0, 500.0,
+    550.0, 600.0, 700.0, 800.0, 1000.0, 1500.0, 2500.0, 5000.0, 10000.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric: its name, type, help, unit, labels and multiprocess behaviour.
+
+    ``optional_labels`` may be left out when recording; they are then exported as the empty string,
+    which PromQL treats exactly like an absent label.
+    """
+
+    name: str
+    kind: Kind
+    help: str
+    unit: str = ""
+    labels: tuple[str, ...] = ()
+    optional_labels: frozenset[str] = frozenset()
+    buckets: tuple[float, ...] = ()
+    multiprocess_mode: str = "sum"
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = self.optional_labels - set(self.labels)
+        if unknown:
+            raise ValueError(f"{self.name}: optional labels {sorted(unknown)} are not among its labels")
+        if self.kind is Kind.HISTOGRAM and not self.buckets:
+            raise ValueError(f"{self.name}: a histogram needs buckets")
+        if self.kind is not Kind.HISTOGRAM and self.buckets:
+            raise ValueError(f"{self.name}: only histograms have buckets")
+        if self.kind is Kind.COUNTER and not self.name.endswith("_total"):
+            raise ValueError(f"{self.name}: counter names end in _total (aliases may omit it)")
+
+    @property
+    def required_labels(self) -> frozenset[str]:
+        """Labels every recording must name."""
+        return frozenset(self.labels) - self.optional_labels
+
+
+def counter(name: str, help: str, labels: tuple[str, ...] = (), **kw: object) -> MetricSpec:
+    """Declare a counter (sum across processes)."""
+    return MetricSpec(name, Kind.COUNTER, help, labels=labels, **kw)  # type: ignore[arg-type]
+
+
+def gauge(name: str, help: str, labels: tuple[str, ...] = (), mode: str = "mostrecent", **kw: object) -> MetricSpec:
+    """Declare a gauge; ``mode`` says how processes combine (the newest write wins by default)."""
+    return MetricSpec(name, Kind.GAUGE, help, labels=labels, multiprocess_mode=mode, **kw)  # type: ignore[arg-type]
+
+
+def latency_ms(name: str, help: str, labels: tuple[str, ...] = (), **kw: object) -> MetricSpec:
+    """Declare a latency histogram in milliseconds with the shared bucket layout."""
+    return MetricSpec(
+        name, Kind.HISTOGRAM, help, unit="ms", labels=labels, buckets=LATENCY_BUCKETS_MS, **kw  # type: ignore[arg-type]
+    )
+
+
+# --- The seed's metrics ----------------------------------------------------------------------------
+ARK_PASS_LATENCY_MS = latency_ms(
+    "ark_pass_latency_ms", "End-to-end decision latency: Kyle ingestion to Aletheia completion (ms)."
+)
+HRM_EVAL_LATENCY_MS = latency_ms("hrm_eval_latency_ms", "HRM ethics evaluation including Graveyard checks (ms).")
+STATE_WRITE_LATENCY_MS = latency_ms(
+    "state_write_latency_ms", "Mutable Core state operation latency (ms).", labels=("operation", "agent")
+)
+KYLE_INGEST_RATE = gauge("kyle_ingest_rate", "Signals ingested by Kyle per second (target 1.0 Hz).")
+JOEY_PATTERN_CONFIDENCE_AVG = gauge(
+    "joey_pattern_confidence_avg", "Average confidence of Joey's patterns (target > 0.7)."
+)
+KENNY_EXEC_SUCCESS_RATE = gauge("kenny_exec_success_rate", "Kenny execution success percentage (target > 95).")
+REDIS_STREAM_DEPTH = gauge("redis_stream_depth", "Length of a Redis stream (alert above 5000).", labels=("stream",))
+ARK_ETHICS_DRIFT = gauge(
+    "ark_ethics_drift", "Number of immutable Graveyard rules that changed (SLO: exactly 0).", mode="max"
+)
+HRM_DENIALS_TOTAL = counter(
+    "hrm_denials_total",
+    "Actions denied by HRM, by Graveyard rule and acting agent.",
+    labels=("rule_id", "agent"),
+    optional_labels=frozenset({"agent"}),
+    aliases=("hrm_denials",),
+)
+WATCHDOG_QUARANTINES_TOTAL = counter(
+    "watchdog_quarantines_total", "Agents quarantined by the Watchdog.", labels=("agent", "reason")
+)
+GRAVEYARD_VALIDATIONS_TOTAL = counter("graveyard_validations_total", "Ethics checks run against the Graveyard.")
+AGENT_HEARTBEAT_FAILURES_TOTAL = counter(
+    "agent_heartbeat_failures_total",
+    "Heartbeat outages detected by the monitor, once per outage.",
+    labels=("agent",),
+    aliases=("agent_heartbeat_failures",),
+)
+
+# --- ark-obs' own metrics ----------------------------------------------------------------------------
+ARK_OBS_DROPPED_TOTAL = counter(
+    "ark_obs_dropped_total",
+    "Recordings ark-obs dropped instead of raising into an agent, by metric and reason.",
+    labels=("metric", "reason"),
+)
+ARK_AGENT_ERRORS_TOTAL = counter(
+    "ark_agent_errors_total",
+    "Exceptions raised by instrumented agent methods.",
+    labels=("agent", "method", "exception"),
+)
+ARK_TRACEPARENT_INVALID_TOTAL = counter(
+    "ark_traceparent_invalid_total", "Malformed incoming trace ids or traceparent headers that were replaced."
+)
+
+SEED_METRICS: Final[tuple[MetricSpec, ...]] = (
+    ARK_PASS_LATENCY_MS,
+    HRM_EVAL_LATENCY_MS,
+    STATE_WRITE_LATENCY_MS,
+    KYLE_INGEST_RATE,
+    JOEY_PATTERN_CONFIDENCE_AVG,
+    KENNY_EXEC_SUCCESS_RATE,
+    REDIS_STREAM_DEPTH,
+    HRM_DENIALS_TOTAL,
+    WATCHDOG_QUARANTINES_TOTAL,
+    GRAVEYARD_VALIDATIONS_TOTAL,
+    AGENT_HEARTBEAT_FAILURES_TOTAL,
+)
+
+CATALOG: Final[tuple[MetricSpec, ...]] = (
+    *SEED_METRICS,
+    ARK_ETHICS_DRIFT,
+    ARK_OBS_DROPPED_TOTAL,
+    ARK_AGENT_ERRORS_TOTAL,
+    ARK_TRACEPARENT_INVALID_TOTAL,
+)
+
+
+def _index(specs: tuple[MetricSpec, ...]) -> MappingProxyType[str, MetricSpec]:
+    by_name: dict[str, MetricSpec] = {}
+    for spec in specs:
+        for name in (spec.name, *spec.aliases):
+            if name in by_name:
+                raise ValueError(f"metric name {name!r} is declared twice in the catalogue")
+            by_name[name] = spec
+    return MappingProxyType(by_name)
+
+
+BY_NAME: Final[MappingProxyType[str, MetricSpec]] = _index(CATALOG)

@@ -1,0 +1,10 @@
+"""Shared fixtures: real servers are started once per session by the plugins below."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+pytest_plugins: list[str] = []
