@@ -47,6 +47,8 @@ class MetricSpec:
     buckets: tuple[float, ...] = ()
     multiprocess_mode: str = "sum"
     aliases: tuple[str, ...] = ()
+    # produced at scrape time by a custom collector (SLOs, trace and heartbeat state), not recorded
+    collected: bool = False
 
     def __post_init__(self) -> None:
         unknown = self.optional_labels - set(self.labels)
@@ -70,7 +72,9 @@ def counter(name: str, help: str, labels: tuple[str, ...] = (), **kw: object) ->
     return MetricSpec(name, Kind.COUNTER, help, labels=labels, **kw)  # type: ignore[arg-type]
 
 
-def gauge(name: str, help: str, labels: tuple[str, ...] = (), mode: str = "mostrecent", **kw: object) -> MetricSpec:
+def gauge(
+    name: str, help: str, labels: tuple[str, ...] = (), mode: str = "mostrecent", **kw: object
+) -> MetricSpec:
     """Declare a gauge; ``mode`` says how processes combine (the newest write wins by default)."""
     return MetricSpec(name, Kind.GAUGE, help, labels=labels, multiprocess_mode=mode, **kw)  # type: ignore[arg-type]
 
@@ -78,7 +82,13 @@ def gauge(name: str, help: str, labels: tuple[str, ...] = (), mode: str = "mostr
 def latency_ms(name: str, help: str, labels: tuple[str, ...] = (), **kw: object) -> MetricSpec:
     """Declare a latency histogram in milliseconds with the shared bucket layout."""
     return MetricSpec(
-        name, Kind.HISTOGRAM, help, unit="ms", labels=labels, buckets=LATENCY_BUCKETS_MS, **kw  # type: ignore[arg-type]
+        name,
+        Kind.HISTOGRAM,
+        help,
+        unit="ms",
+        labels=labels,
+        buckets=LATENCY_BUCKETS_MS,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -86,7 +96,9 @@ def latency_ms(name: str, help: str, labels: tuple[str, ...] = (), **kw: object)
 ARK_PASS_LATENCY_MS = latency_ms(
     "ark_pass_latency_ms", "End-to-end decision latency: Kyle ingestion to Aletheia completion (ms)."
 )
-HRM_EVAL_LATENCY_MS = latency_ms("hrm_eval_latency_ms", "HRM ethics evaluation including Graveyard checks (ms).")
+HRM_EVAL_LATENCY_MS = latency_ms(
+    "hrm_eval_latency_ms", "HRM ethics evaluation including Graveyard checks (ms)."
+)
 STATE_WRITE_LATENCY_MS = latency_ms(
     "state_write_latency_ms", "Mutable Core state operation latency (ms).", labels=("operation", "agent")
 )
@@ -94,8 +106,12 @@ KYLE_INGEST_RATE = gauge("kyle_ingest_rate", "Signals ingested by Kyle per secon
 JOEY_PATTERN_CONFIDENCE_AVG = gauge(
     "joey_pattern_confidence_avg", "Average confidence of Joey's patterns (target > 0.7)."
 )
-KENNY_EXEC_SUCCESS_RATE = gauge("kenny_exec_success_rate", "Kenny execution success percentage (target > 95).")
-REDIS_STREAM_DEPTH = gauge("redis_stream_depth", "Length of a Redis stream (alert above 5000).", labels=("stream",))
+KENNY_EXEC_SUCCESS_RATE = gauge(
+    "kenny_exec_success_rate", "Kenny execution success percentage (target > 95)."
+)
+REDIS_STREAM_DEPTH = gauge(
+    "redis_stream_depth", "Length of a Redis stream (alert above 5000).", labels=("stream",)
+)
 ARK_ETHICS_DRIFT = gauge(
     "ark_ethics_drift", "Number of immutable Graveyard rules that changed (SLO: exactly 0).", mode="max"
 )
@@ -109,7 +125,9 @@ HRM_DENIALS_TOTAL = counter(
 WATCHDOG_QUARANTINES_TOTAL = counter(
     "watchdog_quarantines_total", "Agents quarantined by the Watchdog.", labels=("agent", "reason")
 )
-GRAVEYARD_VALIDATIONS_TOTAL = counter("graveyard_validations_total", "Ethics checks run against the Graveyard.")
+GRAVEYARD_VALIDATIONS_TOTAL = counter(
+    "graveyard_validations_total", "Ethics checks run against the Graveyard."
+)
 AGENT_HEARTBEAT_FAILURES_TOTAL = counter(
     "agent_heartbeat_failures_total",
     "Heartbeat outages detected by the monitor, once per outage.",
@@ -132,6 +150,85 @@ ARK_TRACEPARENT_INVALID_TOTAL = counter(
     "ark_traceparent_invalid_total", "Malformed incoming trace ids or traceparent headers that were replaced."
 )
 
+ARK_AGENT_CANCELLATIONS_TOTAL = counter(
+    "ark_agent_cancellations_total",
+    "Instrumented agent calls cancelled (asyncio.CancelledError): not errors, still propagated.",
+    labels=("agent", "method"),
+)
+
+# --- traces and heartbeats ---------------------------------------------------------------------------
+ARK_TRACES_COMPLETE_TOTAL = counter("ark_traces_complete_total", "Traces that passed every expected agent.")
+ARK_TRACES_INCOMPLETE_TOTAL = counter(
+    "ark_traces_incomplete_total",
+    "Traces that expired incomplete, by the first missing agent (where traces get stuck).",
+    labels=("missing_agent",),
+)
+ARK_TRACE_LATENCY_MS = latency_ms(
+    "ark_trace_latency_ms", "End-to-end latency of completed traces, first span start to last span end (ms)."
+)
+ARK_TRACES_EVICTED_TOTAL = counter(
+    "ark_traces_evicted_total", "In-flight traces evicted before completing, by reason.", labels=("reason",)
+)
+ARK_TRACE_LATE_SPANS_TOTAL = counter(
+    "ark_trace_late_spans_total", "Spans that arrived for a trace already finalized."
+)
+ARK_TRACES_IN_FLIGHT = gauge(
+    "ark_traces_in_flight", "Traces in the store that are not finalized yet (at scrape time).", collected=True
+)
+ARK_AGENT_LAST_HEARTBEAT_TIMESTAMP_SECONDS = gauge(
+    "ark_agent_last_heartbeat_timestamp_seconds",
+    "Unix time of the last heartbeat the monitor received from an agent.",
+    labels=("agent",),
+    collected=True,
+)
+ARK_AGENT_UP = gauge(
+    "ark_agent_up",
+    "1 while an agent heartbeats within 2 intervals, else 0 (at scrape time).",
+    labels=("agent",),
+    collected=True,
+)
+ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS = gauge(
+    "ark_agent_heartbeat_interval_seconds",
+    "The heartbeat interval agents are expected to keep.",
+    collected=True,
+)
+
+# --- SLOs, evaluated at scrape time ------------------------------------------------------------------
+ARK_SLO_VALUE = gauge(
+    "ark_slo_value", "Current value of an SLO's indicator.", labels=("slo",), collected=True
+)
+ARK_SLO_OBJECTIVE = gauge("ark_slo_objective", "An SLO's objective.", labels=("slo",), collected=True)
+ARK_SLO_MET = gauge(
+    "ark_slo_met",
+    "1 when an SLO is met, 0 when violated; absent when there is no data.",
+    labels=("slo",),
+    collected=True,
+)
+ARK_SLO_ERROR_BUDGET_REMAINING_RATIO = gauge(
+    "ark_slo_error_budget_remaining_ratio",
+    "Share of the error budget left over the SLO window.",
+    labels=("slo",),
+    collected=True,
+)
+ARK_SLO_BURN_RATE = gauge(
+    "ark_slo_burn_rate",
+    "Error-budget burn rate over a short window.",
+    labels=("slo", "window"),
+    collected=True,
+)
+ARK_SLO_EVENTS = gauge(
+    "ark_slo_events",
+    "Good and total events of an SLO over its window.",
+    labels=("slo", "kind"),
+    collected=True,
+)
+ARK_AVAILABILITY_RATIO = gauge(
+    "ark_availability_ratio",
+    "Availability over a window: (total - downtime) / total.",
+    labels=("window",),
+    collected=True,
+)
+
 SEED_METRICS: Final[tuple[MetricSpec, ...]] = (
     ARK_PASS_LATENCY_MS,
     HRM_EVAL_LATENCY_MS,
@@ -152,6 +249,23 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ARK_OBS_DROPPED_TOTAL,
     ARK_AGENT_ERRORS_TOTAL,
     ARK_TRACEPARENT_INVALID_TOTAL,
+    ARK_AGENT_CANCELLATIONS_TOTAL,
+    ARK_TRACES_COMPLETE_TOTAL,
+    ARK_TRACES_INCOMPLETE_TOTAL,
+    ARK_TRACE_LATENCY_MS,
+    ARK_TRACES_EVICTED_TOTAL,
+    ARK_TRACE_LATE_SPANS_TOTAL,
+    ARK_TRACES_IN_FLIGHT,
+    ARK_AGENT_LAST_HEARTBEAT_TIMESTAMP_SECONDS,
+    ARK_AGENT_UP,
+    ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS,
+    ARK_SLO_VALUE,
+    ARK_SLO_OBJECTIVE,
+    ARK_SLO_MET,
+    ARK_SLO_ERROR_BUDGET_REMAINING_RATIO,
+    ARK_SLO_BURN_RATE,
+    ARK_SLO_EVENTS,
+    ARK_AVAILABILITY_RATIO,
 )
 
 

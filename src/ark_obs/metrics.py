@@ -12,9 +12,9 @@ and behave like prometheus_client's: ``hrm_denials_total.labels(rule_id=..., age
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -34,6 +34,11 @@ from ark_obs.registry import (
     multiprocess_dir,
 )
 from ark_obs.window import TICKER, Clock, Reading, Window, histogram_quantile
+
+if TYPE_CHECKING:
+    from ark_obs.heartbeat import HeartbeatMonitor
+    from ark_obs.slo import SloEngine, SloReport
+    from ark_obs.traces import TraceMonitor, TraceReport
 
 __all__ = [
     "HistogramStats",
@@ -110,9 +115,16 @@ class MetricsCollector:
         self._counters: dict[Any, Any] = {}
         self._gauges: dict[Any, Any] = {}
         self._histograms: dict[Any, Any] = {}
-        self._caches = {Kind.COUNTER: self._counters, Kind.GAUGE: self._gauges, Kind.HISTOGRAM: self._histograms}
+        self._caches = {
+            Kind.COUNTER: self._counters,
+            Kind.GAUGE: self._gauges,
+            Kind.HISTOGRAM: self._histograms,
+        }
         self._extra_collectors: list[Any] = []
         self._tick_lock = threading.Lock()
+        self._traces: TraceMonitor | None = None
+        self._heartbeats: HeartbeatMonitor | None = None
+        self._slos: SloEngine | None = None
         if ticker:
             TICKER.add(self)
 
@@ -204,7 +216,9 @@ class MetricsCollector:
             if spec.kind is Kind.COUNTER:
                 for s in family.samples:
                     if s.name.endswith("_total"):
-                        yield Reading((spec.name, tuple(s.labels.get(n, "") for n in spec.labels)), (s.value,))
+                        yield Reading(
+                            (spec.name, tuple(s.labels.get(n, "") for n in spec.labels)), (s.value,)
+                        )
                 continue
             per_series: dict[tuple[str, ...], dict[str, float]] = {}
             sums: dict[tuple[str, ...], float] = {}
@@ -229,7 +243,9 @@ class MetricsCollector:
         want = {k: str(v) for k, v in (labels or {}).items()}
         unknown = set(want) - set(metric.spec.labels)
         if unknown:
-            raise LabelError(f"{name} has labels ({', '.join(metric.spec.labels)}); unknown: {', '.join(sorted(unknown))}")
+            raise LabelError(
+                f"{name} has labels ({', '.join(metric.spec.labels)}); unknown: {', '.join(sorted(unknown))}"
+            )
         idx = [metric.spec.labels.index(k) for k in want]
         vals = list(want.values())
 
@@ -237,7 +253,9 @@ class MetricsCollector:
             return all(key[i] == v for i, v in zip(idx, vals, strict=True))
 
         if is_multiprocess():
-            return [r for r in self._multiprocess_readings() if r.key[0] == metric.spec.name and matches(r.key[1])]  # type: ignore[index]
+            return [
+                r for r in self._multiprocess_readings() if r.key[0] == metric.spec.name and matches(r.key[1])
+            ]  # type: ignore[index]
         out: list[Reading] = []
         for key, child in metric.children():
             if not matches(key):
@@ -300,6 +318,72 @@ class MetricsCollector:
             window_seconds=window,
         )
 
+    # traces, heartbeats and SLOs: each lives in its own module; created on first use ---------------
+    @property
+    def traces(self) -> TraceMonitor:
+        """Trace continuity (ark_obs.traces), on the embedded memory store unless replaced."""
+        if self._traces is None:
+            from ark_obs.traces import TraceMonitor
+
+            self._traces = TraceMonitor(self)
+        return self._traces
+
+    @traces.setter
+    def traces(self, monitor: TraceMonitor) -> None:
+        self._traces = monitor
+
+    @property
+    def heartbeats(self) -> HeartbeatMonitor:
+        """Agent heartbeats (ark_obs.heartbeat)."""
+        if self._heartbeats is None:
+            from ark_obs.heartbeat import HeartbeatMonitor
+
+            self._heartbeats = HeartbeatMonitor(self)
+        return self._heartbeats
+
+    @heartbeats.setter
+    def heartbeats(self, monitor: HeartbeatMonitor) -> None:
+        self._heartbeats = monitor
+
+    @property
+    def slos(self) -> SloEngine:
+        """The SLO engine (ark_obs.slo), with the seed's four SLOs unless replaced."""
+        if self._slos is None:
+            from ark_obs.slo import SloEngine
+
+            self._slos = SloEngine(self)
+        return self._slos
+
+    @slos.setter
+    def slos(self, engine: SloEngine) -> None:
+        self._slos = engine
+
+    def record_trace_span(
+        self,
+        trace_id: str,
+        agent: str,
+        *,
+        at: float | None = None,
+        duration_ms: float | None = None,
+        ok: bool = True,
+    ) -> None:
+        """Record that ``agent`` processed ``trace_id`` (never raises on a store failure)."""
+        self.traces.record_span(trace_id, agent, at=at, duration_ms=duration_ms, ok=ok)
+
+    def validate_trace_continuity(
+        self, trace_id: str, expected_agents: Sequence[str] | None = None
+    ) -> TraceReport:
+        """Which agents saw ``trace_id``, which are missing, and how long the pass took."""
+        return self.traces.validate(trace_id, expected_agents)
+
+    def record_heartbeat(self, agent: str) -> None:
+        """Record a heartbeat from ``agent``."""
+        self.heartbeats.beat(agent)
+
+    def check_slos(self) -> SloReport:
+        """Evaluate every SLO now (the seed's shape: slos, total, met, violated, violations)."""
+        return self.slos.check()
+
     # exposition --------------------------------------------------------------------------------------
     def add_collector(self, collector: Any) -> None:
         """Register a scrape-time collector (SLOs, traces) so every exposition includes it."""
@@ -350,6 +434,21 @@ def record_latency(name: str, value: float, labels: Mapping[str, object] | None 
     get_collector().observe_histogram(name, value, labels)
 
 
+def record_trace(trace_id: str, agent: str) -> None:
+    """Record that ``agent`` processed ``trace_id`` on the default collector."""
+    get_collector().record_trace_span(trace_id, agent)
+
+
+def record_heartbeat(agent: str) -> None:
+    """Record a heartbeat from ``agent`` on the default collector."""
+    get_collector().record_heartbeat(agent)
+
+
+def check_slos() -> SloReport:
+    """Evaluate the default collector's SLOs."""
+    return get_collector().check_slos()
+
+
 def observe_histogram(name: str, value: float, labels: Mapping[str, object] | None = None) -> None:
     """Alias of ``record_latency`` for non-latency histograms."""
     get_collector().observe_histogram(name, value, labels)
@@ -360,4 +459,3 @@ def __getattr__(name: str) -> Any:
     if name in catalog.BY_NAME:
         return get_collector().metric(name)
     raise AttributeError(f"module 'ark_obs.metrics' has no attribute {name!r}")
-

@@ -291,7 +291,9 @@ class Metric:
 
     def _unlabelled(self) -> Any:
         if self._only is None:
-            raise LabelError(f"{self.spec.name} needs labels ({', '.join(self.spec.labels)}): use .labels(...)")
+            raise LabelError(
+                f"{self.spec.name} needs labels ({', '.join(self.spec.labels)}): use .labels(...)"
+            )
         return self._only
 
     def children(self) -> Iterator[tuple[LabelKey, Child]]:
@@ -363,7 +365,8 @@ class ArkRegistry:
         self._logged: set[tuple[str, str]] = set()
         self._droppers: dict[str, Callable[[DropReason], None]] = {}
         for spec in specs:
-            self.declare(spec)
+            if not spec.collected:  # scrape-time families belong to their collectors
+                self.declare(spec)
         self._dropped = self.get(catalog.ARK_OBS_DROPPED_TOTAL.name)
 
     # declaration -------------------------------------------------------------------------------------

@@ -79,7 +79,9 @@ class Window:
     does every query).
     """
 
-    def __init__(self, retention_seconds: float = 3600.0, slice_seconds: float = 10.0, clock: Clock = time.time):
+    def __init__(
+        self, retention_seconds: float = 3600.0, slice_seconds: float = 10.0, clock: Clock = time.time
+    ):
         if slice_seconds <= 0:
             raise ValueError(f"slice_seconds must be positive, got {slice_seconds}")
         if retention_seconds < 2 * slice_seconds:
