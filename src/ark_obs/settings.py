@@ -1,0 +1,314 @@
+"""Service settings: ``ARK_OBS_*`` environment variables and a ``.env`` file, validated all at once.
+
+>>> Settings(port=9871).bind_url
+'http://127.0.0.1:9871'
+
+Field validation reports every bad value in one ``ValidationError``; ``Settings.problems()`` adds the
+checks that need several fields (open ingest on a public address). ``ark-obs check-config`` prints both,
+plus the SLO file's errors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Final, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX: Final = "ARK_OBS_"
+DEFAULT_HOST: Final = "127.0.0.1"
+# 9871 collides with none of Prometheus (9090), Alertmanager (9093), Grafana (3000) or node_exporter
+# (9100); the seed's 9090 would make its own scrape config scrape Prometheus itself.
+DEFAULT_PORT: Final = 9871
+DEFAULT_PIPELINE: Final = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
+MIB: Final = 1024 * 1024
+MIN_TOKEN_LENGTH: Final = 16
+# Ports of the neighbouring services: binding there works, but a scrape config would point at the wrong thing.
+WELL_KNOWN_PORTS: Final = {9090: "Prometheus", 9093: "Alertmanager", 3000: "Grafana", 9100: "node_exporter"}
+
+# Agent and stream names become label values: a conservative charset, and short.
+NAME_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$"
+_NAME_RE: Final = re.compile(NAME_PATTERN)
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+def _split_names(value: object) -> object:
+    """``"Kyle, Joey"`` -> ``("Kyle", "Joey")``; sequences pass through; blanks are dropped."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def _check_names(values: tuple[str, ...], what: str, *, allow_empty: bool) -> tuple[str, ...]:
+    if not values and not allow_empty:
+        raise ValueError(f"needs at least one {what}")
+    bad = [v for v in values if not _NAME_RE.fullmatch(v)]
+    if bad:
+        raise ValueError(
+            f"invalid {what} name(s) {', '.join(map(repr, bad))}: a letter, then up to 63 letters, "
+            "digits, '_', '.' or '-'"
+        )
+    dupes = sorted({v for v in values if values.count(v) > 1})
+    if dupes:
+        raise ValueError(f"{what} listed twice: {', '.join(dupes)}")
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One bad setting: its environment variable name and why it is bad."""
+
+    setting: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.setting}: {self.why}"
+
+
+class Settings(BaseSettings):
+    """Every setting of the ark-obs service; each one is an ``ARK_OBS_<NAME>`` environment variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+    host: str = Field(
+        DEFAULT_HOST,
+        min_length=1,
+        description="Address to bind. Loopback by default; a public address needs INGEST_TOKEN "
+        "or ALLOW_OPEN_INGEST=true.",
+    )
+    port: int = Field(
+        DEFAULT_PORT,
+        ge=1,
+        le=65535,
+        description="TCP port to bind (9871: clear of Prometheus 9090, Alertmanager 9093, Grafana 3000, "
+        "node_exporter 9100).",
+    )
+    trace_store: str = Field(
+        "memory",
+        description="Trace store: 'memory' (embedded, one process) or redis://host:port/db "
+        "(shared by agents on many hosts and by several ark-obs replicas).",
+    )
+    slo_file: Path | None = Field(
+        None, description="YAML or TOML file overriding the default SLOs; unset: the seed's four SLOs."
+    )
+    ingest_token: SecretStr | None = Field(
+        None,
+        description=f"Bearer token required by the write endpoints (at least {MIN_TOKEN_LENGTH} "
+        "characters); unset: writes are open.",
+    )
+    allow_open_ingest: bool = Field(
+        False,
+        description="Explicit opt-out: allow open write endpoints on a non-loopback address without a token.",
+    )
+    max_body_bytes: int = Field(
+        MIB, ge=1024, le=64 * MIB, description="Largest request body accepted; larger bodies get 413."
+    )
+    max_batch_spans: int = Field(
+        10_000, ge=1, le=1_000_000, description="Most spans in one POST /spans batch; more get 413."
+    )
+    retention_seconds: float = Field(
+        3600.0, gt=0, le=7 * 86400, description="How far back windowed statistics and SLOs can look."
+    )
+    slice_seconds: float = Field(
+        10.0, gt=0, description="Granularity of the sliding window (snapshot interval)."
+    )
+    max_series_per_metric: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Label sets kept per metric; more are dropped and counted in ark_obs_dropped_total.",
+    )
+    trace_ttl_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="Idle time after which an in-flight trace is finalized (incomplete if agents are missing).",
+    )
+    max_in_flight_traces: int = Field(
+        100_000, ge=1, le=100_000_000, description="Most traces held in flight; older ones are evicted."
+    )
+    pipeline: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_PIPELINE,
+        description="Comma-separated agents every trace must pass, in order.",
+    )
+    heartbeat_interval_seconds: float = Field(
+        1.0, gt=0, le=3600, description="Interval agents heartbeat at; silent for 2 intervals = down."
+    )
+    redis_streams: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated Redis streams whose length is exported as redis_stream_depth "
+        "(needs a redis:// TRACE_STORE).",
+    )
+    store_timeout_seconds: float = Field(
+        0.25, gt=0, le=30, description="Longest a trace store call may take before the span is dropped."
+    )
+    shutdown_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="On SIGTERM, longest wait for in-flight requests to finish."
+    )
+    log_level: LogLevel = Field("info", description="Log level of the service.")
+
+    # validators ------------------------------------------------------------------------------------
+    @field_validator("pipeline", "redis_streams", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _split_names(value)
+
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_names(value, "agent", allow_empty=False)
+
+    @field_validator("redis_streams")
+    @classmethod
+    def _stream_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # stream keys may hold ':' (``ark:signals``), so they get their own, slightly wider rule
+        bad = [v for v in value if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,128}", v)]
+        if bad:
+            raise ValueError(
+                f"invalid stream name(s) {', '.join(map(repr, bad))}: 1-128 letters, digits, '_', '.', ':' or '-'"
+            )
+        return value
+
+    @field_validator("trace_store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        value = value.strip()
+        if value == "memory":
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"must be 'memory' or a redis://, rediss:// or unix:// URL, not {value!r}")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"{value!r} has no host (e.g. redis://127.0.0.1:6379/0)")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{value!r} has an invalid port") from exc
+        db = parts.path.lstrip("/")
+        if parts.scheme != "unix" and db and not db.isdigit():
+            raise ValueError(f"{value!r}: the database after the last '/' must be a number")
+        return value
+
+    @field_validator("slo_file")
+    @classmethod
+    def _slo_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_file():
+            raise ValueError(f"{value} does not exist or is not a file")
+        if value.suffix.lower() not in (".yaml", ".yml", ".toml"):
+            raise ValueError(f"{value} must be a .yaml, .yml or .toml file")
+        return value
+
+    @field_validator("ingest_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if len(secret) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters (got {len(secret)})")
+        if not secret.isprintable() or secret != secret.strip() or " " in secret:
+            raise ValueError("must be printable with no whitespace (it travels in an HTTP header)")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    # derived ---------------------------------------------------------------------------------------
+    @property
+    def bind_url(self) -> str:
+        """The base URL the service answers on."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def token(self) -> str | None:
+        """The ingest token in clear, or None when writes are open."""
+        return self.ingest_token.get_secret_value() if self.ingest_token else None
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when ``host`` only accepts connections from this machine."""
+        return is_loopback(self.host)
+
+    def problems(self) -> list[Problem]:
+        """Checks that span several fields; an empty list means the combination is safe to serve."""
+        out: list[Problem] = []
+        if not self.is_loopback and self.ingest_token is None and not self.allow_open_ingest:
+            out.append(
+                Problem(
+                    env_name("host"),
+                    f"{self.host} is not a loopback address and the write endpoints (POST /spans, "
+                    f"/traces/{{id}}/spans, /heartbeats/{{agent}}) would be open to anyone who can reach "
+                    f"it. Set {env_name('ingest_token')} to a secret of at least {MIN_TOKEN_LENGTH} "
+                    f"characters, bind {DEFAULT_HOST}, or set {env_name('allow_open_ingest')}=true to "
+                    "accept this on purpose.",
+                )
+            )
+        if self.redis_streams and self.trace_store == "memory":
+            out.append(
+                Problem(
+                    env_name("redis_streams"),
+                    f"stream depths are read from Redis, but {env_name('trace_store')} is 'memory'; "
+                    "set it to a redis:// URL",
+                )
+            )
+        if self.slice_seconds > self.retention_seconds:
+            out.append(
+                Problem(
+                    env_name("slice_seconds"),
+                    f"{self.slice_seconds} s is longer than {env_name('retention_seconds')} "
+                    f"({self.retention_seconds} s)",
+                )
+            )
+        return out
+
+    def warnings(self) -> list[Problem]:
+        """Settings that work but are probably a mistake."""
+        out: list[Problem] = []
+        if self.port in WELL_KNOWN_PORTS:
+            out.append(
+                Problem(
+                    env_name("port"),
+                    f"{self.port} is {WELL_KNOWN_PORTS[self.port]}'s default port; a scrape config "
+                    f"pointing there may scrape {WELL_KNOWN_PORTS[self.port]} instead of ark-obs",
+                )
+            )
+        return out
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``: ``env_name("port") == "ARK_OBS_PORT"``."""
+    return ENV_PREFIX + field.upper()
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``; any other name counts as public."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_valid_name(value: str) -> bool:
+    """True when ``value`` is an acceptable agent name (NAME_PATTERN)."""
+    return _NAME_RE.fullmatch(value) is not None
