@@ -1,0 +1,108 @@
+"""The scrape-time collector: SLO families evaluated when Prometheus scrapes, never before.
+
+``describe()`` returns the families without evaluating, so registering costs nothing; ``collect()``
+runs the SLO engine once and yields (names and help from the catalogue's ARK_SLO_* specs):
+
+- ``ark_slo_value{slo}``, ``ark_slo_objective{slo}``: the indicator and what it is compared with
+- ``ark_slo_met{slo}``: 1 or 0, absent while the SLO has no data
+- ``ark_slo_error_budget_remaining_ratio{slo}``, ``ark_slo_burn_rate{slo,window}`` (5m, 30m, 1h)
+- ``ark_slo_events{slo,kind="good"|"total"}``, ``ark_availability_ratio{window}``
+
+A value that is unknown (no events) is left out rather than exported as NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from ark_obs import catalog
+from ark_obs.catalog import MetricSpec
+
+if TYPE_CHECKING:
+    from ark_obs.metrics import MetricsCollector
+    from ark_obs.slo import SloEngine, SloReport
+
+__all__ = ["FAMILIES", "SloCollector"]
+
+log = logging.getLogger("ark_obs")
+
+FAMILIES: Final[tuple[MetricSpec, ...]] = (
+    catalog.ARK_SLO_VALUE,
+    catalog.ARK_SLO_OBJECTIVE,
+    catalog.ARK_SLO_MET,
+    catalog.ARK_SLO_ERROR_BUDGET_REMAINING_RATIO,
+    catalog.ARK_SLO_BURN_RATE,
+    catalog.ARK_SLO_EVENTS,
+    catalog.ARK_AVAILABILITY_RATIO,
+)
+
+# One SloCollector per MetricsCollector: a registry refuses a second collector with the same names,
+# so a newer engine takes over the one already registered.
+_ATTACHED: Final[weakref.WeakKeyDictionary[MetricsCollector, SloCollector]] = weakref.WeakKeyDictionary()
+
+
+def _family(spec: MetricSpec) -> GaugeMetricFamily:
+    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+class SloCollector:
+    """A prometheus_client collector that evaluates an SloEngine at each scrape."""
+
+    def __init__(self, engine: SloEngine) -> None:
+        self.engine = engine
+        self._failed = False
+
+    @classmethod
+    def attach(cls, collector: MetricsCollector, engine: SloEngine) -> SloCollector:
+        """Register a collector for ``engine`` on ``collector``, or point the registered one at it."""
+        existing = _ATTACHED.get(collector)
+        if existing is not None:
+            existing.engine = engine
+            return existing
+        scrape = cls(engine)
+        collector.add_collector(scrape)
+        _ATTACHED[collector] = scrape
+        return scrape
+
+    def describe(self) -> list[Metric]:
+        """The families, without samples: registering does not evaluate any SLO."""
+        return [_family(spec) for spec in FAMILIES]
+
+    def collect(self) -> Iterator[Metric]:
+        """Evaluate every SLO and yield its families."""
+        try:
+            report = self.engine.check()
+        except Exception:
+            # one broken SLO must not take the whole /metrics page down with it
+            if not self._failed:
+                self._failed = True
+                log.exception("ark-obs: SLO evaluation failed at scrape time; SLO families left out")
+            return
+        yield from families(report)
+
+
+def families(report: SloReport) -> Iterator[Metric]:
+    """The scrape-time families of a report."""
+    value, objective, met, budget, burn, events, availability = (_family(spec) for spec in FAMILIES)
+    for s in report.slos:
+        slo = [s.name]
+        if s.value is not None:
+            value.add_metric(slo, s.value)
+        objective.add_metric(slo, s.objective)
+        if s.status != "no_data":
+            met.add_metric(slo, 1.0 if s.met else 0.0)
+        if s.error_budget_remaining is not None:
+            budget.add_metric(slo, s.error_budget_remaining)
+        for window, rate in s.burn_rates.items():
+            burn.add_metric([s.name, window], rate)
+        if s.total_events is not None and s.good_events is not None:
+            events.add_metric([s.name, "good"], s.good_events)
+            events.add_metric([s.name, "total"], s.total_events)
+    for window, ratio in report.availability_ratio.items():
+        availability.add_metric([window], ratio)
+    yield from (value, objective, met, budget, burn, events, availability)
