@@ -155,6 +155,11 @@ ARK_AGENT_CANCELLATIONS_TOTAL = counter(
     "Instrumented agent calls cancelled (asyncio.CancelledError): not errors, still propagated.",
     labels=("agent", "method"),
 )
+ARK_OPERATION_LATENCY_MS = latency_ms(
+    "ark_operation_latency_ms",
+    "Latency of operations timed with MetricsContext, by outcome (success or error) (ms).",
+    labels=("operation", "agent", "outcome"),
+)
 
 # --- traces and heartbeats ---------------------------------------------------------------------------
 ARK_TRACES_COMPLETE_TOTAL = counter("ark_traces_complete_total", "Traces that passed every expected agent.")
@@ -250,6 +255,7 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ARK_AGENT_ERRORS_TOTAL,
     ARK_TRACEPARENT_INVALID_TOTAL,
     ARK_AGENT_CANCELLATIONS_TOTAL,
+    ARK_OPERATION_LATENCY_MS,
     ARK_TRACES_COMPLETE_TOTAL,
     ARK_TRACES_INCOMPLETE_TOTAL,
     ARK_TRACE_LATENCY_MS,
