@@ -1,0 +1,224 @@
+"""The ``ark-obs`` command: ``serve`` and ``check-config`` (other subcommands plug in with ``@command``).
+
+    ark-obs serve [--host H] [--port P]     run the HTTP service (uvicorn)
+    ark-obs check-config [--env-file F]     report every bad setting at once; exit status 2 if any
+
+A subcommand is one decorated function: ``@command(name, help, arg(...), ...)`` above
+``def run(args) -> int`` registers its parser, its arguments and what it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final, TextIO
+
+from pydantic import ValidationError
+
+from ark_obs import __version__
+from ark_obs.settings import Problem, Settings, env_name
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_BAD_CONFIG: Final = 2
+
+Runner = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """One ``add_argument`` call, kept as data until the parser is built."""
+
+    flags: tuple[str, ...]
+    options: dict[str, Any]
+
+
+def arg(*flags: str, **options: Any) -> Arg:
+    """An argument of a subcommand: the same parameters as ``ArgumentParser.add_argument``."""
+    return Arg(flags, options)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A registered subcommand."""
+
+    name: str
+    help: str
+    args: tuple[Arg, ...]
+    run: Runner
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, *args: Arg) -> Callable[[Runner], Runner]:
+    """Register ``run`` as subcommand ``name`` with ``args``.
+
+    >>> @command("hello", "Say hello.", arg("--who", default="ARK"))
+    ... def hello(args: argparse.Namespace) -> int:
+    ...     print("hello", args.who)
+    ...     return 0
+    """
+
+    def register(run: Runner) -> Runner:
+        COMMANDS[name] = Command(name, help, args, run)
+        return run
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ark-obs`` parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="ark-obs", description="Observability of the ARK pipeline: metrics, SLOs, trace continuity."
+    )
+    parser.add_argument("--version", action="version", version=f"ark-obs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        for a in cmd.args:
+            p.add_argument(*a.flags, **a.options)
+        p.set_defaults(run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ark-obs`` script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    status: int = args.run(args)
+    return status
+
+
+# --- configuration problems -----------------------------------------------------------------------
+def _field_problems(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        msg = err["msg"].removeprefix("Value error, ")
+        shown = "" if field == "ingest_token" else f" (got {err.get('input')!r})"
+        problems.append(Problem(env_name(field), msg + shown))
+    return problems
+
+
+def slo_problems(settings: Settings) -> list[Problem]:
+    """Every mistake in the SLO file (syntax, fields, metrics, buckets, windows), one Problem each."""
+    if settings.slo_file is None:
+        return []
+    from ark_obs.metrics import MetricsCollector
+    from ark_obs.slo import SloConfigError, SloEngine, load_slo_file
+
+    collector = MetricsCollector(
+        retention_seconds=settings.retention_seconds, slice_seconds=settings.slice_seconds, ticker=False
+    )
+    try:
+        specs = load_slo_file(settings.slo_file, collector.registry)
+        SloEngine(collector, specs, register=False)  # checks windows against the retention
+    except SloConfigError as exc:
+        return [Problem(env_name("slo_file"), f"{settings.slo_file}: {e}") for e in exc.errors]
+    return []
+
+
+def load_settings(
+    env_file: Path | None = Path(".env"), **overrides: Any
+) -> tuple[Settings | None, list[Problem]]:
+    """Settings from the environment, ``env_file`` and ``overrides``, with every problem found."""
+    try:
+        settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        return None, _field_problems(exc)
+    return settings, [*settings.problems(), *slo_problems(settings)]
+
+
+def _report(problems: Sequence[Problem], out: TextIO, heading: str) -> None:
+    print(heading, file=out)
+    for p in problems:
+        print(f"  {p.setting}: {p.why}", file=out)
+
+
+# --- serve ------------------------------------------------------------------------------------------
+@command(
+    "serve",
+    "Run the ark-obs HTTP service.",
+    arg("--host", help=f"address to bind (overrides {env_name('host')}; default 127.0.0.1)"),
+    arg("--port", type=int, help=f"port to bind (overrides {env_name('port')}; default 9871)"),
+    arg("--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default: ./.env)"),
+)
+def serve(args: argparse.Namespace) -> int:
+    """Validate the configuration, then serve until SIGTERM or Ctrl-C (both exit 0 once drained)."""
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings, problems = load_settings(args.env_file, **overrides)
+    if settings is None or problems:
+        _report(problems, sys.stderr, "ark-obs: refusing to start; fix these settings:")
+        return EXIT_BAD_CONFIG
+    return run_server(settings)
+
+
+def run_server(settings: Settings, **app_options: Any) -> int:
+    """Serve ``create_app(settings, **app_options)`` with uvicorn until SIGTERM or SIGINT."""
+    import uvicorn
+
+    from ark_obs.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ark_obs").setLevel(settings.log_level.upper())
+    app = create_app(settings, **app_options)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        lifespan="on",
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    stopped: list[int] = []
+
+    # uvicorn re-raises the stop signal once it has drained; landing here turns that into exit 0.
+    def note(signum: int, frame: FrameType | None) -> None:
+        stopped.append(signum)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return EXIT_OK if server.started or stopped else EXIT_FAILED
+
+
+# --- check-config -------------------------------------------------------------------------------------
+@command(
+    "check-config",
+    "Validate the configuration (environment, .env file, SLO file); exit status 2 on any problem.",
+    arg("--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default: ./.env)"),
+)
+def check_config(args: argparse.Namespace) -> int:
+    """Print every problem at once (exit 2) or the effective settings (exit 0)."""
+    env_file = args.env_file if args.env_file.exists() else None
+    settings, problems = load_settings(env_file)
+    if settings is None or problems:
+        _report(problems, sys.stderr, f"ark-obs: {len(problems)} configuration problem(s):")
+        return EXIT_BAD_CONFIG
+    for w in settings.warnings():
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"ark-obs: configuration OK (env file: {env_file or 'none'})")
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name == "ingest_token":
+            value = "(set)" if value is not None else "(unset: writes are open)"
+        elif isinstance(value, tuple):
+            value = ",".join(value)
+        print(f"  {env_name(name)}={value if value is not None else ''}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
