@@ -91,7 +91,7 @@ def test_min_max_cover_only_slices_in_the_window() -> None:
     w.tick(lambda: [Reading("h", (1.0,), 1.0, 900.0)])  # slice (0, 10]: an outlier of 900
     for i in range(2, 40):
         clock.t = 10 * i
-        w.tick(lambda: [Reading("h", (float(i),), 5.0, 7.0)])
+        w.tick(lambda i=i: [Reading("h", (float(i),), 5.0, 7.0)])  # type: ignore[misc]
     d = w.delta(Reading("h", (40.0,), 6.0, 6.0), window_seconds=60)
     assert (d.vmin, d.vmax) == (5.0, 7.0)
     d_long = w.delta(Reading("h", (40.0,), 6.0, 6.0), window_seconds=395)
@@ -149,7 +149,10 @@ def test_slo_thresholds_are_exact_bucket_boundaries() -> None:
     assert list(LATENCY_BUCKETS_MS) == sorted(set(LATENCY_BUCKETS_MS))
 
 
-@given(st.lists(st.floats(min_value=0.0, max_value=20_000.0), min_size=1, max_size=300), st.sampled_from([0.5, 0.95, 0.99]))
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=20_000.0), min_size=1, max_size=300),
+    st.sampled_from([0.5, 0.95, 0.99]),
+)
 def test_quantile_estimate_lies_in_the_true_quantiles_bucket(xs: list[float], q: float) -> None:
     """The interpolated quantile always lies in the bucket holding the true (nearest-rank) quantile."""
     xs = sorted(xs)

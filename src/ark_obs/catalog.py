@@ -72,9 +72,7 @@ def counter(name: str, help: str, labels: tuple[str, ...] = (), **kw: object) ->
     return MetricSpec(name, Kind.COUNTER, help, labels=labels, **kw)  # type: ignore[arg-type]
 
 
-def gauge(
-    name: str, help: str, labels: tuple[str, ...] = (), mode: str = "mostrecent", **kw: object
-) -> MetricSpec:
+def gauge(name: str, help: str, labels: tuple[str, ...] = (), mode: str = "mostrecent", **kw: object) -> MetricSpec:
     """Declare a gauge; ``mode`` says how processes combine (the newest write wins by default)."""
     return MetricSpec(name, Kind.GAUGE, help, labels=labels, multiprocess_mode=mode, **kw)  # type: ignore[arg-type]
 
@@ -96,9 +94,7 @@ def latency_ms(name: str, help: str, labels: tuple[str, ...] = (), **kw: object)
 ARK_PASS_LATENCY_MS = latency_ms(
     "ark_pass_latency_ms", "End-to-end decision latency: Kyle ingestion to Aletheia completion (ms)."
 )
-HRM_EVAL_LATENCY_MS = latency_ms(
-    "hrm_eval_latency_ms", "HRM ethics evaluation including Graveyard checks (ms)."
-)
+HRM_EVAL_LATENCY_MS = latency_ms("hrm_eval_latency_ms", "HRM ethics evaluation including Graveyard checks (ms).")
 STATE_WRITE_LATENCY_MS = latency_ms(
     "state_write_latency_ms", "Mutable Core state operation latency (ms).", labels=("operation", "agent")
 )
@@ -106,12 +102,8 @@ KYLE_INGEST_RATE = gauge("kyle_ingest_rate", "Signals ingested by Kyle per secon
 JOEY_PATTERN_CONFIDENCE_AVG = gauge(
     "joey_pattern_confidence_avg", "Average confidence of Joey's patterns (target > 0.7)."
 )
-KENNY_EXEC_SUCCESS_RATE = gauge(
-    "kenny_exec_success_rate", "Kenny execution success percentage (target > 95)."
-)
-REDIS_STREAM_DEPTH = gauge(
-    "redis_stream_depth", "Length of a Redis stream (alert above 5000).", labels=("stream",)
-)
+KENNY_EXEC_SUCCESS_RATE = gauge("kenny_exec_success_rate", "Kenny execution success percentage (target > 95).")
+REDIS_STREAM_DEPTH = gauge("redis_stream_depth", "Length of a Redis stream (alert above 5000).", labels=("stream",))
 ARK_ETHICS_DRIFT = gauge(
     "ark_ethics_drift", "Number of immutable Graveyard rules that changed (SLO: exactly 0).", mode="max"
 )
@@ -125,9 +117,7 @@ HRM_DENIALS_TOTAL = counter(
 WATCHDOG_QUARANTINES_TOTAL = counter(
     "watchdog_quarantines_total", "Agents quarantined by the Watchdog.", labels=("agent", "reason")
 )
-GRAVEYARD_VALIDATIONS_TOTAL = counter(
-    "graveyard_validations_total", "Ethics checks run against the Graveyard."
-)
+GRAVEYARD_VALIDATIONS_TOTAL = counter("graveyard_validations_total", "Ethics checks run against the Graveyard.")
 AGENT_HEARTBEAT_FAILURES_TOTAL = counter(
     "agent_heartbeat_failures_total",
     "Heartbeat outages detected by the monitor, once per outage.",
@@ -174,9 +164,7 @@ ARK_TRACE_LATENCY_MS = latency_ms(
 ARK_TRACES_EVICTED_TOTAL = counter(
     "ark_traces_evicted_total", "In-flight traces evicted before completing, by reason.", labels=("reason",)
 )
-ARK_TRACE_LATE_SPANS_TOTAL = counter(
-    "ark_trace_late_spans_total", "Spans that arrived for a trace already finalized."
-)
+ARK_TRACE_LATE_SPANS_TOTAL = counter("ark_trace_late_spans_total", "Spans that arrived for a trace already finalized.")
 ARK_TRACES_IN_FLIGHT = gauge(
     "ark_traces_in_flight", "Traces in the store that are not finalized yet (at scrape time).", collected=True
 )
@@ -199,9 +187,7 @@ ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS = gauge(
 )
 
 # --- SLOs, evaluated at scrape time ------------------------------------------------------------------
-ARK_SLO_VALUE = gauge(
-    "ark_slo_value", "Current value of an SLO's indicator.", labels=("slo",), collected=True
-)
+ARK_SLO_VALUE = gauge("ark_slo_value", "Current value of an SLO's indicator.", labels=("slo",), collected=True)
 ARK_SLO_OBJECTIVE = gauge("ark_slo_objective", "An SLO's objective.", labels=("slo",), collected=True)
 ARK_SLO_MET = gauge(
     "ark_slo_met",

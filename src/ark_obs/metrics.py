@@ -11,6 +11,7 @@ and behave like prometheus_client's: ``hrm_denials_total.labels(rule_id=..., age
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -145,10 +146,8 @@ class MetricsCollector:
         child = metric.labels(**labels) if labels else metric._unlabelled()
         cache = self._caches[kind]
         if not isinstance(child, DroppedChild) and len(cache) < _CACHE_FACTOR * self.registry.max_series:
-            try:
+            with contextlib.suppress(TypeError):  # unhashable label values: resolved each time, still correct
                 cache[key] = child
-            except TypeError:  # unhashable label values: resolved each time, still correct
-                pass
         return child
 
     # The by-name hot path: one dict lookup for a name and label set seen before, so it costs less than
@@ -209,16 +208,14 @@ class MetricsCollector:
         if path is None:
             return
         wanted = {m.spec.name: m.spec for m in self.registry if m.spec.kind is not Kind.GAUGE}
-        for family in MultiProcessCollector(None, path).collect():
+        for family in MultiProcessCollector(None, path).collect():  # type: ignore[no-untyped-call]
             spec = wanted.get(family.name) or wanted.get(family.name + "_total")
             if spec is None:
                 continue
             if spec.kind is Kind.COUNTER:
                 for s in family.samples:
                     if s.name.endswith("_total"):
-                        yield Reading(
-                            (spec.name, tuple(s.labels.get(n, "") for n in spec.labels)), (s.value,)
-                        )
+                        yield Reading((spec.name, tuple(s.labels.get(n, "") for n in spec.labels)), (s.value,))
                 continue
             per_series: dict[tuple[str, ...], dict[str, float]] = {}
             sums: dict[tuple[str, ...], float] = {}
@@ -253,9 +250,7 @@ class MetricsCollector:
             return all(key[i] == v for i, v in zip(idx, vals, strict=True))
 
         if is_multiprocess():
-            return [
-                r for r in self._multiprocess_readings() if r.key[0] == metric.spec.name and matches(r.key[1])
-            ]  # type: ignore[index]
+            return [r for r in self._multiprocess_readings() if r.key[0] == metric.spec.name and matches(r.key[1])]  # type: ignore[index]
         out: list[Reading] = []
         for key, child in metric.children():
             if not matches(key):
@@ -276,10 +271,7 @@ class MetricsCollector:
         vmin, vmax = float("inf"), float("-inf")
         for reading in self.readings(name, labels):
             d = self.window.delta(reading, window_seconds, now)
-            if total is None:
-                total = list(d.values)
-            else:
-                total = [a + b for a, b in zip(total, d.values, strict=True)]
+            total = list(d.values) if total is None else [a + b for a, b in zip(total, d.values, strict=True)]
             vmin, vmax = min(vmin, d.vmin), max(vmax, d.vmax)
         return None if total is None else (tuple(total), vmin, vmax)
 
@@ -370,9 +362,7 @@ class MetricsCollector:
         """Record that ``agent`` processed ``trace_id`` (never raises on a store failure)."""
         self.traces.record_span(trace_id, agent, at=at, duration_ms=duration_ms, ok=ok)
 
-    def validate_trace_continuity(
-        self, trace_id: str, expected_agents: Sequence[str] | None = None
-    ) -> TraceReport:
+    def validate_trace_continuity(self, trace_id: str, expected_agents: Sequence[str] | None = None) -> TraceReport:
         """Which agents saw ``trace_id``, which are missing, and how long the pass took."""
         return self.traces.validate(trace_id, expected_agents)
 
@@ -395,7 +385,7 @@ class MetricsCollector:
         if not is_multiprocess():
             return self.registry.prometheus
         registry = CollectorRegistry(auto_describe=True)
-        MultiProcessCollector(registry, multiprocess_dir())
+        MultiProcessCollector(registry, multiprocess_dir())  # type: ignore[no-untyped-call]
         for collector in self._extra_collectors:
             registry.register(collector)
         return registry

@@ -291,9 +291,7 @@ class Metric:
 
     def _unlabelled(self) -> Any:
         if self._only is None:
-            raise LabelError(
-                f"{self.spec.name} needs labels ({', '.join(self.spec.labels)}): use .labels(...)"
-            )
+            raise LabelError(f"{self.spec.name} needs labels ({', '.join(self.spec.labels)}): use .labels(...)")
         return self._only
 
     def children(self) -> Iterator[tuple[LabelKey, Child]]:
@@ -378,9 +376,7 @@ class ArkRegistry:
                 if existing is None:
                     continue
                 if existing.spec.kind is not spec.kind:
-                    raise MetricTypeError(
-                        f"{name} is already declared as a {existing.spec.kind}, not a {spec.kind}"
-                    )
+                    raise MetricTypeError(f"{name} is already declared as a {existing.spec.kind}, not a {spec.kind}")
                 if existing.spec.labels != spec.labels:
                     raise LabelError(
                         f"{name} is already declared with labels ({', '.join(existing.spec.labels)}), "
@@ -399,7 +395,7 @@ class ArkRegistry:
             # prometheus_client appends _total itself
             return Counter(spec.name.removesuffix("_total"), spec.help, **common)
         if spec.kind is Kind.GAUGE:
-            return Gauge(spec.name, spec.help, multiprocess_mode=spec.multiprocess_mode, **common)
+            return Gauge(spec.name, spec.help, multiprocess_mode=spec.multiprocess_mode, **common)  # type: ignore[arg-type]
         return Histogram(spec.name, spec.help, buckets=spec.buckets, **common)
 
     # lookup ------------------------------------------------------------------------------------------
@@ -443,8 +439,7 @@ class ArkRegistry:
         if (metric, reason) not in self._logged:
             self._logged.add((metric, reason))
             log.warning(
-                "ark-obs dropped a recording of %s (%s)%s; further drops are only counted in "
-                "ark_obs_dropped_total",
+                "ark-obs dropped a recording of %s (%s)%s; further drops are only counted in ark_obs_dropped_total",
                 metric,
                 reason,
                 f": {detail}" if detail else "",

@@ -18,7 +18,7 @@ import weakref
 from array import array
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, Protocol
 
 INF: Final = math.inf
 
@@ -79,9 +79,7 @@ class Window:
     does every query).
     """
 
-    def __init__(
-        self, retention_seconds: float = 3600.0, slice_seconds: float = 10.0, clock: Clock = time.time
-    ):
+    def __init__(self, retention_seconds: float = 3600.0, slice_seconds: float = 10.0, clock: Clock = time.time):
         if slice_seconds <= 0:
             raise ValueError(f"slice_seconds must be positive, got {slice_seconds}")
         if retention_seconds < 2 * slice_seconds:
@@ -92,7 +90,7 @@ class Window:
         self.retention = float(retention_seconds)
         self.clock = clock
         # one more slot than the retention needs: the window's start interpolates between two snapshots
-        self._slots = int(math.ceil(retention_seconds / slice_seconds)) + 2
+        self._slots = int(math.ceil(retention_seconds / slice_seconds)) + 2  # noqa: RUF046
         self._series: dict[Hashable, _Series] = {}
         self._k = int(clock() // self.slice)  # the newest slice boundary snapshotted
         self._lock = threading.Lock()
@@ -233,12 +231,16 @@ def histogram_quantile(
     return None
 
 
+class _Tickable(Protocol):
+    def tick(self) -> bool: ...
+
+
 class Ticker:
     """One daemon thread that ticks every registered window owner, so snapshots are taken on time."""
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
-        self._owners: weakref.WeakSet[_Tickable] = weakref.WeakSet()
+        self._owners: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -262,11 +264,6 @@ class Ticker:
                     import logging
 
                     logging.getLogger("ark_obs").exception("window tick failed")
-
-
-class _Tickable:
-    def tick(self) -> bool:  # pragma: no cover - protocol
-        raise NotImplementedError
 
 
 TICKER: Final = Ticker()
