@@ -272,3 +272,20 @@ def _index(specs: tuple[MetricSpec, ...]) -> MappingProxyType[str, MetricSpec]:
 
 
 BY_NAME: Final[MappingProxyType[str, MetricSpec]] = _index(CATALOG)
+
+
+def markdown_table(specs: tuple[MetricSpec, ...] = CATALOG) -> str:
+    """The catalogue as the README's markdown table (tests/test_docs.py keeps the README equal to it)."""
+    rows = [
+        "| metric | type | unit | labels (`?` optional) | across processes | description |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in specs:
+        labels = ", ".join(f"{name}?" if name in s.optional_labels else name for name in s.labels) or "—"
+        name = f"`{s.name}`" + (" (alias " + ", ".join(f"`{a}`" for a in s.aliases) + ")" if s.aliases else "")
+        if s.collected:
+            across = "scrape time"
+        else:
+            across = s.multiprocess_mode if s.kind is Kind.GAUGE else "sum"
+        rows.append(f"| {name} | {s.kind.value} | {s.unit or '—'} | {labels} | {across} | {s.help} |")
+    return "\n".join(rows) + "\n"
