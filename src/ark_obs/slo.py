@@ -239,9 +239,7 @@ class _SloBase(BaseModel):
             label_field = field.replace("metric", "labels")
             for label in sorted(set(labels) - set(spec.labels)):
                 labels_listed = ", ".join(spec.labels) or "none"
-                errors.append(
-                    f"{label_field}.{label}: {name} has no label {label!r} (labels: {labels_listed})"
-                )
+                errors.append(f"{label_field}.{label}: {name} has no label {label!r} (labels: {labels_listed})")
         return errors
 
 
@@ -329,9 +327,7 @@ class RatioSlo(_SloBase):
         )
 
 
-SloSpec: TypeAlias = Annotated[
-    LatencySlo | AvailabilitySlo | GaugeSlo | RatioSlo, Field(discriminator="kind")
-]
+SloSpec: TypeAlias = Annotated[LatencySlo | AvailabilitySlo | GaugeSlo | RatioSlo, Field(discriminator="kind")]
 _SPEC_ADAPTER: Final[TypeAdapter[SloSpec]] = TypeAdapter(SloSpec)
 _KINDS: Final = ("latency", "availability", "gauge", "ratio")
 
@@ -368,9 +364,7 @@ def _path(loc: Sequence[int | str]) -> str:
     return out
 
 
-def parse_slos(
-    data: object, source: str = "SLO config", registry: ArkRegistry | None = None
-) -> list[SloSpec]:
+def parse_slos(data: object, source: str = "SLO config", registry: ArkRegistry | None = None) -> list[SloSpec]:
     """Specs from parsed TOML/YAML data (``{"slos": [...]}``); raises SloConfigError listing every mistake.
 
     With ``registry`` it also checks each SLO against it (``validate_against``).
@@ -386,7 +380,16 @@ def parse_slos(
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
         where = f"slos[{i}]"
-        if isinstance(item, Mapping) and item.get("kind") not in _KINDS:
+        if not isinstance(item, Mapping):
+            errors.append(f"{where}: expected a table/mapping of SLO fields")
+            continue
+        # duplicates are found among invalid entries too: every mistake is reported in one pass
+        slo_id = item.get("id")
+        if isinstance(slo_id, str):
+            if slo_id in seen:
+                errors.append(f"{where}.id: {slo_id!r} is already used by slos[{seen[slo_id]}]")
+            seen.setdefault(slo_id, i)
+        if item.get("kind") not in _KINDS:
             errors.append(f"{where}.kind: {item.get('kind')!r} is not one of {', '.join(_KINDS)}")
             continue
         try:
@@ -398,9 +401,6 @@ def parse_slos(
                     loc = loc[1:]
                 errors.append(f"{_path([where, *loc])}: {err['msg']}")
             continue
-        if spec.id in seen:
-            errors.append(f"{where}.id: {spec.id!r} is already used by slos[{seen[spec.id]}]")
-        seen.setdefault(spec.id, i)
         if registry is not None:
             errors.extend(f"{where}.{e}" for e in spec.validate_against(registry))
         specs.append(spec)
@@ -618,7 +618,7 @@ class SloEngine:
         else:
             status = Status.VIOLATED
         compliance = min(1.0, good / total) if total > 0 else None
-        burn = self._burn(compliance, budget) if judged else None
+        burn = self._burn(good, total, budget) if judged else None
         burn_rates: dict[str, float] = {}
         for name, seconds in self.burn_windows:
             if seconds == window and burn is not None:
@@ -626,7 +626,7 @@ class SloEngine:
                 continue
             g, t, _ = self._events(spec, seconds, value=False)
             if t >= min_events and t > 0:
-                burn_rates[name] = _clean(self._burn(min(1.0, g / t), budget))
+                burn_rates[name] = _clean(self._burn(g, t, budget))
         return SloStatus(
             name=spec.id,
             kind=spec.kind,
@@ -656,9 +656,10 @@ class SloEngine:
         return 0 if isinstance(spec, AvailabilitySlo) else self.min_events
 
     @staticmethod
-    def _burn(compliance: float | None, objective: Decimal) -> float:
-        error = 1.0 - (compliance if compliance is not None else 1.0)
-        return error / float(1 - objective)
+    def _burn(good: float, total: float, objective: Decimal) -> float:
+        """Error ratio / error budget, in exact arithmetic: 5 bad of 100 against 0.95 burns exactly 1."""
+        error = max(Fraction(0), 1 - Fraction(good) / Fraction(total))
+        return float(error / (1 - Fraction(objective)))
 
     def _events(
         self, spec: LatencySlo | AvailabilitySlo | RatioSlo, window: float, value: bool = True
