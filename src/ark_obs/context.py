@@ -1,17 +1,56 @@
 """Trace context: the trace id of the signal being processed, carried through awaits, tasks and threads.
 
 One ``ContextVar`` holds it (the model is ``structlog.contextvars``); every latency observation made
-while one is bound carries it as an exemplar.
+while one is bound carries it as an exemplar. ``asyncio.create_task`` and ``asyncio.to_thread`` copy
+the context by themselves; ``loop.run_in_executor`` does not, so use ``run_in_executor`` here.
+
+Trace ids come in two accepted forms: a UUID as the seed makes (``str(uuid.uuid4())``, lowercase) and a
+W3C trace-id (32 lowercase hex digits, not all zeros). ``new_trace_id()`` makes the W3C form, so an id
+minted here survives a ``traceparent`` round trip unchanged; ``w3c_trace_id()`` maps either form to it.
+
+>>> header = format_traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
+>>> header
+'00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+>>> parse_traceparent(header).trace_id
+'4bf92f3577b34da6a3ce929d0e0e4736'
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextvars
+import functools
+import os
+import random
+import re
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 TRACE_ID: Final[ContextVar[str | None]] = ContextVar("ark_obs_trace_id", default=None)
+
+TRACEPARENT_HEADER: Final = "traceparent"
+_ZERO_TRACE_ID: Final = "0" * 32
+_ZERO_UUID: Final = "00000000-0000-0000-0000-000000000000"
+_ZERO_PARENT_ID: Final = "0" * 16
+_TRACE_ID_RE: Final = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
+# version 00 is exactly these four fields; a later version may append "-" and more fields (W3C §3.3)
+_TRACEPARENT_RE: Final = re.compile(
+    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.ASCII | re.DOTALL
+)
+_HTTP_WHITESPACE: Final = " \t"  # optional whitespace HTTP allows around a field value
+
+# A private generator: an agent calling random.seed() for reproducible tests must not make every
+# process mint the same trace ids; it is reseeded in a forked child for the same reason.
+_random = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
+_getrandbits = _random.getrandbits
 
 
 def current_trace_id() -> str | None:
@@ -32,3 +71,170 @@ def bind_trace_id(trace_id: str) -> Iterator[str]:
         yield trace_id
     finally:
         TRACE_ID.reset(token)
+
+
+# --- trace ids ---------------------------------------------------------------------------------------
+def new_trace_id() -> str:
+    """A new random W3C trace-id: 32 lowercase hex digits, never all zeros."""
+    bits = _getrandbits(128)
+    while not bits:  # all zeros is invalid; 2**-128 odds, but the rule is absolute
+        bits = _getrandbits(128)
+    return f"{bits:032x}"
+
+
+def new_parent_id() -> str:
+    """A new random W3C parent-id (span id): 16 lowercase hex digits, never all zeros."""
+    bits = _getrandbits(64)
+    while not bits:
+        bits = _getrandbits(64)
+    return f"{bits:016x}"
+
+
+def is_valid_trace_id(value: object) -> bool:
+    """True for a lowercase UUID (``8-4-4-4-12``) or 32 lowercase hex digits, not all zeros.
+
+    >>> is_valid_trace_id("4bf92f35-77b3-4da6-a3ce-929d0e0e4736"), is_valid_trace_id("0" * 32)
+    (True, False)
+    """
+    return (
+        isinstance(value, str)
+        and _TRACE_ID_RE.fullmatch(value) is not None
+        and value != _ZERO_TRACE_ID
+        and value != _ZERO_UUID
+    )
+
+
+def w3c_trace_id(trace_id: str) -> str:
+    """The W3C form (32 lowercase hex) of a valid trace id in either accepted form.
+
+    >>> w3c_trace_id("4bf92f35-77b3-4da6-a3ce-929d0e0e4736")
+    '4bf92f3577b34da6a3ce929d0e0e4736'
+    """
+    if not is_valid_trace_id(trace_id):
+        raise ValueError(f"not a valid trace id: {trace_id!r} (want a lowercase UUID or 32 lowercase hex)")
+    return trace_id.replace("-", "")
+
+
+# --- W3C traceparent ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TraceParent:
+    """A parsed W3C ``traceparent``: version, trace-id, parent-id and trace-flags."""
+
+    trace_id: str
+    parent_id: str
+    flags: int = 0x01
+    version: int = 0
+
+    @property
+    def sampled(self) -> bool:
+        """The ``sampled`` trace flag."""
+        return bool(self.flags & 0x01)
+
+    def header(self) -> str:
+        """The header value to send on; always version 00, the version this module speaks."""
+        return f"00-{self.trace_id}-{self.parent_id}-{self.flags:02x}"
+
+
+def parse_traceparent(value: object) -> TraceParent | None:
+    """Parse a ``traceparent`` header value per W3C Trace Context; None when it is invalid.
+
+    Invalid: version ``ff``; a field of the wrong length or not lowercase hex; an all-zero trace-id or
+    parent-id; version 00 with anything after the flags; a later version whose extra data does not
+    start with ``-``. Surrounding spaces and tabs (HTTP optional whitespace) are ignored.
+
+    >>> parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").sampled
+    True
+    >>> parse_traceparent("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") is None
+    True
+    """
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(value, str):
+        return None
+    match = _TRACEPARENT_RE.fullmatch(value.strip(_HTTP_WHITESPACE))
+    if match is None:
+        return None
+    version, trace_id, parent_id, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return None
+    if trace_id == _ZERO_TRACE_ID or parent_id == _ZERO_PARENT_ID:
+        return None
+    return TraceParent(trace_id, parent_id, int(flags, 16), int(version, 16))
+
+
+def format_traceparent(trace_id: str, parent_id: str | None = None, *, sampled: bool = True) -> str:
+    """A version-00 ``traceparent`` for ``trace_id`` (either accepted form); a new parent-id by default.
+
+    >>> format_traceparent("4bf92f35-77b3-4da6-a3ce-929d0e0e4736", "00f067aa0ba902b7", sampled=False)
+    '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00'
+    """
+    if parent_id is None:
+        parent_id = new_parent_id()
+    elif not (
+        isinstance(parent_id, str)
+        and len(parent_id) == 16
+        and re.fullmatch(r"[0-9a-f]{16}", parent_id, re.ASCII)
+        and parent_id != _ZERO_PARENT_ID
+    ):
+        raise ValueError(f"not a valid W3C parent-id: {parent_id!r} (want 16 lowercase hex, not all zeros)")
+    return TraceParent(w3c_trace_id(trace_id), parent_id, 0x01 if sampled else 0x00).header()
+
+
+def current_traceparent(*, sampled: bool = True) -> str | None:
+    """A ``traceparent`` for the next hop of the bound trace (new parent-id), or None if none is bound.
+
+    An invalid bound id also gives None: the next hop then starts a trace of its own.
+    """
+    trace_id = TRACE_ID.get()
+    if trace_id is None or not is_valid_trace_id(trace_id):
+        return None
+    return format_traceparent(trace_id, sampled=sampled)
+
+
+def traceparent_from_headers(headers: Mapping[str, object]) -> object:
+    """The ``traceparent`` value of a headers mapping (names compared case-insensitively), or None."""
+    value = headers.get(TRACEPARENT_HEADER)
+    if value is not None:
+        return value
+    for name, value in headers.items():
+        if isinstance(name, str) and name.lower() == TRACEPARENT_HEADER:
+            return value
+    return None
+
+
+# --- executors -----------------------------------------------------------------------------------------
+def in_current_context(func: Callable[P, T]) -> Callable[P, T]:
+    """Wrap ``func`` to run in a copy of the caller's context (for threads and ``executor.submit``).
+
+    The context is captured now; each call runs in a fresh copy of it, so the wrapper may run in
+    several threads at once (one ``Context`` cannot be entered twice).
+    """
+    ctx = contextvars.copy_context()
+
+    @functools.wraps(func)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return ctx.copy().run(func, *args, **kwargs)
+
+    return run
+
+
+async def run_in_executor(executor: Executor | None, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Like ``loop.run_in_executor`` but ``func`` sees the caller's context (its trace id), and takes kwargs.
+
+    Thread pools only: a context cannot be sent to another process, so a ``ProcessPoolExecutor`` raises
+    ``TypeError`` (pass the trace id as an argument there).
+
+    >>> async def handle(signal):
+    ...     return await run_in_executor(None, score, signal)   # score() sees current_trace_id()
+    """
+    if isinstance(executor, ProcessPoolExecutor):
+        raise TypeError(
+            "run_in_executor copies the context into the worker: that needs a thread pool; "
+            "pass the trace id as an argument to a process pool"
+        )
+    ctx = contextvars.copy_context()
+    call = functools.partial(ctx.run, func, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
