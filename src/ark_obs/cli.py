@@ -124,9 +124,7 @@ def slo_problems(settings: Settings) -> list[Problem]:
     return []
 
 
-def load_settings(
-    env_file: Path | None = Path(".env"), **overrides: Any
-) -> tuple[Settings | None, list[Problem]]:
+def load_settings(env_file: Path | None = Path(".env"), **overrides: Any) -> tuple[Settings | None, list[Problem]]:
     """Settings from the environment, ``env_file`` and ``overrides``, with every problem found."""
     try:
         settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]

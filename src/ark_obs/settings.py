@@ -85,81 +85,81 @@ class Settings(BaseSettings):
     )
 
     host: str = Field(
-        DEFAULT_HOST,
+        default=DEFAULT_HOST,
         min_length=1,
         description="Address to bind. Loopback by default; a public address needs INGEST_TOKEN "
         "or ALLOW_OPEN_INGEST=true.",
     )
     port: int = Field(
-        DEFAULT_PORT,
+        default=DEFAULT_PORT,
         ge=1,
         le=65535,
         description="TCP port to bind (9871: clear of Prometheus 9090, Alertmanager 9093, Grafana 3000, "
         "node_exporter 9100).",
     )
     trace_store: str = Field(
-        "memory",
+        default="memory",
         description="Trace store: 'memory' (embedded, one process) or redis://host:port/db "
         "(shared by agents on many hosts and by several ark-obs replicas).",
     )
     slo_file: Path | None = Field(
-        None, description="YAML or TOML file overriding the default SLOs; unset: the seed's four SLOs."
+        default=None, description="YAML or TOML file overriding the default SLOs; unset: the seed's four SLOs."
     )
     ingest_token: SecretStr | None = Field(
-        None,
+        default=None,
         description=f"Bearer token required by the write endpoints (at least {MIN_TOKEN_LENGTH} "
         "characters); unset: writes are open.",
     )
     allow_open_ingest: bool = Field(
-        False,
+        default=False,
         description="Explicit opt-out: allow open write endpoints on a non-loopback address without a token.",
     )
     max_body_bytes: int = Field(
-        MIB, ge=1024, le=64 * MIB, description="Largest request body accepted; larger bodies get 413."
+        default=MIB, ge=1024, le=64 * MIB, description="Largest request body accepted; larger bodies get 413."
     )
     max_batch_spans: int = Field(
-        10_000, ge=1, le=1_000_000, description="Most spans in one POST /spans batch; more get 413."
+        default=10_000, ge=1, le=1_000_000, description="Most spans in one POST /spans batch; more get 413."
     )
     retention_seconds: float = Field(
-        3600.0, gt=0, le=7 * 86400, description="How far back windowed statistics and SLOs can look."
+        default=3600.0, gt=0, le=7 * 86400, description="How far back windowed statistics and SLOs can look."
     )
     slice_seconds: float = Field(
-        10.0, gt=0, description="Granularity of the sliding window (snapshot interval)."
+        default=10.0, gt=0, description="Granularity of the sliding window (snapshot interval)."
     )
     max_series_per_metric: int = Field(
-        1000,
+        default=1000,
         ge=1,
         le=1_000_000,
         description="Label sets kept per metric; more are dropped and counted in ark_obs_dropped_total.",
     )
     trace_ttl_seconds: float = Field(
-        300.0,
+        default=300.0,
         gt=0,
         le=86400,
         description="Idle time after which an in-flight trace is finalized (incomplete if agents are missing).",
     )
     max_in_flight_traces: int = Field(
-        100_000, ge=1, le=100_000_000, description="Most traces held in flight; older ones are evicted."
+        default=100_000, ge=1, le=100_000_000, description="Most traces held in flight; older ones are evicted."
     )
     pipeline: Annotated[tuple[str, ...], NoDecode] = Field(
-        DEFAULT_PIPELINE,
+        default=DEFAULT_PIPELINE,
         description="Comma-separated agents every trace must pass, in order.",
     )
     heartbeat_interval_seconds: float = Field(
-        1.0, gt=0, le=3600, description="Interval agents heartbeat at; silent for 2 intervals = down."
+        default=1.0, gt=0, le=3600, description="Interval agents heartbeat at; silent for 2 intervals = down."
     )
     redis_streams: Annotated[tuple[str, ...], NoDecode] = Field(
-        (),
+        default=(),
         description="Comma-separated Redis streams whose length is exported as redis_stream_depth "
         "(needs a redis:// TRACE_STORE).",
     )
     store_timeout_seconds: float = Field(
-        0.25, gt=0, le=30, description="Longest a trace store call may take before the span is dropped."
+        default=0.25, gt=0, le=30, description="Longest a trace store call may take before the span is dropped."
     )
-    shutdown_timeout_seconds: float = Field(
-        10.0, gt=0, le=600, description="On SIGTERM, longest wait for in-flight requests to finish."
+    shutdown_timeout_seconds: int = Field(
+        default=10, ge=1, le=600, description="On SIGTERM, longest wait for in-flight requests to finish."
     )
-    log_level: LogLevel = Field("info", description="Log level of the service.")
+    log_level: LogLevel = Field(default="info", description="Log level of the service.")
 
     # validators ------------------------------------------------------------------------------------
     @field_validator("pipeline", "redis_streams", mode="before")

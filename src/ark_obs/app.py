@@ -1,0 +1,754 @@
+"""The HTTP service: scrape, query and ingest endpoints over one ``MetricsCollector``.
+
+>>> app = create_app(Settings())          # what ``ark-obs serve`` runs under uvicorn
+
+Reads (``/metrics``, ``/metrics/json``, ``/slos``, ``/traces``, ``/healthz``, ``/readyz``) are open;
+writes (``POST /spans``, ``/traces/{id}/spans``, ``/heartbeats/{agent}``) need
+``Authorization: Bearer <ARK_OBS_INGEST_TOKEN>`` when a token is set. Anything that may take a while (an
+exposition, an SLO evaluation, a store call) runs in a worker thread, so one large scrape never stalls
+the other requests. A 2xx from a write means the spans are in the trace store; when the store cannot
+take them the answer is 503 and nothing is claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hmac
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final, Literal, TypeAlias
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from ark_obs import __version__, catalog
+from ark_obs.catalog import Kind
+from ark_obs.context import TRACEPARENT_HEADER, is_valid_trace_id, parse_traceparent
+from ark_obs.heartbeat import HeartbeatMonitor
+from ark_obs.metrics import MetricsCollector
+from ark_obs.settings import NAME_PATTERN, Settings
+from ark_obs.slo import SloEngine, SloReport, load_slo_file
+from ark_obs.traces import SPAN_METRIC, StoreUnavailable, TraceMonitor, TraceReport, TraceStatus
+
+__all__ = ["BackgroundHook", "Service", "build_collector", "create_app"]
+
+log = logging.getLogger("ark_obs.app")
+
+# A trace id is a lowercase UUID (what the seed makes) or a W3C trace-id (32 lowercase hex, not all
+# zeros: checked by ark_obs.context.is_valid_trace_id, which a regex alone cannot say cheaply).
+TRACE_ID_PATTERN: Final = r"^([0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
+METRIC_NAME_PATTERN: Final = r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$"
+OPENMETRICS_CONTENT_TYPE: Final = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+MAX_EXPECTED_AGENTS: Final = 32
+MAX_NAME_FILTERS: Final = 200
+MAX_TRACE_LIST: Final = 1000
+# Tiny expositions are not worth compressing: the gzip header would be most of the body.
+GZIP_MIN_BYTES: Final = 512
+# Span times: Unix seconds, up to the year 5138; durations up to a day.
+MAX_UNIX_SECONDS: Final = 1e11
+MAX_DURATION_MS: Final = 86_400_000.0
+
+AgentName = Annotated[
+    str, Field(pattern=NAME_PATTERN, min_length=1, max_length=64, examples=["Kyle"], description="Agent name.")
+]
+TraceId = Annotated[
+    str,
+    Field(
+        pattern=TRACE_ID_PATTERN,
+        min_length=32,
+        max_length=36,
+        examples=["4bf92f3577b34da6a3ce929d0e0e4736"],
+        description="A lowercase UUID or a W3C trace-id (32 lowercase hex digits, not all zeros).",
+    ),
+]
+
+
+# --- the service and its background work ----------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Service:
+    """What a background hook gets: the settings and the collector the app serves."""
+
+    settings: Settings
+    collector: MetricsCollector
+    # closed on shutdown: the monitors this app built (a collector passed in stays the caller's)
+    owned: tuple[Any, ...] = field(default=(), repr=False)
+
+
+# A long-running coroutine, started once the app is up and cancelled on shutdown (the synthetic loop).
+BackgroundHook: TypeAlias = Callable[[Service], Awaitable[None]]
+
+
+# --- response and request models --------------------------------------------------------------------
+class ErrorOut(BaseModel):
+    """An error: what went wrong, in words."""
+
+    detail: str
+
+
+class Health(BaseModel):
+    """Liveness: the process answers."""
+
+    status: Literal["ok"] = "ok"
+    version: str = __version__
+
+
+class Check(BaseModel):
+    """One readiness check."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+class Readiness(BaseModel):
+    """Readiness: 200 when every check passes, 503 naming the failing ones otherwise."""
+
+    status: Literal["ready", "not_ready"]
+    failing: list[str]
+    checks: list[Check]
+
+
+NonFinite = Literal["NaN", "+Inf", "-Inf"]
+
+
+class ExemplarOut(BaseModel):
+    """An exemplar: the trace behind one observation."""
+
+    labels: dict[str, str]
+    value: float | NonFinite
+    timestamp: float | None = None
+
+
+class SampleOut(BaseModel):
+    """One sample of a family; non-finite values are the strings NaN, +Inf and -Inf (JSON has none)."""
+
+    name: str
+    labels: dict[str, str]
+    value: float | NonFinite
+    timestamp: float | None = None
+    exemplar: ExemplarOut | None = None
+
+
+class FamilyOut(BaseModel):
+    """A metric family with its samples, as the registry collects it."""
+
+    name: str
+    type: str
+    help: str
+    unit: str
+    samples: list[SampleOut]
+
+
+class HistogramStatsOut(BaseModel):
+    """Windowed histogram statistics (the seed's get_histogram_stats shape); None on an empty window."""
+
+    count: int
+    sum: float
+    avg: float | None
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    min: float | None
+    max: float | None
+    window_seconds: float
+
+
+class MetricsJson(BaseModel):
+    """Every metric family with its samples, plus windowed stats of every histogram (all series)."""
+
+    families: list[FamilyOut]
+    histograms: dict[str, HistogramStatsOut]
+
+
+class SpanOut(BaseModel):
+    """One agent's part in a trace (Unix seconds)."""
+
+    agent: str
+    start: float
+    end: float
+    duration_ms: float
+    ok: bool
+
+
+class TraceReportOut(BaseModel):
+    """The continuity report: the seed's complete, missing_agents, agents_seen, latency_ms, and more."""
+
+    trace_id: str
+    status: TraceStatus
+    known: bool
+    complete: bool
+    missing_agents: list[str]
+    agents_seen: list[str] = Field(description="in the order the agents started")
+    latency_ms: float | None = Field(description="first span's start to last span's end")
+    out_of_order: list[str] = Field(description="agents seen before one that precedes them in the pipeline")
+    failed_agents: list[str]
+    expected_agents: list[str]
+    span_count: int
+    spans: list[SpanOut]
+
+    @classmethod
+    def of(cls, report: TraceReport) -> TraceReportOut:
+        """The response for a monitor's report."""
+        return cls(
+            trace_id=report.trace_id,
+            status=report.status,
+            known=report.known,
+            complete=report.complete,
+            missing_agents=list(report.missing_agents),
+            agents_seen=list(report.agents_seen),
+            latency_ms=report.latency_ms,
+            out_of_order=list(report.out_of_order),
+            failed_agents=list(report.failed_agents),
+            expected_agents=list(report.expected_agents),
+            span_count=report.span_count,
+            spans=[
+                SpanOut(agent=s.agent, start=s.start, end=s.end, duration_ms=s.duration_ms, ok=s.ok)
+                for s in report.spans
+            ],
+        )
+
+
+class TraceList(BaseModel):
+    """The most recent traces in one state, newest first."""
+
+    status: Literal["incomplete"]
+    count: int
+    traces: list[TraceReportOut]
+
+
+class SpanIn(BaseModel):
+    """One span: an agent processed the trace."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    agent: AgentName
+    at: float | None = Field(
+        None, ge=0, le=MAX_UNIX_SECONDS, description="Unix time (s) the agent started; default: arrival."
+    )
+    duration_ms: float | None = Field(
+        None, ge=0, le=MAX_DURATION_MS, description="How long the agent took (ms); default 0."
+    )
+    ok: bool = Field(True, description="False when the agent failed on this trace.")
+
+
+class BatchSpanIn(SpanIn):
+    """A span of a batch; without ``trace_id`` it belongs to the request's ``traceparent`` trace."""
+
+    trace_id: TraceId | None = None
+
+
+class SpanBatch(BaseModel):
+    """A batch of spans, of one trace or many."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spans: list[BatchSpanIn]
+
+
+class Accepted(BaseModel):
+    """How many spans are now in the trace store."""
+
+    accepted: int
+
+
+class HeartbeatOut(BaseModel):
+    """A recorded heartbeat."""
+
+    agent: str
+    at: float = Field(description="Unix time (s) the heartbeat was recorded")
+
+
+# --- /metrics negotiation -----------------------------------------------------------------------------
+def _media_params(part: str) -> tuple[str, dict[str, str]]:
+    media, *raw = part.split(";")
+    params: dict[str, str] = {}
+    for p in raw:
+        key, sep, value = p.partition("=")
+        if sep:
+            params[key.strip().lower()] = value.strip().strip('"')
+    return media.strip().lower(), params
+
+
+def _quality(params: dict[str, str]) -> float:
+    try:
+        q = float(params.get("q", "1"))
+    except ValueError:
+        return 0.0
+    return q if 0.0 <= q <= 1.0 else 0.0
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    """True when ``Accept`` asks for OpenMetrics 1.0.0; anything else (garbage too) gets text 0.0.4.
+
+    prometheus_client's ``choose_encoder`` raises on a non-numeric version: client input must not 500.
+    """
+    if not accept:
+        return False
+    for part in accept.split(","):
+        media, params = _media_params(part)
+        if (
+            media == "application/openmetrics-text"
+            and _quality(params) > 0
+            and params.get("version", "1.0.0") in ("1.0.0", "")
+        ):
+            return True
+    return False
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """True when ``Accept-Encoding`` allows gzip (``gzip;q=0`` refuses it)."""
+    if not accept_encoding:
+        return False
+    for part in accept_encoding.split(","):
+        coding, params = _media_params(part)
+        if coding in ("gzip", "*") and _quality(params) > 0:
+            return True
+    return False
+
+
+def render_exposition(registry: CollectorRegistry, openmetrics_format: bool, names: Sequence[str]) -> bytes:
+    """The exposition of ``registry``, restricted to the families ``names`` when given."""
+    source: Any = registry.restricted_registry(names) if names else registry
+    if openmetrics_format:
+        return bytes(openmetrics.generate_latest(source))  # type: ignore[no-untyped-call]
+    return bytes(generate_latest(source))
+
+
+# --- /metrics/json --------------------------------------------------------------------------------
+def _json_value(value: float) -> float | NonFinite:
+    if math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "+Inf" if value > 0 else "-Inf"
+
+
+def families_json(registry: CollectorRegistry) -> list[FamilyOut]:
+    """Every family ``registry`` collects, as response models."""
+    out: list[FamilyOut] = []
+    for family in registry.collect():
+        samples = []
+        for s in family.samples:
+            ex = s.exemplar
+            samples.append(
+                SampleOut(
+                    name=s.name,
+                    labels=dict(s.labels),
+                    value=_json_value(s.value),
+                    timestamp=float(s.timestamp) if isinstance(s.timestamp, float | int) else None,
+                    exemplar=None
+                    if ex is None
+                    else ExemplarOut(
+                        labels=dict(ex.labels),
+                        value=_json_value(ex.value),
+                        timestamp=None if ex.timestamp is None else float(ex.timestamp),
+                    ),
+                )
+            )
+        out.append(
+            FamilyOut(name=family.name, type=family.type, help=family.documentation, unit=family.unit, samples=samples)
+        )
+    return out
+
+
+# --- wiring ------------------------------------------------------------------------------------------
+def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ...]]:
+    """A collector configured by ``settings``, and the monitors it owns (to close on shutdown).
+
+    The trace store, pipeline, TTL and capacity, the watched Redis streams and the SLO file all come
+    from ``settings``; a bad SLO file raises ``SloConfigError`` listing every mistake.
+    """
+    collector = MetricsCollector(
+        retention_seconds=settings.retention_seconds,
+        slice_seconds=settings.slice_seconds,
+        max_series=settings.max_series_per_metric,
+    )
+    traces = TraceMonitor(
+        collector,
+        store=settings.trace_store,
+        pipeline=settings.pipeline,
+        ttl_seconds=settings.trace_ttl_seconds,
+        max_in_flight=settings.max_in_flight_traces,
+        sweep=True,  # the service does the accounting, also for a store shared with agents
+        streams=settings.redis_streams,
+        stream_timeout=settings.store_timeout_seconds,
+    )
+    collector.traces = traces
+    heartbeats = HeartbeatMonitor(collector, settings.heartbeat_interval_seconds, sweep=True)
+    collector.heartbeats = heartbeats
+    specs = None if settings.slo_file is None else load_slo_file(settings.slo_file, collector.registry)
+    collector.slos = SloEngine(collector, specs)
+    return collector, (heartbeats, traces)
+
+
+async def _run_hook(hook: BackgroundHook, service: Service) -> None:
+    try:
+        await hook(service)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background hook %s failed", getattr(hook, "__name__", hook))
+
+
+def _close(service: Service) -> None:
+    """Flush the trace store (batched spans land), then close what the app built (heartbeats first)."""
+    try:
+        service.collector.traces.flush()
+    except Exception:
+        log.exception("flushing the trace store on shutdown failed")
+    for owned in service.owned:
+        try:
+            owned.close()
+        except Exception:
+            log.exception("closing %r on shutdown failed", owned)
+
+
+_bearer = HTTPBearer(auto_error=False, scheme_name="ingestToken", description="ARK_OBS_INGEST_TOKEN")
+
+
+def _write_guard(token: str | None) -> list[Any]:
+    """Dependencies of the write routes: a constant-time bearer check when a token is set, else none.
+
+    Without a token the schema declares no security, so it never promises a check the app does not make.
+    """
+    if token is None:
+        return []
+    expected = token.encode()
+
+    async def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        given = credentials.credentials.encode() if credentials else b""
+        if not hmac.compare_digest(given, expected):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    return [Depends(require_token)]
+
+
+def _invalid(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
+    """A 422 in FastAPI's own shape, naming the field."""
+    return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+def _unavailable(detail: str) -> HTTPException:
+    return HTTPException(503, f"trace store unavailable: {detail}; nothing was stored", headers={"Retry-After": "1"})
+
+
+# --- the app ------------------------------------------------------------------------------------------
+def create_app(
+    settings: Settings | None = None,
+    collector: MetricsCollector | None = None,
+    *,
+    background: Sequence[BackgroundHook] = (),
+) -> FastAPI:
+    """The ASGI app serving ``collector``; None builds one from ``settings`` (``build_collector``).
+
+    A collector passed in is served as configured (its trace monitor, heartbeats and SLOs); the app
+    flushes its trace store on shutdown but leaves closing it to the caller. ``background`` hooks
+    start once the app is up and are cancelled, then awaited, on shutdown, before the store is flushed.
+    """
+    settings = settings or Settings()
+    owned: tuple[Any, ...] = ()
+    if collector is None:
+        collector, owned = build_collector(settings)
+    service = Service(settings, collector, owned)
+    traces = collector.traces
+    heartbeats = collector.heartbeats
+    _ = collector.slos  # built now, so the SLO families are on the first scrape
+    # Spans the store could not take are counted here (by TraceMonitor.on_dropped); a write that saw
+    # this count move answers 503 rather than claim its spans landed. Retrying is safe: a repeated
+    # span only widens that agent's span.
+    dropped_spans = collector.metric(catalog.ARK_OBS_DROPPED_TOTAL.name).labels(SPAN_METRIC, "store_unavailable")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(_run_hook(hook, service)) for hook in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await run_in_threadpool(_close, service)
+
+    app = FastAPI(
+        title="ark-obs",
+        version=__version__,
+        summary="Observability of the ARK pipeline: metrics, SLOs, trace continuity and heartbeats.",
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+    )
+    app.state.service = service
+    write_guard = _write_guard(settings.token)
+    auth_responses: dict[int | str, dict[str, Any]] = (
+        {401: {"model": ErrorOut, "description": "Missing or wrong bearer token."}} if settings.token else {}
+    )
+    write_responses: dict[int | str, dict[str, Any]] = {
+        **auth_responses,
+        400: {"model": ErrorOut, "description": "The body could not be read."},
+        413: {"model": ErrorOut, "description": "The body or the batch is too large."},
+        503: {"model": ErrorOut, "description": "The trace store is unavailable; nothing was stored."},
+    }
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes each bad input back, which may be most of a 1 MiB body.
+        errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    # --- scrape -------------------------------------------------------------------------------------
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        summary="Prometheus exposition",
+        responses={
+            200: {
+                "description": "Text format 0.0.4, or OpenMetrics 1.0.0 (with exemplars) when Accept asks.",
+                "content": {CONTENT_TYPE_PLAIN_0_0_4: {}, OPENMETRICS_CONTENT_TYPE: {}},
+            }
+        },
+    )
+    async def metrics(
+        name: Annotated[
+            list[Annotated[str, Field(pattern=METRIC_NAME_PATTERN)]],
+            Query(alias="name[]", max_length=MAX_NAME_FILTERS, description="Only these metric families."),
+        ] = [],  # noqa: B006 - FastAPI copies query defaults
+        accept: Annotated[str | None, Header()] = None,
+        accept_encoding: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Every metric, SLO and trace family; ``name[]`` keeps only the named families."""
+        om = wants_openmetrics(accept)
+        body = await run_in_threadpool(render_exposition, collector.exposition_registry(), om, name)
+        headers = {"Vary": "Accept, Accept-Encoding"}
+        if len(body) >= GZIP_MIN_BYTES and accepts_gzip(accept_encoding):
+            body = await run_in_threadpool(gzip.compress, body, 6)
+            headers["Content-Encoding"] = "gzip"
+        return Response(body, media_type=OPENMETRICS_CONTENT_TYPE if om else CONTENT_TYPE_PLAIN_0_0_4, headers=headers)
+
+    @app.get("/metrics/json", response_model=MetricsJson, summary="Every metric as JSON")
+    async def metrics_json(
+        window_seconds: Annotated[
+            float | None,
+            Query(gt=0, le=settings.retention_seconds, description="Window of the histogram stats (s)."),
+        ] = None,
+    ) -> MetricsJson:
+        """Every family with its samples, and each histogram's count, sum, avg, p50/p95/p99, min, max."""
+
+        def build() -> MetricsJson:
+            stats = {
+                m.spec.name: HistogramStatsOut(
+                    **collector.get_histogram_stats(m.spec.name, window_seconds=window_seconds).as_dict()
+                )
+                for m in collector.registry
+                if m.spec.kind is Kind.HISTOGRAM
+            }
+            return MetricsJson(families=families_json(collector.exposition_registry()), histograms=stats)
+
+        return await run_in_threadpool(build)
+
+    # --- health -------------------------------------------------------------------------------------
+    @app.get("/healthz", response_model=Health, summary="Liveness")
+    async def healthz() -> Health:
+        """The process is alive."""
+        return Health()
+
+    def readiness_checks() -> list[Check]:
+        checks = []
+        try:
+            families = sum(1 for _ in collector.exposition_registry().collect())
+            checks.append(Check(name="registry", ok=True, detail=f"{families} families"))
+        except Exception as exc:
+            checks.append(Check(name="registry", ok=False, detail=f"collect failed: {exc!r}"))
+        health = traces.check()
+        checks.append(
+            Check(name="trace_store", ok=health.healthy, detail=f"{health.backend}: {health.detail}".rstrip(": "))
+        )
+        return checks
+
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        summary="Readiness",
+        responses={503: {"model": Readiness, "description": "A check failed; `failing` names it."}},
+    )
+    async def readyz(response: Response) -> Readiness:
+        """200 when the registry collects and the trace store answers; 503 naming the failing check."""
+        checks = await run_in_threadpool(readiness_checks)
+        failing = [c.name for c in checks if not c.ok]
+        if failing:
+            response.status_code = 503
+        return Readiness(status="not_ready" if failing else "ready", failing=failing, checks=checks)
+
+    # --- SLOs -----------------------------------------------------------------------------------------
+    @app.get("/slos", response_model=SloReport, summary="SLO compliance")
+    async def slos() -> SloReport:
+        """Every SLO evaluated now (the seed's check_slos() shape: slos, total, met, violated, violations)."""
+        return await run_in_threadpool(collector.check_slos)
+
+    # --- traces ---------------------------------------------------------------------------------------
+    @app.get(
+        "/traces/{trace_id}",
+        response_model=TraceReportOut,
+        summary="Trace continuity",
+        responses={
+            404: {"model": ErrorOut, "description": "The store holds no such trace."},
+            503: {"model": ErrorOut, "description": "The trace store could not be read."},
+        },
+    )
+    async def trace(
+        trace_id: Annotated[str, Path(pattern=TRACE_ID_PATTERN, description="UUID or W3C trace-id.")],
+        expected: Annotated[
+            str | None,
+            Query(max_length=MAX_EXPECTED_AGENTS * 65, description="Comma-separated agents (default: the pipeline)."),
+        ] = None,
+    ) -> TraceReportOut:
+        """Which agents saw the trace, which are missing, in what order, and how long the pass took."""
+        if not is_valid_trace_id(trace_id):
+            raise _invalid(("path", "trace_id"), "an all-zero trace id is invalid")
+        agents = _expected_agents(expected)
+        report = await run_in_threadpool(traces.validate, trace_id, agents)
+        if report.status is TraceStatus.UNAVAILABLE:
+            raise HTTPException(503, "trace store unavailable", headers={"Retry-After": "1"})
+        if not report.known:
+            raise HTTPException(404, f"unknown trace {trace_id} (never seen, evicted, or expired)")
+        return TraceReportOut.of(report)
+
+    @app.get("/traces", response_model=TraceList, summary="Recent stuck traces")
+    async def trace_list(
+        status: Annotated[Literal["incomplete"], Query(description="Which traces.")] = "incomplete",
+        limit: Annotated[int, Query(ge=1, le=MAX_TRACE_LIST, description="Most traces returned.")] = 20,
+    ) -> TraceList:
+        """The most recent traces that expired incomplete, newest first, with their missing agents."""
+        reports = await run_in_threadpool(traces.recent_incomplete, limit)
+        items = [TraceReportOut.of(r) for r in reports[:limit]]
+        return TraceList(status=status, count=len(items), traces=items)
+
+    # --- ingest -------------------------------------------------------------------------------------
+    def store(spans: list[tuple[str, str, float | None, float | None, bool]]) -> None:
+        """Record ``spans`` and flush: on return they are in the store; StoreUnavailable otherwise."""
+        health = traces.check()
+        if not health.healthy:
+            raise StoreUnavailable(health.detail or health.backend)
+        drops_before = dropped_spans.get()
+        record = traces.record_span
+        for trace_id, agent, at, duration_ms, ok in spans:
+            record(trace_id, agent, at=at, duration_ms=duration_ms, ok=ok)
+        traces.store.flush()  # a buffering store (Redis) has written or dropped them when this returns
+        health = traces.check()
+        if not health.healthy or dropped_spans.get() != drops_before:
+            raise StoreUnavailable(health.detail or "spans were dropped")
+
+    async def store_or_503(spans: list[tuple[str, str, float | None, float | None, bool]]) -> Accepted:
+        try:
+            await run_in_threadpool(store, spans)
+        except StoreUnavailable as exc:
+            raise _unavailable(str(exc) or "no answer") from exc
+        return Accepted(accepted=len(spans))
+
+    @app.post(
+        "/traces/{trace_id}/spans",
+        response_model=Accepted,
+        summary="Record one span",
+        dependencies=write_guard,
+        responses=write_responses,
+    )
+    async def post_span(
+        trace_id: Annotated[str, Path(pattern=TRACE_ID_PATTERN, description="UUID or W3C trace-id.")],
+        span: SpanIn,
+    ) -> Accepted:
+        """Record that ``span.agent`` processed the trace."""
+        if not is_valid_trace_id(trace_id):
+            raise _invalid(("path", "trace_id"), "an all-zero trace id is invalid")
+        return await store_or_503([(trace_id, span.agent, span.at, span.duration_ms, span.ok)])
+
+    @app.post(
+        "/spans",
+        response_model=Accepted,
+        summary="Record a batch of spans",
+        dependencies=write_guard,
+        responses=write_responses,
+    )
+    async def post_spans(
+        batch: SpanBatch,
+        traceparent: Annotated[
+            str | None,
+            Header(max_length=512, description="W3C traceparent: the trace of spans without a trace_id."),
+        ] = None,
+    ) -> Accepted:
+        """Record every span of the batch (all or none); spans without ``trace_id`` take the traceparent's."""
+        if len(batch.spans) > settings.max_batch_spans:
+            raise HTTPException(413, f"{len(batch.spans)} spans in one batch; the limit is {settings.max_batch_spans}")
+        header_trace: str | None = None
+        spans = []
+        for i, s in enumerate(batch.spans):
+            trace_id = s.trace_id
+            if trace_id is None:
+                if header_trace is None:
+                    header_trace = _traceparent_trace_id(traceparent, i)
+                trace_id = header_trace
+            elif not is_valid_trace_id(trace_id):
+                raise _invalid(("body", "spans", i, "trace_id"), "an all-zero trace id is invalid")
+            spans.append((trace_id, s.agent, s.at, s.duration_ms, s.ok))
+        return await store_or_503(spans)
+
+    @app.post(
+        "/heartbeats/{agent}",
+        response_model=HeartbeatOut,
+        summary="Record a heartbeat",
+        dependencies=write_guard,
+        responses={k: v for k, v in write_responses.items() if k in (401, 503)},
+    )
+    async def post_heartbeat(
+        agent: Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, description="Agent name.")],
+    ) -> HeartbeatOut:
+        """Record that ``agent`` is alive (silent for 2 intervals: reported down)."""
+        health = heartbeats.check()
+        if not health.healthy:
+            raise _unavailable(health.detail or health.backend)
+        heartbeats.beat(agent)
+        return HeartbeatOut(agent=agent, at=collector.clock())
+
+    return app
+
+
+def _expected_agents(expected: str | None) -> tuple[str, ...] | None:
+    """``"Kyle,Joey"`` -> ("Kyle", "Joey"); None for the pipeline; a bad name is a 422 naming it."""
+    if expected is None:
+        return None
+    from ark_obs.settings import is_valid_name
+
+    agents = tuple(a.strip() for a in expected.split(",") if a.strip())
+    if not agents:
+        raise _invalid(("query", "expected"), "needs at least one agent name")
+    if len(agents) > MAX_EXPECTED_AGENTS:
+        raise _invalid(("query", "expected"), f"at most {MAX_EXPECTED_AGENTS} agents")
+    bad = [a for a in agents if not is_valid_name(a)]
+    if bad:
+        raise _invalid(
+            ("query", "expected"),
+            f"invalid agent name {bad[0][:64]!r}: a letter, then up to 63 letters, digits, '_', '.' or '-'",
+        )
+    return agents
+
+
+def _traceparent_trace_id(header: str | None, index: int) -> str:
+    """The trace id of the request's traceparent, or a 422 saying span ``index`` has no trace."""
+    if header is None:
+        raise _invalid(
+            ("body", "spans", index, "trace_id"), f"no trace_id and no {TRACEPARENT_HEADER} header to take it from"
+        )
+    parsed = parse_traceparent(header)
+    if parsed is None:
+        raise _invalid(("header", TRACEPARENT_HEADER), "not a valid W3C traceparent (version-traceid-parentid-flags)")
+    return parsed.trace_id
