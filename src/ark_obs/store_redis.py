@@ -1,0 +1,535 @@
+"""The shared trace store: Redis, for agents in many processes and hosts and for several ark-obs replicas.
+
+>>> store = open_store("redis://127.0.0.1:6379/0")  # or "memory"   # doctest: +SKIP
+
+Writes never block the caller: ``add`` and ``beat`` append to a bounded in-process buffer that a
+daemon thread sends every ``flush_interval`` (50 ms) as one Lua call per batch of up to ``batch_size``
+spans, so spans are visible to readers well within a second. Reads (``get``, the sweep, scrape-time
+counts) use short socket timeouts (``timeout``, 250 ms) and no retries. When Redis fails the store
+marks itself unhealthy, drops new spans at once (the monitor counts them in
+``ark_obs_dropped_total{reason="store_unavailable"}``) and probes Redis every ``retry_seconds``.
+
+Keys, all under ``prefix`` (default ``ark:obs:``) and all with TTLs, so nothing grows without bound:
+
+- ``t:<trace id>``  hash: ``@<agent>`` = "start end arrival ok", ``n`` spans, ``state`` once finalized;
+  TTL 2 x ttl while in flight (the sweeper must still read it at expiry), ttl once finalized.
+- ``inflight``  sorted set of in-flight trace ids by deadline (last span + ttl), capped at
+  ``max_in_flight`` (the least recently touched are evicted and deleted).
+- ``done``  list of traces completed but not yet accounted for by a sweeping monitor (capped).
+- ``late``, ``evicted``  counters not yet accounted for; ``recent``  recently expired ids (capped).
+- ``hb``  hash agent -> last heartbeat (unix s); ``hbdown`` agent -> the beat an outage was counted for.
+
+The Lua scripts build key names from the prefix, so this store needs a standalone Redis (or a
+replicated primary), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from ark_obs._periodic import Periodic
+from ark_obs.store_memory import MemoryStore
+from ark_obs.traces import (
+    NullSink,
+    Span,
+    StoreHealth,
+    StoreUnavailable,
+    TraceRecord,
+    TraceSettings,
+    TraceSink,
+    TraceState,
+    TraceStore,
+)
+
+log = logging.getLogger("ark_obs")
+
+DEFAULT_PREFIX: Final = "ark:obs:"
+DEFAULT_TIMEOUT_SECONDS: Final = 0.25
+DEFAULT_FLUSH_SECONDS: Final = 0.05
+DEFAULT_BATCH_SIZE: Final = 1000
+DEFAULT_MAX_PENDING: Final = 100_000
+DEFAULT_RETRY_SECONDS: Final = 1.0
+HEARTBEAT_KEY_TTL_MS: Final = 86_400_000
+_SWEEP_LIMIT: Final = 1000
+_REDIS_ERRORS: Final = (RedisError, OSError)
+
+# One call per batch: ARGV = prefix, ttl_ms, cap, n, pipeline agents x n, then per span
+# trace id, agent, start, end, ok (1/0), seen. Returns how many traces it completed.
+_ADD_LUA: Final = """
+local prefix = ARGV[1]
+local ttl_ms = tonumber(ARGV[2])
+local cap = tonumber(ARGV[3])
+local npipe = tonumber(ARGV[4])
+local pipe = {}
+for j = 1, npipe do pipe[j] = '@' .. ARGV[4 + j] end
+local idx = prefix .. 'inflight'
+local done = prefix .. 'done'
+local late, completed = 0, 0
+local i = 5 + npipe
+local nargs = #ARGV
+while i + 5 <= nargs do
+  local id, agent, s, e, ok, seen = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  i = i + 6
+  local key = prefix .. 't:' .. id
+  if redis.call('HEXISTS', key, 'state') == 1 then
+    late = late + 1
+  else
+    local n = redis.call('HINCRBY', key, 'n', 1)
+    local f = '@' .. agent
+    local prev = redis.call('HGET', key, f)
+    local complete = false
+    if prev then
+      local ps, pe, pq, pok = string.match(prev, '^(%S+) (%S+) (%S+) (%S+)$')
+      if tonumber(s) < tonumber(ps) then ps = s end
+      if tonumber(e) > tonumber(pe) then pe = e end
+      if ok == '0' then pok = '0' end
+      redis.call('HSET', key, f, ps .. ' ' .. pe .. ' ' .. pq .. ' ' .. pok)
+    else
+      redis.call('HSET', key, f, s .. ' ' .. e .. ' ' .. n .. ' ' .. ok)
+      complete = true
+      for j = 1, npipe do
+        if redis.call('HEXISTS', key, pipe[j]) == 0 then
+          complete = false
+          break
+        end
+      end
+    end
+    if complete then
+      redis.call('HSET', key, 'state', 'complete')
+      redis.call('ZREM', idx, id)
+      redis.call('PEXPIRE', key, ttl_ms)
+      redis.call('LPUSH', done, id)
+      completed = completed + 1
+    else
+      redis.call('ZADD', idx, tonumber(seen) + ttl_ms / 1000, id)
+      redis.call('PEXPIRE', key, 2 * ttl_ms)
+    end
+  end
+end
+if completed > 0 then
+  redis.call('LTRIM', done, 0, cap - 1)
+  redis.call('PEXPIRE', done, 2 * ttl_ms)
+end
+if late > 0 then
+  redis.call('INCRBY', prefix .. 'late', late)
+  redis.call('PEXPIRE', prefix .. 'late', 2 * ttl_ms)
+end
+local over = redis.call('ZCARD', idx) - cap
+if over > 0 then
+  local popped = redis.call('ZPOPMIN', idx, over)
+  for k = 1, #popped, 2 do redis.call('DEL', prefix .. 't:' .. popped[k]) end
+  redis.call('INCRBY', prefix .. 'evicted', over)
+  redis.call('PEXPIRE', prefix .. 'evicted', 2 * ttl_ms)
+end
+redis.call('PEXPIRE', idx, 2 * ttl_ms)
+return completed
+"""
+
+# ARGV = prefix, now ('' = only claim outcomes), ttl_ms, limit, recent_max.
+# Claims (so each outcome is counted by one sweeper): expired traces, completed ones, late and evicted counts.
+_SWEEP_LUA: Final = """
+local prefix = ARGV[1]
+local now = ARGV[2]
+local ttl_ms = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+local recent_max = tonumber(ARGV[5])
+local idx = prefix .. 'inflight'
+local recent = prefix .. 'recent'
+local expired = {}
+local lost = 0
+if now ~= '' then
+  local ids = redis.call('ZRANGEBYSCORE', idx, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', idx, id)
+    local key = prefix .. 't:' .. id
+    local h = redis.call('HGETALL', key)
+    if #h > 0 then
+      redis.call('HSET', key, 'state', 'incomplete')
+      redis.call('PEXPIRE', key, ttl_ms)
+      redis.call('LPUSH', recent, id)
+      expired[#expired + 1] = id
+      expired[#expired + 1] = h
+    else
+      lost = lost + 1
+    end
+  end
+  if #expired > 0 then
+    redis.call('LTRIM', recent, 0, recent_max - 1)
+    redis.call('PEXPIRE', recent, ttl_ms)
+  end
+end
+local completed = {}
+local ids = redis.call('RPOP', prefix .. 'done', limit)
+if ids then
+  for _, id in ipairs(ids) do
+    completed[#completed + 1] = id
+    completed[#completed + 1] = redis.call('HGETALL', prefix .. 't:' .. id)
+  end
+end
+local late = redis.call('GETDEL', prefix .. 'late') or '0'
+local evicted = redis.call('GETDEL', prefix .. 'evicted') or '0'
+return {expired, completed, late, evicted, lost}
+"""
+
+# KEYS[1] = hbdown; ARGV = agent, last beat, ttl_ms. 1 if this caller is the one to count the outage.
+_CLAIM_OUTAGE_LUA: Final = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def make_client(url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> redis.Redis:
+    """A Redis client with short socket timeouts and no retries (a down Redis must fail fast)."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        decode_responses=True,
+    )
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+def parse_trace(trace_id: str, fields: Mapping[str, str], state: TraceState | None = None) -> TraceRecord | None:
+    """A ``TraceRecord`` from a trace hash (None if it holds no span)."""
+    spans: list[tuple[float, int, Span]] = []
+    for name, value in fields.items():
+        if name.startswith("@"):
+            start, end, seq, ok = value.split(" ")
+            spans.append((float(start), int(seq), Span(name[1:], float(start), float(end), ok == "1")))
+    if not spans:
+        return None
+    spans.sort(key=lambda x: (x[0], x[1]))
+    if state is None:
+        state = TraceState(fields["state"]) if "state" in fields else TraceState.IN_FLIGHT
+    return TraceRecord(trace_id, tuple(s for _, _, s in spans), state, int(fields.get("n", len(spans))))
+
+
+class RedisStore:
+    """Traces and heartbeats in Redis (see ``ark_obs.traces.TraceStore`` and the module docstring)."""
+
+    backend: Final = "redis"
+    shared: Final = True
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        flush_interval: float = DEFAULT_FLUSH_SECONDS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+        url: str = "",
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.url = url
+        self._batch = batch_size
+        self._max_pending = max_pending
+        self._retry_seconds = retry_seconds
+        self._pending: deque[tuple[str, str, float, float, bool, float]] = deque()
+        self._beats: dict[str, float] = {}
+        self._beats_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._healthy = True
+        self._detail = ""
+        self._next_probe = 0.0  # monotonic time of the next liveness probe when idle or down
+        self._add_script = client.register_script(_ADD_LUA)
+        self._sweep_script = client.register_script(_SWEEP_LUA)
+        self._claim_script = client.register_script(_CLAIM_OUTAGE_LUA)
+        self._logged = False
+        self.bind(TraceSettings(), NullSink())
+        self._worker: Periodic | None = Periodic(self, "_flush_pending", flush_interval, "ark-obs-redis")
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS, **kw: Any) -> RedisStore:
+        """A store on the Redis at ``url`` (``redis://host:port/db``)."""
+        return cls(make_client(url, timeout), url=url, **kw)
+
+    def bind(self, settings: TraceSettings, sink: TraceSink) -> None:
+        """Attach the monitor's settings and outcome sink."""
+        self.settings = settings
+        self._sink = sink
+        self._ttl_ms = max(1, math.ceil(settings.ttl_seconds * 1000))
+        self._head: list[Any] = [
+            self.prefix,
+            self._ttl_ms,
+            settings.max_in_flight,
+            len(settings.pipeline),
+            *settings.pipeline,
+        ]
+
+    # writes: buffered, never blocking ---------------------------------------------------------------
+    def add(self, trace_id: str, agent: str, start: float, end: float, ok: bool, now: float) -> None:
+        """Buffer a span; dropped (and counted) at once while Redis is down or the buffer is full."""
+        pending = self._pending
+        if not self._healthy or len(pending) >= self._max_pending:
+            self._sink.on_dropped(1, self._detail or f"write buffer full ({self._max_pending} spans)")
+            return
+        pending.append((trace_id, agent, start, end, ok, now))
+        if len(pending) == self._batch and self._worker is not None:
+            self._worker.wake()
+
+    def beat(self, agent: str, at: float) -> bool:
+        """Buffer a heartbeat (the newest per agent wins); False while Redis is down."""
+        if not self._healthy:
+            return False
+        with self._beats_lock:
+            self._beats[agent] = at
+        return True
+
+    def flush(self) -> None:
+        """Send buffered spans and heartbeats now (from the caller's thread)."""
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        with self._flush_lock:
+            if not self._healthy or (not self._pending and not self._beats):
+                if time.monotonic() < self._next_probe:
+                    if not self._healthy:
+                        self._drop_pending()
+                    return
+                self._probe()
+                if not self._healthy:
+                    self._drop_pending()
+                    return
+            while self._pending or self._beats:
+                spans: list[tuple[str, str, float, float, bool, float]] = []
+                pending = self._pending
+                while pending and len(spans) < self._batch:
+                    spans.append(pending.popleft())
+                with self._beats_lock:
+                    beats, self._beats = self._beats, {}
+                try:
+                    self._write(spans, beats)
+                except _REDIS_ERRORS as exc:
+                    self._failed(exc)
+                    self._sink.on_dropped(len(spans), self._detail)
+                    self._drop_pending()
+                    return
+
+    def _write(self, spans: list[tuple[str, str, float, float, bool, float]], beats: dict[str, float]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        if spans:
+            args = list(self._head)
+            for trace_id, agent, start, end, ok, seen in spans:
+                args += (trace_id, agent, start, end, 1 if ok else 0, seen)
+            self._add_script(args=args, client=pipe)
+        if beats:
+            key = self.prefix + "hb"
+            mapping: dict[Any, Any] = beats
+            pipe.hset(key, mapping=mapping)
+            pipe.pexpire(key, HEARTBEAT_KEY_TTL_MS)
+        pipe.execute()
+
+    def _drop_pending(self) -> None:
+        n = len(self._pending)
+        self._pending.clear()
+        with self._beats_lock:
+            self._beats.clear()  # heartbeats lost with a failed write are not counted: the next one retries
+        self._sink.on_dropped(n, self._detail)
+
+    # health ------------------------------------------------------------------------------------------
+    def _probe(self) -> None:
+        try:
+            self.client.ping()
+        except _REDIS_ERRORS as exc:
+            self._failed(exc)
+            return
+        if not self._healthy:
+            log.warning("ark-obs trace store %s is reachable again", self.url or "redis")
+        self._healthy, self._detail = True, ""
+        self._next_probe = time.monotonic() + self._retry_seconds
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._healthy:
+            log.warning("ark-obs trace store %s is unavailable: %r", self.url or "redis", exc)
+        self._healthy = False
+        self._detail = f"redis unavailable: {exc!r}"
+        self._next_probe = time.monotonic() + self._retry_seconds
+
+    def _check(self) -> None:
+        if not self._healthy:
+            raise StoreUnavailable(self._detail)
+
+    def health(self) -> StoreHealth:
+        """Healthy unless the last write or probe failed (probed every ``retry_seconds`` when idle)."""
+        return StoreHealth(self.backend, self._healthy, self._detail)
+
+    # reads: short timeouts, raise StoreUnavailable -----------------------------------------------------
+    def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        self._check()
+        try:
+            return fn(*args, **kw)
+        except _REDIS_ERRORS as exc:
+            self._failed(exc)
+            raise StoreUnavailable(self._detail) from exc
+
+    def get(self, trace_id: str) -> TraceRecord | None:
+        """The trace, in flight or finalized, or None."""
+        fields = self._call(self.client.hgetall, self.prefix + "t:" + trace_id)
+        return parse_trace(trace_id, fields)
+
+    def in_flight(self) -> int:
+        """Traces not finalized yet, over every process writing to this Redis."""
+        return int(self._call(self.client.zcard, self.prefix + "inflight"))
+
+    def recent_incomplete(self, limit: int) -> list[TraceRecord]:
+        """Recently expired incomplete traces still held, newest first."""
+        if limit <= 0:
+            return []
+
+        def read() -> list[TraceRecord]:
+            ids = [str(i) for i in self.client.lrange(self.prefix + "recent", 0, limit - 1)]
+            pipe = self.client.pipeline(transaction=False)
+            for trace_id in ids:
+                pipe.hgetall(self.prefix + "t:" + trace_id)
+            out = []
+            for trace_id, fields in zip(ids, pipe.execute(), strict=True):
+                record = parse_trace(trace_id, fields)
+                if record is not None and record.state is TraceState.INCOMPLETE:
+                    out.append(record)
+            return out
+
+        return list(self._call(read))
+
+    def sweep(self, now: float | None) -> None:
+        """Claim and report outcomes; with ``now``, first expire traces whose deadline has passed."""
+        sink = self._sink
+        for _ in range(100):  # bounded: a backlog is worked off over the next sweeps
+            result = self._call(
+                self._sweep_script,
+                args=[self.prefix, "" if now is None else repr(now), self._ttl_ms, _SWEEP_LIMIT,
+                      self.settings.recent_max],
+            )  # fmt: skip
+            expired, completed, late, evicted, lost = result
+            for i in range(0, len(expired), 2):
+                record = parse_trace(expired[i], _pairs(expired[i + 1]), TraceState.INCOMPLETE)
+                if record is not None:
+                    sink.on_expired(record)
+            for i in range(0, len(completed), 2):
+                record = parse_trace(completed[i], _pairs(completed[i + 1]))
+                sink.on_complete(completed[i], None if record is None else record.latency_ms)
+            if int(late):
+                sink.on_late(int(late))
+            if int(evicted):
+                sink.on_evicted("capacity", int(evicted))
+            if int(lost):
+                sink.on_evicted("lost", int(lost))
+            if len(expired) < 2 * _SWEEP_LIMIT and len(completed) < 2 * _SWEEP_LIMIT:
+                return
+
+    def close(self) -> None:
+        """Flush, stop the writer thread and close the connections."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        self.flush()
+        self.client.close()
+
+    # heartbeats (ark_obs.heartbeat.HeartbeatStore) ---------------------------------------------------
+    def last_beats(self) -> dict[str, float]:
+        """Every agent's last heartbeat time, as written by any process."""
+        raw = self._call(self.client.hgetall, self.prefix + "hb")
+        return {agent: float(ts) for agent, ts in raw.items()}
+
+    def claim_outage(self, agent: str, since: float) -> bool:
+        """True for exactly one caller per outage (identified by the agent's last beat)."""
+        claimed = self._call(
+            self._claim_script, keys=[self.prefix + "hbdown"], args=[agent, repr(since), HEARTBEAT_KEY_TTL_MS]
+        )
+        return bool(claimed)
+
+    def forget_agent(self, agent: str) -> None:
+        """Stop tracking ``agent`` everywhere."""
+
+        def forget() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(self.prefix + "hb", agent)
+            pipe.hdel(self.prefix + "hbdown", agent)
+            pipe.execute()
+
+        self._call(forget)
+
+
+class StreamDepths:
+    """Reads the length (XLEN) of Redis streams at scrape time, with a bounded timeout.
+
+    After a failure it answers None at once for ``retry_seconds``, so a down Redis costs a scrape
+    at most one timeout per retry period.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        streams: tuple[str, ...],
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+        owns_client: bool = False,
+    ) -> None:
+        self.client = client
+        self.streams = streams
+        self.timeout = timeout
+        self._retry_seconds = retry_seconds
+        self._retry_at = 0.0
+        self._owns = owns_client
+        self._logged = False
+
+    @classmethod
+    def from_url(cls, url: str, streams: tuple[str, ...], *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> StreamDepths:
+        """A reader with a client of its own."""
+        return cls(make_client(url, timeout), streams, timeout=timeout, owns_client=True)
+
+    def read(self) -> dict[str, int] | None:
+        """Each stream's length (a missing stream is 0; one that is not a stream is left out), or None."""
+        if time.monotonic() < self._retry_at:
+            return None
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xlen(stream)
+        try:
+            lengths = pipe.execute(raise_on_error=False)
+        except _REDIS_ERRORS as exc:
+            self._retry_at = time.monotonic() + self._retry_seconds
+            if not self._logged:
+                self._logged = True
+                log.warning("ark-obs could not read Redis stream lengths: %r (logged once)", exc)
+            return None
+        return {s: int(n) for s, n in zip(self.streams, lengths, strict=True) if isinstance(n, int)}
+
+    def close(self) -> None:
+        """Close the client if this reader opened it."""
+        if self._owns:
+            self.client.close()
+
+
+def open_store(url: str, **kw: Any) -> TraceStore:
+    """The store an ``ARK_OBS_TRACE_STORE`` value names: ``memory`` or ``redis://host:port/db``.
+
+    Keyword arguments go to ``RedisStore.from_url`` (timeout, prefix, flush_interval, ...).
+    """
+    spec = url.strip()
+    if spec in ("", "memory", "memory://"):
+        return MemoryStore()
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore.from_url(spec, **kw)
+    raise ValueError(f"unknown trace store {url!r}: use 'memory' or 'redis://host:port/db'")
