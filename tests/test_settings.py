@@ -164,9 +164,7 @@ def test_open_ingest_on_public_address_is_a_problem() -> None:
 
 def test_cross_field_problems() -> None:
     """Redis streams need a Redis store; a slice longer than the retention is refused."""
-    names = [
-        p.setting for p in Settings(redis_streams="a", slice_seconds=100, retention_seconds=50).problems()
-    ]
+    names = [p.setting for p in Settings(redis_streams="a", slice_seconds=100, retention_seconds=50).problems()]
     assert names == ["ARK_OBS_REDIS_STREAMS", "ARK_OBS_SLICE_SECONDS"]
 
 
@@ -199,9 +197,7 @@ def test_env_example_documents_every_setting() -> None:
         for line in text.splitlines()
         if line.lstrip("# ").startswith("ARK_OBS_") and "=" in line
     )
-    active = {
-        k: v for k, v in values.items() if not k.endswith(("SLO_FILE", "INGEST_TOKEN", "REDIS_STREAMS"))
-    }
+    active = {k: v for k, v in values.items() if not k.endswith(("SLO_FILE", "INGEST_TOKEN", "REDIS_STREAMS"))}
     s = Settings(_env_file=None, **{k.removeprefix("ARK_OBS_").lower(): v for k, v in active.items()})  # type: ignore[call-arg]
     assert s == Settings(_env_file=None)  # type: ignore[call-arg]
 

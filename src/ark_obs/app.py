@@ -317,9 +317,16 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
     return False
 
 
+# prometheus_client's name[] filter matches sample names; these make a family name select all its samples.
+_SAMPLE_SUFFIXES: Final = ("_bucket", "_sum", "_count", "_created", "_total", "_info", "_gcount", "_gsum")
+
+
 def render_exposition(registry: CollectorRegistry, openmetrics_format: bool, names: Sequence[str]) -> bytes:
-    """The exposition of ``registry``, restricted to the families ``names`` when given."""
-    source: Any = registry.restricted_registry(names) if names else registry
+    """The exposition of ``registry``, restricted to ``names`` (family or sample names) when given."""
+    source: Any = registry
+    if names:
+        wanted = {*names, *(n + suffix for n in names for suffix in _SAMPLE_SUFFIXES)}
+        source = registry.restricted_registry(wanted)
     if openmetrics_format:
         return bytes(openmetrics.generate_latest(source))  # type: ignore[no-untyped-call]
     return bytes(generate_latest(source))
@@ -442,7 +449,7 @@ def _invalid(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
 
 
 def _unavailable(detail: str) -> HTTPException:
-    return HTTPException(503, f"trace store unavailable: {detail}; nothing was stored", headers={"Retry-After": "1"})
+    return HTTPException(503, f"trace store unavailable ({detail}); retry", headers={"Retry-After": "1"})
 
 
 # --- the app ------------------------------------------------------------------------------------------
@@ -498,7 +505,10 @@ def create_app(
         **auth_responses,
         400: {"model": ErrorOut, "description": "The body could not be read."},
         413: {"model": ErrorOut, "description": "The body or the batch is too large."},
-        503: {"model": ErrorOut, "description": "The trace store is unavailable; nothing was stored."},
+        503: {
+            "model": ErrorOut,
+            "description": "The trace store is unavailable or dropped spans: retry (a repeated span is harmless).",
+        },
     }
 
     @app.exception_handler(RequestValidationError)
@@ -522,7 +532,11 @@ def create_app(
     async def metrics(
         name: Annotated[
             list[Annotated[str, Field(pattern=METRIC_NAME_PATTERN)]],
-            Query(alias="name[]", max_length=MAX_NAME_FILTERS, description="Only these metric families."),
+            Query(
+                alias="name[]",
+                max_length=MAX_NAME_FILTERS,
+                description="Only these families (a family name) or samples (a sample name, e.g. x_bucket).",
+            ),
         ] = [],  # noqa: B006 - FastAPI copies query defaults
         accept: Annotated[str | None, Header()] = None,
         accept_encoding: Annotated[str | None, Header()] = None,
@@ -540,10 +554,12 @@ def create_app(
     async def metrics_json(
         window_seconds: Annotated[
             float | None,
-            Query(gt=0, le=settings.retention_seconds, description="Window of the histogram stats (s)."),
+            Query(gt=0, description="Window of the histogram stats (s); default and maximum: the retention."),
         ] = None,
     ) -> MetricsJson:
         """Every family with its samples, and each histogram's count, sum, avg, p50/p95/p99, min, max."""
+        if window_seconds is not None and window_seconds > settings.retention_seconds:
+            raise _invalid(("query", "window_seconds"), f"longer than the retention ({settings.retention_seconds:g} s)")
 
         def build() -> MetricsJson:
             stats = {
@@ -686,7 +702,10 @@ def create_app(
             Header(max_length=512, description="W3C traceparent: the trace of spans without a trace_id."),
         ] = None,
     ) -> Accepted:
-        """Record every span of the batch (all or none); spans without ``trace_id`` take the traceparent's."""
+        """Record every span of the batch; spans without ``trace_id`` take the request traceparent's trace.
+
+        200: every span is in the store. 503: some may not be; send the whole batch again.
+        """
         if len(batch.spans) > settings.max_batch_spans:
             raise HTTPException(413, f"{len(batch.spans)} spans in one batch; the limit is {settings.max_batch_spans}")
         header_trace: str | None = None
