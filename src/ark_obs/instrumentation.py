@@ -145,6 +145,7 @@ class _TraceInjector:
         "headers_position",
         "position",
         "reads_incoming",
+        "simple",
         "traceparent_position",
         "wrapper",
     )
@@ -179,6 +180,8 @@ class _TraceInjector:
         # a traceparent the function does not take is accepted by the wrapper and taken out of the call
         self.consume_traceparent = TRACEPARENT_PARAM not in params and not var_keyword
         self.reads_incoming = var_keyword or TRACEPARENT_PARAM in params or HEADERS_PARAM in params
+        # no traceparent or headers can come positionally: a call without keywords needs no look-up
+        self.simple = self.traceparent_position == _NEVER and self.headers_position == _NEVER
 
     def on(self, collector: MetricsCollector) -> _TraceInjector:
         """This injector, counting malformed ids on ``collector`` unless it was given one."""
@@ -190,29 +193,23 @@ class _TraceInjector:
         other.collector = collector
         return other
 
-    def resolve(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """The call's trace id when it was not passed positionally; puts it in ``kwargs``."""
-        incoming = kwargs.pop(TRACEPARENT_PARAM, None) if kwargs and self.consume_traceparent else None
-        tid = kwargs.get(TRACE_ID_PARAM)
-        if tid is not None:
-            if is_valid_trace_id(tid):
-                return cast(str, tid)
-            _count_invalid(self.collector, "trace_id argument", tid)
-        tid = self.ambient(args, kwargs, incoming)
-        kwargs[TRACE_ID_PARAM] = tid
-        return tid
+    def resolve(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
+        """The trace id of a call given keyword arguments or a positional ``trace_id``, and its args.
 
-    def positional(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
-        """The call's trace id when ``trace_id`` was passed positionally, and the args to call with."""
+        The id goes into ``kwargs`` unless it was passed positionally.
+        """
         incoming = kwargs.pop(TRACEPARENT_PARAM, None) if kwargs and self.consume_traceparent else None
-        tid = args[self.position]
+        i = self.position
+        tid = args[i] if len(args) > i else kwargs.get(TRACE_ID_PARAM)
         if tid is not None:
             if is_valid_trace_id(tid):
                 return args, cast(str, tid)
             _count_invalid(self.collector, "trace_id argument", tid)
         tid = self.ambient(args, kwargs, incoming)
-        i = self.position
-        return (*args[:i], tid, *args[i + 1 :]), tid
+        if len(args) > i:
+            return (*args[:i], tid, *args[i + 1 :]), tid
+        kwargs[TRACE_ID_PARAM] = tid
+        return args, tid
 
     def ambient(self, args: tuple[Any, ...], kwargs: dict[str, Any], incoming: object) -> str:
         """Sources 2 to 4: the bound trace id, an incoming traceparent, a new id."""
@@ -279,39 +276,7 @@ def with_trace_id(func: F | None = None, /, *, collector: MetricsCollector | Non
 def _with_trace_id(func: F, collector: MetricsCollector | None) -> F:
     _check_decoratable(func, "with_trace_id")
     injector = _TraceInjector(func, collector)
-    pos, resolve, positional = injector.position, injector.resolve, injector.positional
-    set_trace, reset_trace = TRACE_ID.set, TRACE_ID.reset
-    wrapper: Callable[..., Any]
-
-    if inspect.iscoroutinefunction(func):
-
-        async def traced_async(*args: Any, **kwargs: Any) -> Any:
-            if len(args) > pos:
-                args, tid = positional(args, kwargs)
-            else:
-                tid = resolve(args, kwargs)
-            token = set_trace(tid)
-            try:
-                return await func(*args, **kwargs)
-            finally:
-                reset_trace(token)
-
-        wrapper = traced_async
-    else:
-
-        def traced(*args: Any, **kwargs: Any) -> Any:
-            if len(args) > pos:
-                args, tid = positional(args, kwargs)
-            else:
-                tid = resolve(args, kwargs)
-            token = set_trace(tid)
-            try:
-                return func(*args, **kwargs)
-            finally:
-                reset_trace(token)
-
-        wrapper = traced
-
+    wrapper = _traced_wrapper(func, _UNINSTRUMENTED, injector)
     functools.update_wrapper(wrapper, func)
     injector.wrapper = wrapper
     setattr(wrapper, _INJECTOR_ATTR, injector)
@@ -469,6 +434,32 @@ class _Instruments:
         return rec
 
 
+class _NullRecorders(_Recorders):
+    """Records nothing: ``with_trace_id`` alone is the traced wrapper with nothing to record."""
+
+    def failed(self, exc: BaseException, elapsed_s: float) -> None:
+        """Nothing to record."""
+
+    def cancelled(self) -> None:
+        """Nothing to record."""
+
+
+class _NoInstruments:
+    """The ``_Instruments`` interface the wrappers use, for ``with_trace_id`` alone."""
+
+    def __init__(self) -> None:
+        self.fixed: _Recorders | None = _NullRecorders("", "", _noop, _noop, None, None)
+        self.by_class: dict[type, _Recorders] = {}
+
+    def for_call(self, args: tuple[Any, ...]) -> _Recorders:
+        """Never called: ``fixed`` is set."""
+        assert self.fixed is not None
+        return self.fixed
+
+
+_UNINSTRUMENTED: Final = _NoInstruments()
+
+
 def instrument_agent_method(
     latency_metric: str | None = None,
     counter_metric: str | None = None,
@@ -582,12 +573,17 @@ def _plain_wrapper(func: Callable[..., Any], ins: _Instruments) -> Callable[...,
     return instrumented
 
 
-def _traced_wrapper(func: Callable[..., Any], ins: _Instruments, injector: _TraceInjector) -> Callable[..., Any]:
+def _traced_wrapper(
+    func: Callable[..., Any], ins: _Instruments | _NoInstruments, injector: _TraceInjector
+) -> Callable[..., Any]:
     fixed, by_class, for_call = ins.fixed, ins.by_class, ins.for_call
-    pos, resolve, positional = injector.position, injector.resolve, injector.positional
-    set_trace, reset_trace = TRACE_ID.set, TRACE_ID.reset
+    pos, simple, resolve, ambient = injector.position, injector.simple, injector.resolve, injector.ambient
+    get_trace, set_trace, reset_trace = TRACE_ID.get, TRACE_ID.set, TRACE_ID.reset
+    mint, valid = new_trace_id, is_valid_trace_id
     cancelled_error = _CancelledError
 
+    # Trace id, inline for a call without keywords: the bound id is reused without binding it again;
+    # otherwise a new one is bound. Keywords or a positional trace_id take the full rules (resolve).
     if inspect.iscoroutinefunction(func):
 
         async def instrumented_async(*args: Any, **kwargs: Any) -> Any:
@@ -598,11 +594,21 @@ def _traced_wrapper(func: Callable[..., Any], ins: _Instruments, injector: _Trac
                     rec = for_call(args)
             else:
                 rec = fixed
-            if len(args) > pos:
-                args, tid = positional(args, kwargs)
+            tid: str | None
+            if kwargs or len(args) > pos:
+                args, tid = resolve(args, kwargs)
+                token = set_trace(tid)
             else:
-                tid = resolve(args, kwargs)
-            token = set_trace(tid)
+                tid = get_trace()
+                if tid is None and simple:
+                    tid = mint()
+                    token = set_trace(tid)
+                elif tid is not None and valid(tid):
+                    token = None
+                else:
+                    tid = ambient(args, kwargs, None)
+                    token = set_trace(tid)
+                kwargs[TRACE_ID_PARAM] = tid
             start = perf_counter()
             try:
                 result = await func(*args, **kwargs)
@@ -617,7 +623,8 @@ def _traced_wrapper(func: Callable[..., Any], ins: _Instruments, injector: _Trac
                 rec.inc()
                 return result
             finally:
-                reset_trace(token)
+                if token is not None:
+                    reset_trace(token)
 
         return instrumented_async
 
@@ -629,11 +636,21 @@ def _traced_wrapper(func: Callable[..., Any], ins: _Instruments, injector: _Trac
                 rec = for_call(args)
         else:
             rec = fixed
-        if len(args) > pos:
-            args, tid = positional(args, kwargs)
+        tid: str | None
+        if kwargs or len(args) > pos:
+            args, tid = resolve(args, kwargs)
+            token = set_trace(tid)
         else:
-            tid = resolve(args, kwargs)
-        token = set_trace(tid)
+            tid = get_trace()
+            if tid is None and simple:
+                tid = mint()
+                token = set_trace(tid)
+            elif tid is not None and valid(tid):
+                token = None
+            else:
+                tid = ambient(args, kwargs, None)
+                token = set_trace(tid)
+            kwargs[TRACE_ID_PARAM] = tid
         start = perf_counter()
         try:
             result = func(*args, **kwargs)
@@ -648,7 +665,8 @@ def _traced_wrapper(func: Callable[..., Any], ins: _Instruments, injector: _Trac
             rec.inc()
             return result
         finally:
-            reset_trace(token)
+            if token is not None:
+                reset_trace(token)
 
     return instrumented
 
