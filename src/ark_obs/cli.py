@@ -116,12 +116,48 @@ def slo_problems(settings: Settings) -> list[Problem]:
     collector = MetricsCollector(
         retention_seconds=settings.retention_seconds, slice_seconds=settings.slice_seconds, ticker=False
     )
+    errors: list[str] = []
     try:
         specs = load_slo_file(settings.slo_file, collector.registry)
         SloEngine(collector, specs, register=False)  # checks windows against the retention
     except SloConfigError as exc:
-        return [Problem(env_name("slo_file"), f"{settings.slo_file}: {e}") for e in exc.errors]
-    return []
+        errors = [*exc.errors, *_window_errors(settings)]
+    where = env_name("slo_file")
+    return [Problem(where, f"{settings.slo_file}: {e}") for e in dict.fromkeys(errors)]
+
+
+def _window_errors(settings: Settings) -> list[str]:
+    """Windows longer than the retention, in SLOs that are otherwise valid.
+
+    ``load_slo_file`` stops before the retention check when other SLOs have mistakes; checking each
+    SLO on its own finds these too, so one run reports everything.
+    """
+    import tomllib
+
+    import yaml
+
+    from ark_obs.metrics import MetricsCollector
+    from ark_obs.slo import SloConfigError, parse_slos, validate_specs
+
+    assert settings.slo_file is not None
+    try:
+        text = settings.slo_file.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if settings.slo_file.suffix.lower() == ".toml" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError):
+        return []  # load_slo_file has reported it
+    items = data.get("slos") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return []
+    registry = MetricsCollector(retention_seconds=settings.retention_seconds, ticker=False).registry
+    out: list[str] = []
+    for i, item in enumerate(items):
+        try:
+            spec = parse_slos({"slos": [item]}, registry=registry)
+        except SloConfigError:
+            continue
+        for error in validate_specs(spec, registry, settings.retention_seconds):
+            out.append(error.replace("slos[0]", f"slos[{i}]", 1))
+    return out
 
 
 def load_settings(env_file: Path | None = Path(".env"), **overrides: Any) -> tuple[Settings | None, list[Problem]]:
