@@ -1,0 +1,195 @@
+"""The status page: one self-contained HTML page at ``/``, refreshed live from the service's own JSON.
+
+>>> app.include_router(router(collector))    # in create_app  # doctest: +SKIP
+
+For a deployment without Grafana (and for ``make run``). The page (``static/status.html``: inline CSS
+and JavaScript, nothing fetched from outside the service) polls every 1.5 s:
+
+- ``GET /slos``: each SLO's status, value against objective, and error budget left;
+- ``GET /traces?status=incomplete``: the most recent traces that expired incomplete, with the agent
+  each one is missing;
+- ``GET /status.json`` (served here): agents up or silent from the heartbeat monitor, the decision
+  latency distribution over the last 5 minutes (per-bucket counts of ``ark_pass_latency_ms``, and of
+  ``ark_trace_latency_ms`` for services fed only over HTTP), and trace, denial and quarantine totals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from functools import lru_cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Final
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from ark_obs import catalog
+
+if TYPE_CHECKING:
+    from ark_obs.metrics import MetricsCollector
+
+__all__ = ["AgentOut", "LatencyOut", "StatusOut", "router", "snapshot", "status_html"]
+
+LATENCY_WINDOW_SECONDS: Final = 300.0  # the SLO window of decision_latency_p95
+DECISION_THRESHOLD_MS: Final = 400.0
+REFRESH_MS: Final = 1500
+
+
+class AgentOut(BaseModel):
+    """One agent's heartbeat state; ``up`` is None for a pipeline agent that never beat."""
+
+    agent: str
+    up: bool | None
+    in_pipeline: bool
+    last_beat: float | None = Field(description="Unix time (s) of its last heartbeat")
+    silent_seconds: float | None
+
+
+class BucketOut(BaseModel):
+    """Observations in one histogram bucket over the window: ``le`` is its upper bound (None: +Inf)."""
+
+    le: float | None
+    count: float
+
+
+class LatencyOut(BaseModel):
+    """A latency histogram over the window: per-bucket counts and interpolated percentiles (ms)."""
+
+    metric: str
+    window_seconds: float
+    count: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+    threshold_ms: float
+    over_threshold: float = Field(description="observations above threshold_ms in the window")
+    buckets: list[BucketOut]
+
+
+class TracesOut(BaseModel):
+    """Trace continuity totals since the service started."""
+
+    in_flight: int | None
+    complete: float
+    incomplete: float
+    incomplete_by_missing_agent: dict[str, float]
+
+
+class StatusOut(BaseModel):
+    """What the status page shows besides the SLOs and the incomplete traces."""
+
+    generated_at: float
+    heartbeat_interval_seconds: float
+    pipeline: list[str]
+    agents: list[AgentOut]
+    decision_latency: LatencyOut
+    trace_latency: LatencyOut
+    traces: TracesOut
+    denials: float
+    quarantines: dict[str, float]
+    heartbeat_failures: dict[str, float]
+
+
+@lru_cache(maxsize=1)
+def status_html() -> str:
+    """The page, read once from the package."""
+    return resources.files("ark_obs").joinpath("static/status.html").read_text(encoding="utf-8")
+
+
+def _totals(collector: MetricsCollector, name: str, label: str | None = None) -> dict[str, float]:
+    """A counter's current value summed per value of ``label`` (key "" without a label)."""
+    spec = collector.metric(name).spec
+    index = spec.labels.index(label) if label is not None else None
+    out: dict[str, float] = {}
+    for reading in collector.readings(name):
+        values: tuple[str, ...] = reading.key[1]  # type: ignore[index]
+        key = values[index] if index is not None else ""
+        out[key] = out.get(key, 0.0) + reading.values[0]
+    return out
+
+
+def _latency(collector: MetricsCollector, name: str, window: float, threshold: float) -> LatencyOut:
+    spec = collector.metric(name).spec
+    bounds: tuple[float, ...] = spec.buckets
+    inc = collector.increase(name, window)
+    counts: Iterable[float] = inc[0][:-1] if inc is not None else [0.0] * (len(bounds) + 1)
+    buckets = [
+        BucketOut(le=bounds[i] if i < len(bounds) else None, count=round(max(c, 0.0), 6)) for i, c in enumerate(counts)
+    ]
+    stats = collector.get_histogram_stats(name, window_seconds=window)
+    over = sum(b.count for b in buckets if b.le is None or b.le > threshold)
+    return LatencyOut(
+        metric=name,
+        window_seconds=window,
+        count=stats.count,
+        p50=stats.p50,
+        p95=stats.p95,
+        p99=stats.p99,
+        max=stats.max if stats.max is not None and math.isfinite(stats.max) else None,
+        threshold_ms=threshold,
+        over_threshold=over,
+        buckets=buckets,
+    )
+
+
+def _agents(collector: MetricsCollector, pipeline: tuple[str, ...]) -> list[AgentOut]:
+    states = {s.agent: s for s in collector.heartbeats.status() or ()}
+    out = []
+    for agent in (*pipeline, *sorted(set(states) - set(pipeline))):
+        s = states.get(agent)
+        out.append(
+            AgentOut(
+                agent=agent,
+                up=None if s is None else s.up,
+                in_pipeline=agent in pipeline,
+                last_beat=None if s is None else s.last_beat,
+                silent_seconds=None if s is None else round(s.silent_seconds, 3),
+            )
+        )
+    return out
+
+
+def snapshot(collector: MetricsCollector) -> StatusOut:
+    """Everything ``/status.json`` returns, read from ``collector`` now."""
+    traces, heartbeats = collector.traces, collector.heartbeats
+    heartbeats.sweep()  # fresh up/down, as a scrape would see it
+    window = min(LATENCY_WINDOW_SECONDS, collector.window.retention)
+    incomplete = _totals(collector, catalog.ARK_TRACES_INCOMPLETE_TOTAL.name, "missing_agent")
+    return StatusOut(
+        generated_at=collector.clock(),
+        heartbeat_interval_seconds=heartbeats.interval,
+        pipeline=list(traces.pipeline),
+        agents=_agents(collector, traces.pipeline),
+        decision_latency=_latency(collector, catalog.ARK_PASS_LATENCY_MS.name, window, DECISION_THRESHOLD_MS),
+        trace_latency=_latency(collector, catalog.ARK_TRACE_LATENCY_MS.name, window, DECISION_THRESHOLD_MS),
+        traces=TracesOut(
+            in_flight=traces.in_flight(),
+            complete=sum(_totals(collector, catalog.ARK_TRACES_COMPLETE_TOTAL.name).values()),
+            incomplete=sum(incomplete.values()),
+            incomplete_by_missing_agent=incomplete,
+        ),
+        denials=sum(_totals(collector, catalog.HRM_DENIALS_TOTAL.name).values()),
+        quarantines=_totals(collector, catalog.WATCHDOG_QUARANTINES_TOTAL.name, "agent"),
+        heartbeat_failures=_totals(collector, catalog.AGENT_HEARTBEAT_FAILURES_TOTAL.name, "agent"),
+    )
+
+
+def router(collector: MetricsCollector) -> APIRouter:
+    """``GET /`` (the page) and ``GET /status.json`` (its data) for the service serving ``collector``."""
+    api = APIRouter(tags=["status page"])
+
+    @api.get("/", response_class=HTMLResponse, summary="Status page")
+    async def page() -> HTMLResponse:
+        """A live page: SLOs and error budgets, agents up or silent, decision latency, stuck traces."""
+        return HTMLResponse(status_html(), headers={"Cache-Control": "no-cache"})
+
+    @api.get("/status.json", response_model=StatusOut, summary="Status page data")
+    async def status() -> Any:
+        """Agents, the decision latency distribution and trace totals, as the status page shows them."""
+        return await run_in_threadpool(snapshot, collector)
+
+    return api
