@@ -522,9 +522,21 @@ class SloReport(BaseModel):
 
 
 # --- evaluation --------------------------------------------------------------------------------------
+_Increase: TypeAlias = tuple[tuple[float, ...], float, float] | None
+_Memo: TypeAlias = dict[tuple[str, float, tuple[tuple[str, str], ...]], _Increase]
+
+
 def _clean(x: float) -> float:
     """``x`` rounded to 12 significant digits: exact-looking output, never NaN (callers pass finite x)."""
     return float(f"{x:.{_SIGNIFICANT_DIGITS}g}")
+
+
+def _at_least(good: float, total: float, share: Decimal) -> bool:
+    """``good / total >= share`` exactly: 19 of 20 meets 0.95 (floats decide only clear cases)."""
+    margin = good - float(share) * total
+    if abs(margin) > 1e-9 * total:
+        return margin > 0
+    return Fraction(good) >= Fraction(share) * Fraction(total)
 
 
 def _opt(x: float | None) -> float | None:
@@ -584,13 +596,14 @@ class SloEngine:
 
     def check(self) -> SloReport:
         """Evaluate every SLO now."""
-        statuses = [self.evaluate(spec) for spec in self.specs]
+        memo: _Memo = {}  # one increase() per metric and window per check, however many SLOs share it
+        statuses = [self.evaluate(spec, memo) for spec in self.specs]
         availability = next((s for s in self.specs if isinstance(s, AvailabilitySlo)), None)
         ratios: dict[str, float] = {}
         if availability is not None:
             for name, seconds in self.burn_windows:
-                ratios[name] = _clean(self._availability(availability, seconds)[0])
-        return SloReport(
+                ratios[name] = _clean(self._availability(availability, seconds, memo)[0])
+        return SloReport.model_construct(
             slos=statuses,
             total=len(statuses),
             met=sum(s.status is Status.MET for s in statuses),
@@ -601,33 +614,34 @@ class SloEngine:
             evaluated_at=self.collector.clock(),
         )
 
-    def evaluate(self, spec: SloSpec) -> SloStatus:
+    def evaluate(self, spec: SloSpec, memo: _Memo | None = None) -> SloStatus:
         """Evaluate one SLO."""
         if isinstance(spec, GaugeSlo):
             return self._gauge(spec)
+        memo = {} if memo is None else memo
         window: float = spec.window
-        good, total, value = self._events(spec, window)
+        good, total, value = self._events(spec, window, memo)
         min_events = self._min_events(spec)
         budget = _compliance_objective(spec)
         assert budget is not None  # only gauges have none
         judged = total >= min_events and total > 0
         if not judged:
             status = Status.NO_DATA
-        elif Fraction(good) >= Fraction(budget) * Fraction(total):  # exact: 19 of 20 meets 0.95
+        elif _at_least(good, total, budget):
             status = Status.MET
         else:
             status = Status.VIOLATED
         compliance = min(1.0, good / total) if total > 0 else None
-        burn = self._burn(good, total, budget) if judged else None
+        burn = _clean(self._burn(good, total, budget)) if judged else None
         burn_rates: dict[str, float] = {}
         for name, seconds in self.burn_windows:
             if seconds == window and burn is not None:
-                burn_rates[name] = _clean(burn)
+                burn_rates[name] = burn
                 continue
-            g, t, _ = self._events(spec, seconds, value=False)
+            g, t, _ = self._events(spec, seconds, memo, value=False)
             if t >= min_events and t > 0:
                 burn_rates[name] = _clean(self._burn(g, t, budget))
-        return SloStatus(
+        return SloStatus.model_construct(
             name=spec.id,
             kind=spec.kind,
             description=spec.description,
@@ -643,10 +657,18 @@ class SloEngine:
             compliance=_opt(compliance),
             compliance_objective=float(budget),
             error_budget_remaining=None if burn is None else _clean(1.0 - burn),
-            burn_rate=_opt(burn),
+            burn_rate=burn,
             burn_rates=burn_rates,
             min_events=None if isinstance(spec, AvailabilitySlo) else min_events,
         )
+
+    def _increase(self, name: str, window: float, labels: Labels, memo: _Memo) -> _Increase:
+        key = (name, window, tuple(sorted(labels.items())))
+        try:
+            return memo[key]
+        except KeyError:
+            inc = memo[key] = self.collector.increase(name, window, labels)
+            return inc
 
     # kinds ----------------------------------------------------------------------------------------------
     def _min_events(self, spec: SloSpec) -> int:
@@ -657,27 +679,26 @@ class SloEngine:
 
     @staticmethod
     def _burn(good: float, total: float, objective: Decimal) -> float:
-        """Error ratio / error budget, in exact arithmetic: 5 bad of 100 against 0.95 burns exactly 1."""
-        error = max(Fraction(0), 1 - Fraction(good) / Fraction(total))
-        return float(error / (1 - Fraction(objective)))
+        """Error ratio / error budget: (total - good) / total / (1 - objective)."""
+        return max(0.0, total - good) / total / float(1 - objective)
 
     def _events(
-        self, spec: LatencySlo | AvailabilitySlo | RatioSlo, window: float, value: bool = True
+        self, spec: LatencySlo | AvailabilitySlo | RatioSlo, window: float, memo: _Memo, value: bool = True
     ) -> tuple[float, float, float | None]:
         """(good, total, indicator value) over ``window`` seconds."""
         if isinstance(spec, AvailabilitySlo):
-            ratio, down = self._availability(spec, window)
+            ratio, down = self._availability(spec, window, memo)
             return window - down, window, ratio
         if isinstance(spec, LatencySlo):
-            return self._latency(spec, window, value)
-        good_inc = self.collector.increase(spec.good_metric, window, spec.good_labels)
-        total_inc = self.collector.increase(spec.total_metric, window, spec.total_labels)
+            return self._latency(spec, window, memo, value)
+        good_inc = self._increase(spec.good_metric, window, spec.good_labels, memo)
+        total_inc = self._increase(spec.total_metric, window, spec.total_labels, memo)
         good = good_inc[0][0] if good_inc else 0.0
         total = total_inc[0][0] if total_inc else 0.0
         return good, total, (min(1.0, good / total) if total > 0 else None)
 
-    def _latency(self, spec: LatencySlo, window: float, value: bool) -> tuple[float, float, float | None]:
-        inc = self.collector.increase(spec.metric, window, spec.labels)
+    def _latency(self, spec: LatencySlo, window: float, memo: _Memo, value: bool) -> tuple[float, float, float | None]:
+        inc = self._increase(spec.metric, window, spec.labels, memo)
         if inc is None:
             return 0.0, 0.0, None
         values, vmin, vmax = inc
@@ -691,9 +712,9 @@ class SloEngine:
         p = histogram_quantile(float(spec.quantile), counts, bounds, vmin, vmax) if value else None
         return good, total, p
 
-    def _availability(self, spec: AvailabilitySlo, window: float) -> tuple[float, float]:
+    def _availability(self, spec: AvailabilitySlo, window: float, memo: _Memo) -> tuple[float, float]:
         """(availability, downtime seconds) over ``window``: 1 - increase(quarantines) x 5 s / window."""
-        inc = self.collector.increase(spec.metric, window, spec.labels)
+        inc = self._increase(spec.metric, window, spec.labels, memo)
         events = inc[0][0] if inc else 0.0
         per_event = spec.downtime_per_event_seconds or self.downtime_per_quarantine
         down = min(window, events * per_event)
@@ -712,7 +733,7 @@ class SloEngine:
             status = Status.MET
         else:
             status = Status.VIOLATED
-        return SloStatus(
+        return SloStatus.model_construct(
             name=spec.id,
             kind=spec.kind,
             description=spec.description,
