@@ -24,6 +24,8 @@ from pydantic import ValidationError
 from ark_obs import __version__
 from ark_obs.settings import Problem, Settings, env_name
 
+log = logging.getLogger("ark_obs.cli")
+
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_BAD_CONFIG: Final = 2
@@ -222,6 +224,9 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     previous = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run()
+    except SystemExit as exc:  # uvicorn exits 3 when it cannot bind or start: ours is 1
+        log.error("ark-obs could not start on %s (uvicorn exit status %s)", settings.bind_url, exc.code)
+        return EXIT_FAILED
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

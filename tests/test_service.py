@@ -1,0 +1,239 @@
+"""A real ``ark-obs serve`` process on a free loopback port: endpoints, graceful SIGTERM, multiprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+pytest_plugins = ["plugins.redis_server"]
+
+pytestmark = pytest.mark.slow
+
+ARK_OBS = Path(sys.executable).with_name("ark-obs")
+PIPELINE = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """An ``ark-obs serve`` subprocess; its output goes to ``log``."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"ark-obs-{self.port}.log"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("ARK_OBS_", "PROMETHEUS_MULTIPROC"))}
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(ARK_OBS), "serve", "--port", str(self.port), *args],
+                env={**clean, "ARK_OBS_LOG_LEVEL": "info", **env},
+                cwd=workdir,  # no stray .env
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Poll /healthz until it answers 200 (fail with the log if the process dies)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"ark-obs exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"ark-obs did not answer /healthz in {timeout} s:\n{self.output()}")
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait for the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        """Everything the process printed."""
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Any]:
+    """Start servers with extra environment; every one still running is stopped afterwards."""
+    servers: list[Server] = []
+
+    def _start(env: dict[str, str] | None = None, args: tuple[str, ...] = (), healthy: bool = True) -> Server:
+        server = Server(tmp_path, env or {}, args)
+        servers.append(server)
+        if healthy:
+            server.wait_healthy()
+        return server
+
+    yield _start
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(10)
+
+
+def test_serve_end_to_end_and_graceful_sigterm(start: Any) -> None:
+    """A real server answers every endpoint, then SIGTERM stops it cleanly: exit 0, no traceback."""
+    server = start()
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        assert c.get("/healthz").json()["status"] == "ok"
+        assert c.get("/readyz").json()["status"] == "ready"
+        spans = [{"trace_id": TRACE, "agent": a, "duration_ms": 20} for a in PIPELINE]
+        assert c.post("/spans", json={"spans": spans}).json() == {"accepted": 5}
+        assert c.post("/heartbeats/Kyle").status_code == 200
+        report = c.get(f"/traces/{TRACE}").json()
+        assert report["complete"] is True and report["agents_seen"] == list(PIPELINE)
+        assert c.get(f"/traces/{'e' * 32}").status_code == 404
+        assert c.get("/traces/not-a-trace").status_code == 422
+        assert c.get("/slos").json()["total"] == 4
+        assert c.get("/traces", params={"status": "incomplete"}).json()["count"] == 0
+        text = c.get("/metrics").text
+        names = [f.name for f in parse_text(text)]
+        assert len(names) == len(set(names))
+        assert "ark_traces_complete" in names and "ark_slo_met" in names and "ark_agent_up" in names
+        om = c.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}).text
+        bucket_exemplars = [
+            s.exemplar
+            for f in parse_openmetrics(om)
+            if f.name == "ark_trace_latency_ms"
+            for s in f.samples
+            if s.exemplar is not None
+        ]
+        assert [e.labels["trace_id"] for e in bucket_exemplars] == [TRACE]
+        assert "families" in c.get("/metrics/json").json()
+    assert server.terminate() == 0
+    out = server.output()
+    assert "Traceback" not in out, out
+    assert "Finished server process" in out
+
+
+def test_sigterm_finishes_in_flight_requests_and_flushes(start: Any, redis_url: str) -> None:
+    """A request whose body is still arriving when SIGTERM lands is completed (200), its spans are in
+    the (Redis) store after exit, new connections are refused, and the exit status is 0."""
+    server = start({"ARK_OBS_TRACE_STORE": redis_url})
+    body = ('{"spans": [' + ",".join(f'{{"trace_id": "{TRACE}", "agent": "{a}"}}' for a in PIPELINE) + "]}").encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        head = (
+            f"POST /spans HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        sock.sendall(head + body[:20])
+        time.sleep(0.3)  # the request is in flight: headers and part of the body received
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert server.proc.poll() is None, "exited with a request in flight"
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+        sock.sendall(body[20:])
+        response = b""
+        while chunk := sock.recv(65536):  # the server closes the connection: it is shutting down
+            response += chunk
+        response = response.decode()
+    assert response.startswith("HTTP/1.1 200"), response
+    assert '{"accepted":5}' in response
+    assert server.proc.wait(20) == 0
+    assert "Traceback" not in server.output()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        stored = client.hgetall(f"ark:obs:t:{TRACE}")
+    finally:
+        client.close()
+    assert {k for k in stored if k.startswith("@")} == {f"@{a}" for a in PIPELINE}
+
+
+def test_sigint_also_exits_zero(start: Any) -> None:
+    """Ctrl-C (SIGINT) drains and exits 0 too."""
+    server = start()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(20) == 0
+    assert "Traceback" not in server.output()
+
+
+def test_port_in_use_fails_with_status_1(start: Any) -> None:
+    """A port another process holds: the server says so and exits 1."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        server = start(args=("--port", str(port)), healthy=False)  # the last --port wins
+        assert server.proc.wait(30) == 1
+    assert "address already in use" in server.output().lower()
+
+
+def test_open_ingest_on_public_address_refused(start: Any) -> None:
+    """ARK_OBS_HOST=0.0.0.0 without a token never binds: exit 2 with the fix in the message."""
+    server = start({"ARK_OBS_HOST": "0.0.0.0"}, healthy=False)
+    assert server.proc.wait(30) == 2
+    out = server.output()
+    assert "ARK_OBS_INGEST_TOKEN" in out and "ARK_OBS_ALLOW_OPEN_INGEST=true" in out
+
+
+AGENT = textwrap.dedent(
+    """
+    import sys
+    from ark_obs import metrics
+    agent, n = sys.argv[1], int(sys.argv[2])
+    for i in range(n):
+        metrics.increment_counter("hrm_denials_total", labels={"rule_id": "max_position_size", "agent": agent})
+        metrics.record_latency("ark_pass_latency_ms", 100.0 + i)
+    metrics.set_gauge("kyle_ingest_rate", 1.0)
+    """
+)
+
+
+def test_multiprocess_aggregates_every_process(start: Any, tmp_path: Path) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR, /metrics sums two agent processes and the server's own metrics,
+    with the SLO and trace families once each and no family emitted twice."""
+    mpdir = tmp_path / "prom"
+    mpdir.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(mpdir)}
+    server = start(env)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ARK_OBS_")}
+    for agent, n in (("Kenny", 3), ("Joey", 4)):
+        subprocess.run(
+            [sys.executable, "-c", AGENT, agent, str(n)], env={**clean, **env}, check=True, timeout=60, cwd=tmp_path
+        )
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        spans = [{"trace_id": TRACE, "agent": a} for a in PIPELINE]
+        assert c.post("/spans", json={"spans": spans}).status_code == 200
+        text = c.get("/metrics").text
+        om = c.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}).text
+    fams = list(parse_text(text))
+    names = [f.name for f in fams]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    by_name = {f.name: f for f in fams}
+    denials = {s.labels["agent"]: s.value for s in by_name["hrm_denials"].samples if s.name == "hrm_denials_total"}
+    assert denials == {"Kenny": 3.0, "Joey": 4.0}
+    count = next(s.value for s in by_name["ark_pass_latency_ms"].samples if s.name == "ark_pass_latency_ms_count")
+    assert count == 7.0
+    complete = next(s.value for s in by_name["ark_traces_complete"].samples if s.name.endswith("_total"))
+    assert complete == 1.0
+    for family in ("ark_slo_objective", "ark_traces_in_flight", "ark_agent_heartbeat_interval_seconds"):
+        assert names.count(family) == 1, family
+    om_names = [f.name for f in parse_openmetrics(om)]
+    assert len(om_names) == len(set(om_names))
+    assert server.terminate() == 0
