@@ -143,6 +143,20 @@ async def test_async_times_the_awaited_work(c: MetricsCollector) -> None:
     assert value(c, "joey_total", agent="Joey", method="find") == 1
 
 
+async def test_an_object_with_async_call_is_timed_when_awaited(c: MetricsCollector) -> None:
+    """A callable object whose __call__ is async gets an async wrapper that times the awaited call."""
+
+    class Scorer:
+        async def __call__(self, signal: int, trace_id: str | None = None) -> str | None:
+            await asyncio.sleep(0.02)
+            return trace_id
+
+    scorer = instrument_agent_method(latency_metric="scorer_ms", collector=c)(with_trace_id(Scorer()))
+    assert inspect.iscoroutinefunction(scorer)
+    assert await scorer(1, trace_id=TRACE) == TRACE
+    assert 20 <= total(c, "scorer_ms", method="Scorer") < 1000
+
+
 def test_sync_function_and_method(c: MetricsCollector) -> None:
     """A sync method and a plain function are timed in ms and counted; return values are the same object."""
     payload = object()

@@ -121,6 +121,12 @@ def _check_decoratable(func: object, decorator: str, metrics: str = "") -> None:
         )
 
 
+def _is_async(func: object) -> bool:
+    """True for an ``async def`` function or method, or an object whose ``__call__`` is one."""
+    call = getattr(type(func), "__call__", None)  # noqa: B004 -- the method itself, to ask if it is async
+    return inspect.iscoroutinefunction(func) or (not inspect.isroutine(func) and inspect.iscoroutinefunction(call))
+
+
 # --- trace ids ---------------------------------------------------------------------------------------
 def _count_invalid(collector: MetricsCollector | None, source: str, value: object) -> None:
     """Count a malformed trace id or traceparent; log the first one. Never raises."""
@@ -338,7 +344,7 @@ class _Instruments:
         collector: MetricsCollector,
     ) -> None:
         self.where = _name(func)
-        self.method = func.__name__
+        self.method = getattr(func, "__name__", type(func).__name__)
         self.collector = collector
         self.latency = self._metric(latency_metric, Kind.HISTOGRAM, "latency_metric")
         self.counter = self._metric(counter_metric, Kind.COUNTER, "counter_metric")
@@ -524,7 +530,7 @@ def _plain_wrapper(func: Callable[..., Any], ins: _Instruments) -> Callable[...,
     fixed, by_class, for_call = ins.fixed, ins.by_class, ins.for_call
     cancelled_error = _CancelledError
 
-    if inspect.iscoroutinefunction(func):
+    if _is_async(func):
 
         async def instrumented_async(*args: Any, **kwargs: Any) -> Any:
             if fixed is None:
@@ -584,7 +590,7 @@ def _traced_wrapper(
 
     # Trace id, inline for a call without keywords: the bound id is reused without binding it again;
     # otherwise a new one is bound. Keywords or a positional trace_id take the full rules (resolve).
-    if inspect.iscoroutinefunction(func):
+    if _is_async(func):
 
         async def instrumented_async(*args: Any, **kwargs: Any) -> Any:
             if fixed is None:
