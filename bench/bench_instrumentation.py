@@ -24,8 +24,8 @@ from ark_obs.instrumentation import instrument_agent_method, with_trace_id
 from ark_obs.metrics import MetricsCollector
 from bench._timing import row
 
-CALLS = 5_000
-REPEATS = 30
+CALLS = 1_000
+REPEATS = 150
 TARGET = 2.0  # ours / hand-written overhead, async path, trace-id binding included
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SIGNAL = {"symbol": "ES", "side": "buy"}

@@ -83,7 +83,9 @@ def new_trace_id() -> str:
     except IndexError:
         digits = os.urandom(16 * _ID_BATCH).hex()
         ids = [digits[i : i + 32] for i in range(0, len(digits), 32)]
-        _id_pool.extend(i for i in ids if i != _ZERO_TRACE_ID)  # all zeros is invalid (2**-128 odds)
+        if _ZERO_TRACE_ID in ids:  # all zeros is invalid (odds 2**-128, but the rule is absolute)
+            ids = [i for i in ids if i != _ZERO_TRACE_ID]
+        _id_pool.extend(ids)
         return new_trace_id()
 
 

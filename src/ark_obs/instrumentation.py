@@ -509,15 +509,16 @@ def instrument_agent_method(
         given = {"latency_metric": latency_metric, "counter_metric": counter_metric}
         names = ", ".join(f"{k}={v!r}" for k, v in given.items() if v is not None)
         _check_decoratable(func, "instrument_agent_method", names)
-        target: Callable[..., Any] = func
         injector = getattr(func, _INJECTOR_ATTR, None)
-        if isinstance(injector, _TraceInjector) and injector.wrapper is func:
-            target = injector.func  # fuse with the @with_trace_id right below: one wrapper, one binding
+        # right above @with_trace_id, fuse with it: one wrapper, the trace bound while the latency is observed
+        if not (isinstance(injector, _TraceInjector) and injector.wrapper is func):
+            injector = None
+        target: Callable[..., Any] = func if injector is None else injector.func
         instruments = _Instruments(target, latency_metric, counter_metric, agent, collector or get_collector())
-        if isinstance(injector, _TraceInjector) and injector.wrapper is func:
-            wrapper = _traced_wrapper(target, instruments, injector.on(instruments.collector))
-        else:
+        if injector is None:
             wrapper = _plain_wrapper(target, instruments)
+        else:
+            wrapper = _traced_wrapper(target, instruments, injector.on(instruments.collector))
         functools.update_wrapper(wrapper, func)
         return cast(F, wrapper)
 
