@@ -461,34 +461,38 @@ async def test_batch_of_many_traces(client: httpx.AsyncClient) -> None:
 
 
 async def test_traceparent_in_place_of_trace_id(client: httpx.AsyncClient) -> None:
-    """Spans without trace_id take the traceparent header's trace; explicit ids still win."""
-    header = f"00-{TRACE}-00f067aa0ba902b7-01"
-    spans = [{"agent": "Kyle"}, {"agent": "Joey"}, {"agent": "HRM", "trace_id": UUID_TRACE}]
-    r = await client.post("/spans", json={"spans": spans}, headers={"traceparent": header})
-    assert r.status_code == 200
+    """POST /traceparent/spans records a span of the trace the W3C traceparent header names."""
+    for agent in ("Kyle", "Joey"):
+        header = f"00-{TRACE}-00f067aa0ba902b7-01"
+        r = await client.post("/traceparent/spans", json={"agent": agent}, headers={"traceparent": header})
+        assert r.status_code == 200 and r.json() == {"accepted": 1}
     assert (await client.get(f"/traces/{TRACE}")).json()["agents_seen"] == ["Kyle", "Joey"]
-    assert (await client.get(f"/traces/{UUID_TRACE}")).json()["agents_seen"] == ["HRM"]
+    # a later version with extra fields is read for its first four (W3C forward compatibility)
+    r = await client.post(
+        "/traceparent/spans", json={"agent": "HRM"}, headers={"traceparent": f"01-{TRACE}-00f067aa0ba902b7-01-xyz"}
+    )
+    assert r.status_code == 200
 
 
 @pytest.mark.parametrize(
-    ("headers", "loc"),
+    "header",
     [
-        ({}, ["body", "spans", 1, "trace_id"]),
-        ({"traceparent": "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, ["header", "traceparent"]),
-        ({"traceparent": "00-00000000000000000000000000000000-00f067aa0ba902b7-01"}, ["header", "traceparent"]),
-        ({"traceparent": "garbage"}, ["header", "traceparent"]),
+        None,
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "garbage",
     ],
 )
-async def test_missing_or_bad_traceparent_is_422(
-    client: httpx.AsyncClient, headers: dict[str, str], loc: list[Any]
-) -> None:
-    """A span with no trace id needs a valid traceparent; otherwise a 422 names what is wrong, and
-    nothing of the batch is stored."""
-    spans = [{"agent": "Kyle", "trace_id": UUID_TRACE}, {"agent": "Joey"}]
-    r = await client.post("/spans", json={"spans": spans}, headers=headers)
+async def test_missing_or_bad_traceparent_is_422(client: httpx.AsyncClient, header: str | None) -> None:
+    """A missing or invalid traceparent is a 422 naming the header, and nothing is stored."""
+    headers = {} if header is None else {"traceparent": header}
+    r = await client.post("/traceparent/spans", json={"agent": "Kyle"}, headers=headers)
     assert r.status_code == 422
-    assert r.json()["detail"][0]["loc"] == loc
-    assert (await client.get(f"/traces/{UUID_TRACE}")).status_code == 404
+    assert r.json()["detail"][0]["loc"] == ["header", "traceparent"]
+    assert (await client.get(f"/traces/{TRACE}")).status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -502,6 +506,9 @@ async def test_missing_or_bad_traceparent_is_422(
         ({"spans": [{"trace_id": TRACE, "agent": "Kyle", "colour": "red"}]}, ["body", "spans", 0, "colour"]),
         ({"spans": [{"trace_id": "0" * 32, "agent": "Kyle"}]}, ["body", "spans", 0, "trace_id"]),
         ({"spans": [{"trace_id": "xyz", "agent": "Kyle"}]}, ["body", "spans", 0, "trace_id"]),
+        ({"spans": [{"agent": "Kyle"}]}, ["body", "spans", 0, "trace_id"]),
+        ({"spans": [{"trace_id": TRACE, "agent": "Kyle", "ok": 0}]}, ["body", "spans", 0, "ok"]),
+        ({"spans": [{"trace_id": TRACE, "agent": "Kyle", "at": "1.5"}]}, ["body", "spans", 0, "at"]),
         ({"spans": "Kyle"}, ["body", "spans"]),
         ({}, ["body", "spans"]),
     ],
@@ -557,20 +564,20 @@ async def test_body_over_limit_is_413() -> None:
         body = json.dumps({"spans": spans}).encode()
         assert len(body) > 4096
         r = await c.post("/spans", content=body, headers={"Content-Type": "application/json"})
-        assert r.status_code == 413
+        assert r.status_code == 413 and "4096-byte limit" in r.json()["detail"]
 
         async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked
             for i in range(0, len(body), 1000):
                 yield body[i : i + 1000]
 
         r = await c.post("/spans", content=chunks(), headers={"Content-Type": "application/json"})
-        assert r.status_code == 413
+        assert r.status_code == 413 and "4096-byte limit" in r.json()["detail"]
         assert (await c.get(f"/traces/{1:032x}")).status_code == 404
 
 
 async def test_heartbeat(client: httpx.AsyncClient) -> None:
     """POST /heartbeats/{agent} records a beat: ark_agent_up{agent} is 1 at the next scrape."""
-    r = await client.post("/heartbeats/Kenny", headers={"traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"})
+    r = await client.post("/heartbeats/Kenny")
     assert r.status_code == 200 and r.json()["agent"] == "Kenny"
     fams = families((await client.get("/metrics", params={"name[]": "ark_agent_up"})).text)
     assert [(s.labels, s.value) for s in fams["ark_agent_up"].samples] == [({"agent": "Kenny"}, 1.0)]
@@ -586,6 +593,7 @@ async def test_heartbeat_bad_agent_is_422(client: httpx.AsyncClient, agent: str)
 # --- auth ------------------------------------------------------------------------------------------
 WRITES: list[tuple[str, dict[str, Any]]] = [
     (f"/traces/{TRACE}/spans", {"agent": "Kyle"}),
+    ("/traceparent/spans", {"agent": "Kyle"}),
     ("/spans", {"spans": [{"trace_id": TRACE, "agent": "Kyle"}]}),
     ("/heartbeats/Kyle", {}),
 ]
@@ -599,7 +607,8 @@ async def test_writes_need_the_token(path: str, body: dict[str, Any]) -> None:
             r = await c.post(path, json=body, headers=headers)
             assert r.status_code == 401, headers
             assert r.headers["www-authenticate"] == "Bearer"
-        r = await c.post(path, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+        traceparent = {"traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}
+        r = await c.post(path, json=body, headers={"Authorization": f"Bearer {TOKEN}", **traceparent})
         assert r.status_code == 200
 
 
@@ -617,7 +626,8 @@ async def test_schema_declares_security_only_with_a_token() -> None:
     assert "401" not in open_schema["paths"]["/spans"]["post"]["responses"]
     guarded = create_app(settings(ingest_token=TOKEN)).openapi()
     assert guarded["components"]["securitySchemes"]["ingestToken"]["scheme"] == "bearer"
-    for path, method in (("/spans", "post"), ("/heartbeats/{agent}", "post"), ("/traces/{trace_id}/spans", "post")):
+    writes = ("/spans", "/heartbeats/{agent}", "/traces/{trace_id}/spans", "/traceparent/spans")
+    for path, method in ((w, "post") for w in writes):
         op = guarded["paths"][path][method]
         assert op["security"] == [{"ingestToken": []}] and "401" in op["responses"]
     assert "security" not in guarded["paths"]["/metrics"]["get"]

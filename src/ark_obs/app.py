@@ -29,12 +29,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ark_obs import __version__, catalog
 from ark_obs.catalog import Kind
-from ark_obs.context import TRACEPARENT_HEADER, is_valid_trace_id, parse_traceparent
+from ark_obs.context import is_valid_trace_id, parse_traceparent
 from ark_obs.heartbeat import HeartbeatMonitor
 from ark_obs.metrics import MetricsCollector
 from ark_obs.settings import NAME_PATTERN, Settings
@@ -45,12 +46,17 @@ __all__ = ["BackgroundHook", "Service", "build_collector", "create_app"]
 
 log = logging.getLogger("ark_obs.app")
 
-# A trace id is a lowercase UUID (what the seed makes) or a W3C trace-id (32 lowercase hex, not all
-# zeros: checked by ark_obs.context.is_valid_trace_id, which a regex alone cannot say cheaply).
+# A trace id is a lowercase UUID (what the seed makes) or a W3C trace-id (32 lowercase hex), not all
+# zeros. The pattern has no look-ahead (pydantic's regex engine has none), so the all-zero ids are
+# excluded with a JSON Schema "not" and a validator: the schema and the checks say the same thing.
 TRACE_ID_PATTERN: Final = r"^([0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
+ZERO_TRACE_IDS: Final = ("0" * 32, "00000000-0000-0000-0000-000000000000")
 METRIC_NAME_PATTERN: Final = r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$"
-OPENMETRICS_CONTENT_TYPE: Final = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 MAX_EXPECTED_AGENTS: Final = 32
+_AGENT: Final = NAME_PATTERN.strip("^$")
+# ?expected=Kyle,Joey: up to 32 agent names, commas with optional spaces around them
+EXPECTED_PATTERN: Final = rf"^ *{_AGENT}( *, *{_AGENT}){{0,{MAX_EXPECTED_AGENTS - 1}}} *$"
+OPENMETRICS_CONTENT_TYPE: Final = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 MAX_NAME_FILTERS: Final = 200
 MAX_TRACE_LIST: Final = 1000
 # Tiny expositions are not worth compressing: the gzip header would be most of the body.
@@ -58,6 +64,13 @@ GZIP_MIN_BYTES: Final = 512
 # Span times: Unix seconds, up to the year 5138; durations up to a day.
 MAX_UNIX_SECONDS: Final = 1e11
 MAX_DURATION_MS: Final = 86_400_000.0
+
+
+def _not_all_zero(trace_id: str) -> str:
+    if not is_valid_trace_id(trace_id):
+        raise ValueError("an all-zero trace id is invalid")
+    return trace_id
+
 
 AgentName = Annotated[
     str, Field(pattern=NAME_PATTERN, min_length=1, max_length=64, examples=["Kyle"], description="Agent name.")
@@ -69,8 +82,41 @@ TraceId = Annotated[
         min_length=32,
         max_length=36,
         examples=["4bf92f3577b34da6a3ce929d0e0e4736"],
-        description="A lowercase UUID or a W3C trace-id (32 lowercase hex digits, not all zeros).",
+        description="A lowercase UUID or a W3C trace-id (32 lowercase hex digits), not all zeros.",
+        json_schema_extra={"not": {"enum": list(ZERO_TRACE_IDS)}},
     ),
+    AfterValidator(_not_all_zero),
+]
+
+
+def _traceparent_trace_id(header: str) -> str:
+    parsed = parse_traceparent(header)
+    if parsed is None:
+        raise ValueError("not a valid W3C traceparent: version ff, an all-zero id, or data after a version-00 header")
+    return parsed.trace_id
+
+
+# A W3C traceparent (version-traceid-parentid-flags); "not" spells out what the pattern cannot: version
+# ff, all-zero ids, and data after a version-00 header are invalid (ark_obs.context.parse_traceparent).
+TRACEPARENT_PATTERN: Final = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$"
+TraceParentTraceId = Annotated[
+    str,
+    Field(
+        pattern=TRACEPARENT_PATTERN,
+        max_length=512,
+        examples=["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
+        json_schema_extra={
+            "not": {
+                "anyOf": [
+                    {"pattern": "^ff-"},
+                    {"pattern": "^[0-9a-f]{2}-0{32}-"},
+                    {"pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-0{16}-"},
+                    {"pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}-"},
+                ]
+            }
+        },
+    ),
+    AfterValidator(_traceparent_trace_id),  # the header's value becomes its trace id
 ]
 
 
@@ -230,7 +276,8 @@ class TraceList(BaseModel):
 class SpanIn(BaseModel):
     """One span: an agent processed the trace."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: JSON types as the schema says them (0 is not false, "1.5" is not a number)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     agent: AgentName
     at: float | None = Field(
@@ -243,15 +290,15 @@ class SpanIn(BaseModel):
 
 
 class BatchSpanIn(SpanIn):
-    """A span of a batch; without ``trace_id`` it belongs to the request's ``traceparent`` trace."""
+    """A span of a batch, which may hold spans of many traces."""
 
-    trace_id: TraceId | None = None
+    trace_id: TraceId
 
 
 class SpanBatch(BaseModel):
     """A batch of spans, of one trace or many."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     spans: list[BatchSpanIn]
 
@@ -443,13 +490,66 @@ def _write_guard(token: str | None) -> list[Any]:
     return [Depends(require_token)]
 
 
-def _invalid(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
-    """A 422 in FastAPI's own shape, naming the field."""
-    return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
-
-
 def _unavailable(detail: str) -> HTTPException:
     return HTTPException(503, f"trace store unavailable ({detail}); retry", headers={"Retry-After": "1"})
+
+
+# --- request body limit ----------------------------------------------------------------------------
+class BodyTooLarge(HTTPException):
+    """A request body over the limit (an HTTPException, so FastAPI's body reader passes it through)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over the {limit}-byte limit (ARK_OBS_MAX_BODY_BYTES)")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``limit`` bytes, by Content-Length up front or as it streams.
+
+    Always the JSON ``{"detail": ...}`` the schema documents (Starlette's own limiter may answer in
+    plain text), and the body is never buffered past the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._refuse(scope, receive, send)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def watch_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, watch_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = BodyTooLarge(self.limit)
+        response = JSONResponse({"detail": error.detail}, status_code=413, headers={"Connection": "close"})
+        await response(scope, receive, send)
 
 
 # --- the app ------------------------------------------------------------------------------------------
@@ -494,9 +594,19 @@ def create_app(
         version=__version__,
         summary="Observability of the ARK pipeline: metrics, SLOs, trace continuity and heartbeats.",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.state.service = service
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The schema, with this app's batch limit (a setting, so not in the static model)."""
+        if app.openapi_schema is None:
+            schema = generate_openapi()
+            schema["components"]["schemas"]["SpanBatch"]["properties"]["spans"]["maxItems"] = settings.max_batch_spans
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     write_guard = _write_guard(settings.token)
     auth_responses: dict[int | str, dict[str, Any]] = (
         {401: {"model": ErrorOut, "description": "Missing or wrong bearer token."}} if settings.token else {}
@@ -552,14 +662,16 @@ def create_app(
 
     @app.get("/metrics/json", response_model=MetricsJson, summary="Every metric as JSON")
     async def metrics_json(
-        window_seconds: Annotated[
-            float | None,
-            Query(gt=0, description="Window of the histogram stats (s); default and maximum: the retention."),
-        ] = None,
+        # a default rather than Annotated: the bound is this app's retention, a local the deferred
+        # annotations could not see
+        window_seconds: float | None = Query(
+            None,
+            gt=0,
+            le=settings.retention_seconds,
+            description="Window of the histogram stats (s); default and maximum: the retention.",
+        ),
     ) -> MetricsJson:
         """Every family with its samples, and each histogram's count, sum, avg, p50/p95/p99, min, max."""
-        if window_seconds is not None and window_seconds > settings.retention_seconds:
-            raise _invalid(("query", "window_seconds"), f"longer than the retention ({settings.retention_seconds:g} s)")
 
         def build() -> MetricsJson:
             stats = {
@@ -623,15 +735,18 @@ def create_app(
         },
     )
     async def trace(
-        trace_id: Annotated[str, Path(pattern=TRACE_ID_PATTERN, description="UUID or W3C trace-id.")],
+        trace_id: Annotated[TraceId, Path(description="UUID or W3C trace-id.")],
         expected: Annotated[
             str | None,
-            Query(max_length=MAX_EXPECTED_AGENTS * 65, description="Comma-separated agents (default: the pipeline)."),
+            Query(
+                pattern=EXPECTED_PATTERN,
+                max_length=MAX_EXPECTED_AGENTS * 70,
+                description="Comma-separated agents to check for (default: the pipeline).",
+                examples=["Kyle,Joey,HRM"],
+            ),
         ] = None,
     ) -> TraceReportOut:
         """Which agents saw the trace, which are missing, in what order, and how long the pass took."""
-        if not is_valid_trace_id(trace_id):
-            raise _invalid(("path", "trace_id"), "an all-zero trace id is invalid")
         agents = _expected_agents(expected)
         report = await run_in_threadpool(traces.validate, trace_id, agents)
         if report.status is TraceStatus.UNAVAILABLE:
@@ -680,13 +795,30 @@ def create_app(
         responses=write_responses,
     )
     async def post_span(
-        trace_id: Annotated[str, Path(pattern=TRACE_ID_PATTERN, description="UUID or W3C trace-id.")],
+        trace_id: Annotated[TraceId, Path(description="UUID or W3C trace-id.")],
         span: SpanIn,
     ) -> Accepted:
         """Record that ``span.agent`` processed the trace."""
-        if not is_valid_trace_id(trace_id):
-            raise _invalid(("path", "trace_id"), "an all-zero trace id is invalid")
         return await store_or_503([(trace_id, span.agent, span.at, span.duration_ms, span.ok)])
+
+    @app.post(
+        "/traceparent/spans",
+        response_model=Accepted,
+        summary="Record one span of the traceparent's trace",
+        dependencies=write_guard,
+        responses=write_responses,
+    )
+    async def post_traced_span(
+        traceparent: Annotated[
+            TraceParentTraceId, Header(description="W3C traceparent: the trace the span belongs to.")
+        ],
+        span: SpanIn,
+    ) -> Accepted:
+        """Record that ``span.agent`` processed the trace named by the ``traceparent`` header.
+
+        For agents that propagate W3C trace context: forward the header you received, no trace id needed.
+        """
+        return await store_or_503([(traceparent, span.agent, span.at, span.duration_ms, span.ok)])
 
     @app.post(
         "/spans",
@@ -695,31 +827,14 @@ def create_app(
         dependencies=write_guard,
         responses=write_responses,
     )
-    async def post_spans(
-        batch: SpanBatch,
-        traceparent: Annotated[
-            str | None,
-            Header(max_length=512, description="W3C traceparent: the trace of spans without a trace_id."),
-        ] = None,
-    ) -> Accepted:
-        """Record every span of the batch; spans without ``trace_id`` take the request traceparent's trace.
+    async def post_spans(batch: SpanBatch) -> Accepted:
+        """Record every span of the batch (spans of one trace or many).
 
         200: every span is in the store. 503: some may not be; send the whole batch again.
         """
         if len(batch.spans) > settings.max_batch_spans:
             raise HTTPException(413, f"{len(batch.spans)} spans in one batch; the limit is {settings.max_batch_spans}")
-        header_trace: str | None = None
-        spans = []
-        for i, s in enumerate(batch.spans):
-            trace_id = s.trace_id
-            if trace_id is None:
-                if header_trace is None:
-                    header_trace = _traceparent_trace_id(traceparent, i)
-                trace_id = header_trace
-            elif not is_valid_trace_id(trace_id):
-                raise _invalid(("body", "spans", i, "trace_id"), "an all-zero trace id is invalid")
-            spans.append((trace_id, s.agent, s.at, s.duration_ms, s.ok))
-        return await store_or_503(spans)
+        return await store_or_503([(s.trace_id, s.agent, s.at, s.duration_ms, s.ok) for s in batch.spans])
 
     @app.post(
         "/heartbeats/{agent}",
@@ -742,32 +857,7 @@ def create_app(
 
 
 def _expected_agents(expected: str | None) -> tuple[str, ...] | None:
-    """``"Kyle,Joey"`` -> ("Kyle", "Joey"); None for the pipeline; a bad name is a 422 naming it."""
+    """``"Kyle, Joey"`` -> ("Kyle", "Joey"); None keeps the pipeline (EXPECTED_PATTERN has vetted the names)."""
     if expected is None:
         return None
-    from ark_obs.settings import is_valid_name
-
-    agents = tuple(a.strip() for a in expected.split(",") if a.strip())
-    if not agents:
-        raise _invalid(("query", "expected"), "needs at least one agent name")
-    if len(agents) > MAX_EXPECTED_AGENTS:
-        raise _invalid(("query", "expected"), f"at most {MAX_EXPECTED_AGENTS} agents")
-    bad = [a for a in agents if not is_valid_name(a)]
-    if bad:
-        raise _invalid(
-            ("query", "expected"),
-            f"invalid agent name {bad[0][:64]!r}: a letter, then up to 63 letters, digits, '_', '.' or '-'",
-        )
-    return agents
-
-
-def _traceparent_trace_id(header: str | None, index: int) -> str:
-    """The trace id of the request's traceparent, or a 422 saying span ``index`` has no trace."""
-    if header is None:
-        raise _invalid(
-            ("body", "spans", index, "trace_id"), f"no trace_id and no {TRACEPARENT_HEADER} header to take it from"
-        )
-    parsed = parse_traceparent(header)
-    if parsed is None:
-        raise _invalid(("header", TRACEPARENT_HEADER), "not a valid W3C traceparent (version-traceid-parentid-flags)")
-    return parsed.trace_id
+    return tuple(a.strip() for a in expected.split(","))
