@@ -534,9 +534,6 @@ def test_multiprocess_agents_are_evaluated_together(tmp_path: Path) -> None:
     assert 'ark_slo_met{slo="decision_latency_p95"} 0.0' in result["exposition"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="MetricsCollector.readings() returns no gauge series in multiprocess mode (foundation)"
-)
 def test_multiprocess_gauge_slo_reads_the_aggregated_gauge(tmp_path: Path) -> None:
     """ark_ethics_drift (multiprocess mode "max") is judged on the worst process' value."""
     assert run_agents(tmp_path)["ethics_drift"]["value"] == 1.0

@@ -202,19 +202,23 @@ class MetricsCollector:
             yield child.rotate()
         yield from self.registry.counter_readings()
 
-    def _multiprocess_readings(self) -> Iterator[Reading]:
-        """Aggregated cumulative values of every process (min/max are not shared between processes)."""
+    def _multiprocess_readings(self, gauges: bool = False) -> Iterator[Reading]:
+        """Aggregated values of every process (min/max are not shared between processes).
+
+        Counters and histograms always; gauges (combined by their multiprocess mode) when asked.
+        """
         path = multiprocess_dir()
         if path is None:
             return
-        wanted = {m.spec.name: m.spec for m in self.registry if m.spec.kind is not Kind.GAUGE}
+        wanted = {m.spec.name: m.spec for m in self.registry if gauges or m.spec.kind is not Kind.GAUGE}
         for family in MultiProcessCollector(None, path).collect():  # type: ignore[no-untyped-call]
             spec = wanted.get(family.name) or wanted.get(family.name + "_total")
             if spec is None:
                 continue
-            if spec.kind is Kind.COUNTER:
+            if spec.kind is not Kind.HISTOGRAM:
+                sample_name = spec.name  # counters: the _total sample; gauges: the value, combined by mode
                 for s in family.samples:
-                    if s.name.endswith("_total"):
+                    if s.name == sample_name:
                         yield Reading((spec.name, tuple(s.labels.get(n, "") for n in spec.labels)), (s.value,))
                 continue
             per_series: dict[tuple[str, ...], dict[str, float]] = {}
@@ -250,7 +254,12 @@ class MetricsCollector:
             return all(key[i] == v for i, v in zip(idx, vals, strict=True))
 
         if is_multiprocess():
-            return [r for r in self._multiprocess_readings() if r.key[0] == metric.spec.name and matches(r.key[1])]  # type: ignore[index]
+            gauges = metric.spec.kind is Kind.GAUGE
+            return [
+                r
+                for r in self._multiprocess_readings(gauges)
+                if r.key[0] == metric.spec.name and matches(r.key[1])  # type: ignore[index]
+            ]
         out: list[Reading] = []
         for key, child in metric.children():
             if not matches(key):
@@ -262,18 +271,41 @@ class MetricsCollector:
         return out
 
     def increase(
-        self, name: str, window_seconds: float, labels: Mapping[str, object] | None = None
+        self,
+        name: str,
+        window_seconds: float,
+        labels: Mapping[str, object] | None = None,
+        *,
+        minmax: bool = True,
     ) -> tuple[tuple[float, ...], float, float] | None:
-        """Summed increase of the matching series over the window (values, min, max); None if no series."""
+        """Summed increase of the matching series over the window (values, min, max); None if no series.
+
+        ``minmax=False`` skips the window's min/max (returned as +-inf) when only the counts matter.
+        """
+        return self.increase_many(name, (window_seconds,), labels, minmax=minmax)[window_seconds]
+
+    def increase_many(
+        self,
+        name: str,
+        windows: Sequence[float],
+        labels: Mapping[str, object] | None = None,
+        *,
+        minmax: bool = True,
+    ) -> dict[float, tuple[tuple[float, ...], float, float] | None]:
+        """``increase()`` over several windows from one reading of the series (what a scrape needs)."""
         self.tick()
         now = self.clock()
-        total: list[float] | None = None
-        vmin, vmax = float("inf"), float("-inf")
-        for reading in self.readings(name, labels):
-            d = self.window.delta(reading, window_seconds, now)
-            total = list(d.values) if total is None else [a + b for a, b in zip(total, d.values, strict=True)]
-            vmin, vmax = min(vmin, d.vmin), max(vmax, d.vmax)
-        return None if total is None else (tuple(total), vmin, vmax)
+        readings = self.readings(name, labels)
+        out: dict[float, tuple[tuple[float, ...], float, float] | None] = {}
+        for window in windows:
+            total: list[float] | None = None
+            vmin, vmax = float("inf"), float("-inf")
+            for reading in readings:
+                d = self.window.delta(reading, window, now, minmax)
+                total = list(d.values) if total is None else [a + b for a, b in zip(total, d.values, strict=True)]
+                vmin, vmax = min(vmin, d.vmin), max(vmax, d.vmax)
+            out[window] = None if total is None else (tuple(total), vmin, vmax)
+        return out
 
     def get_histogram_stats(
         self, name: str, labels: Mapping[str, object] | None = None, window_seconds: float | None = None

@@ -663,12 +663,16 @@ class SloEngine:
         )
 
     def _increase(self, name: str, window: float, labels: Labels, memo: _Memo) -> _Increase:
-        key = (name, window, tuple(sorted(labels.items())))
+        label_key = tuple(sorted(labels.items()))
+        key = (name, window, label_key)
         try:
             return memo[key]
         except KeyError:
-            inc = memo[key] = self.collector.increase(name, window, labels)
-            return inc
+            # one reading of the series serves every window this check will ask of it
+            windows = {window, *(seconds for _, seconds in self.burn_windows)}
+            for w, inc in self.collector.increase_many(name, sorted(windows), labels).items():
+                memo[(name, w, label_key)] = inc
+            return memo[key]
 
     # kinds ----------------------------------------------------------------------------------------------
     def _min_events(self, spec: SloSpec) -> int:

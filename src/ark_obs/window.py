@@ -12,6 +12,7 @@ mode because it only needs cumulative values, which the multiprocess collector a
 from __future__ import annotations
 
 import math
+import operator
 import threading
 import time
 import weakref
@@ -58,17 +59,16 @@ class _Series:
         self.last_raw = array("d", [0.0]) * width
         self.first = first
 
-    def adjust(self, raw: Sequence[float], commit: bool) -> array[float]:
+    def adjust(self, raw: Sequence[float], commit: bool) -> list[float]:
         """Return reset-adjusted values; a value that went down restarted from zero (a counter reset)."""
         offset, last = self.offset, self.last_raw
-        out = array("d", raw)
-        for i, v in enumerate(raw):
-            off = offset[i] + last[i] if v < last[i] else offset[i]
-            out[i] = v + off
-            if commit:
-                offset[i] = off
+        if commit:
+            for i, v in enumerate(raw):
+                if v < last[i]:
+                    offset[i] += last[i]
                 last[i] = v
-        return out
+            return [v + o for v, o in zip(raw, offset, strict=True)]
+        return [v + (o + lr if v < lr else o) for v, o, lr in zip(raw, offset, last, strict=True)]
 
 
 class Window:
@@ -130,15 +130,18 @@ class Window:
                         series.snaps[k % slots] = carried
                         series.slot_k[k % slots] = k
                         series.mins[k % slots], series.maxs[k % slots] = INF, -INF
-                series.snaps[slot] = adjusted
+                series.snaps[slot] = array("d", adjusted)
                 series.slot_k[slot] = k_now
                 # min/max of the slice that just closed, stored with the snapshot that closes it
                 series.mins[slot] = reading.vmin
                 series.maxs[slot] = reading.vmax
             return True
 
-    def delta(self, reading: Reading, window_seconds: float, now: float | None = None) -> Delta:
-        """Increase of ``reading``'s series over the last ``window_seconds``, ending now."""
+    def delta(self, reading: Reading, window_seconds: float, now: float | None = None, minmax: bool = True) -> Delta:
+        """Increase of ``reading``'s series over the last ``window_seconds``, ending now.
+
+        ``minmax=False`` skips the min/max of the window (infinite in the result) when only counts matter.
+        """
         if not 0 < window_seconds <= self.retention:
             raise ValueError(f"window must be in (0, {self.retention:g}] seconds, got {window_seconds:g}")
         now = self.clock() if now is None else now
@@ -151,17 +154,23 @@ class Window:
             start = now - window_seconds
             baseline = self._value_at(series, start, current, now)
             vmin, vmax = reading.vmin, reading.vmax
-            slots = self._slots
-            # slices that overlap the window: the one containing its start up to the newest snapshot
-            for k in range(max(int(start // self.slice) + 1, self._k - slots + 1), self._k + 1):
-                slot = k % slots
-                if series.slot_k[slot] == k:
-                    vmin = min(vmin, series.mins[slot])
-                    vmax = max(vmax, series.maxs[slot])
-        values = tuple(max(0.0, c - b) for c, b in zip(current, baseline, strict=True))
+            if minmax:
+                # slices that overlap the window: the one containing its start up to the newest snapshot.
+                # Unwritten slots hold +-inf, so a C-level min/max over the ring segment is exact.
+                k_lo = max(int(start // self.slice) + 1, self._k - self._slots + 1)
+                if k_lo <= self._k:
+                    a, b = k_lo % self._slots, self._k % self._slots
+                    if a <= b:
+                        mins, maxs = series.mins[a : b + 1], series.maxs[a : b + 1]
+                    else:
+                        mins, maxs = series.mins[a:] + series.mins[: b + 1], series.maxs[a:] + series.maxs[: b + 1]
+                    vmin, vmax = min(vmin, min(mins)), max(vmax, max(maxs))
+        values = tuple(map(operator.sub, current, baseline))
+        if values and min(values) < 0.0:  # interpolation rounding only: adjusted values never decrease
+            values = tuple(max(0.0, v) for v in values)
         return Delta(values, vmin, vmax)
 
-    def _value_at(self, series: _Series, t: float, current: array[float], now: float) -> Sequence[float]:
+    def _value_at(self, series: _Series, t: float, current: Sequence[float], now: float) -> Sequence[float]:
         """The series' adjusted values at time ``t``, interpolated between snapshots."""
         k = int(t // self.slice)
         slots = self._slots
