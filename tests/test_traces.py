@@ -260,6 +260,29 @@ def test_each_span_renews_the_idle_ttl(make_monitor: Callable[..., TraceMonitor]
     assert monitor.validate("slow").status is TraceStatus.INCOMPLETE
 
 
+def test_a_trace_that_keeps_getting_spans_outlives_twice_its_ttl(
+    store_factory: Callable[[], TraceStore],
+) -> None:
+    """Real time: spans every ttl/3 for 3 x ttl keep the trace in flight and complete (Redis renews key expiry)."""
+    monitor = TraceMonitor(MetricsCollector(ticker=False), store_factory(), ttl_seconds=0.3, sweep=True)
+    try:
+        agents = iter(PIPELINE)
+        monitor.record_span("long", next(agents))
+        for _ in range(9):
+            time.sleep(0.1)
+            monitor.record_span("long", "Kyle")  # a retry renews the idle TTL
+        report = monitor.validate("long")
+        assert report.status is TraceStatus.IN_FLIGHT
+        assert report.span_count == 10 and report.latency_ms is not None and report.latency_ms >= 850
+        for agent in agents:
+            monitor.record_span("long", agent)
+        assert monitor.validate("long").complete
+        monitor.flush()
+        assert sample(monitor.collector, "ark_traces_evicted_total", reason="lost") == 0
+    finally:
+        monitor.close()
+
+
 def test_late_spans_are_counted_and_change_nothing(make_monitor: Callable[..., TraceMonitor], clock: FakeClock) -> None:
     """A span for a finalized trace (complete or expired) counts as late and leaves the trace as it was."""
     monitor = make_monitor(ttl_seconds=60)
@@ -281,6 +304,30 @@ def test_late_spans_are_counted_and_change_nothing(make_monitor: Callable[..., T
     assert sample(c, "ark_traces_complete_total") == 1
     assert monitor.validate("gone").agents_seen == ("Kyle",)
     assert monitor.in_flight() == 0
+
+
+def test_spans_after_completion_in_one_batch_are_late(make_monitor: Callable[..., TraceMonitor]) -> None:
+    """Spans recorded after the completing span count as late even when they are written together."""
+    monitor = make_monitor()
+    for agent in [*PIPELINE, "Aletheia", "Watchdog"]:
+        monitor.record_span("batch", agent)
+    monitor.flush()
+    assert sample(monitor.collector, "ark_trace_late_spans_total") == 2
+    assert monitor.validate("batch").agents_seen == tuple(PIPELINE)
+
+
+def test_settings_default_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A monitor made without settings (an agent's default) takes ARK_OBS_PIPELINE, TTL and capacity from the env."""
+    monkeypatch.setenv("ARK_OBS_PIPELINE", "Kyle, HRM")
+    monkeypatch.setenv("ARK_OBS_TRACE_TTL_SECONDS", "42")
+    monkeypatch.setenv("ARK_OBS_MAX_IN_FLIGHT_TRACES", "not-a-number")
+    monitor = TraceMonitor(MetricsCollector(ticker=False), "memory", background=False)
+    try:
+        assert monitor.pipeline == ("Kyle", "HRM")
+        assert monitor.settings.ttl_seconds == 42
+        assert monitor.settings.max_in_flight == 100_000  # a bad value is logged, never raised into an agent
+    finally:
+        monitor.close()
 
 
 def test_capacity_evicts_least_recently_touched_in_flight_traces(

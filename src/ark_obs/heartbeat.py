@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from ark_obs import catalog
 from ark_obs._periodic import Periodic
 from ark_obs.registry import MAX_LABEL_VALUE_LENGTH
-from ark_obs.traces import StoreHealth, StoreUnavailable
+from ark_obs.traces import StoreHealth, StoreUnavailable, register, unregister
 
 if TYPE_CHECKING:
     from ark_obs.metrics import MetricsCollector
@@ -109,11 +109,14 @@ class HeartbeatMonitor:
         self._agents: set[str] = set()  # agents beating through this monitor (the cardinality cap)
         self._beats: dict[str, float] = {}
         self._readable = False
+        self._swept_at = 0.0
         self._down: dict[str, float] = {}  # agent -> the last beat before its current outage
         self._lock = threading.Lock()
         self._worker: Periodic | None = None
+        self._scrape: _HeartbeatCollector | None = None
         if self.sweeping:
-            collector.add_collector(_HeartbeatCollector(self))
+            self._scrape = _HeartbeatCollector(self)
+            register(collector, self._scrape, "HeartbeatMonitor")
             if background:
                 self._worker = Periodic(self, "sweep", self.interval / 4, "ark-obs-heartbeats")
 
@@ -161,6 +164,7 @@ class HeartbeatMonitor:
                 elif agent in self._down:
                     del self._down[agent]  # beats resumed
             self._beats = beats
+            self._swept_at = now
             self._readable = True
             return True
 
@@ -178,15 +182,19 @@ class HeartbeatMonitor:
         self._down.pop(agent, None)
         self._agents.discard(agent)
 
-    def status(self, now: float | None = None) -> list[AgentHeartbeat] | None:
-        """Every known agent's state as of the last sweep, or None when the store could not be read."""
-        if not self._readable:
-            return None
-        now = self._clock() if now is None else now
-        return [
-            AgentHeartbeat(agent, last, now - last, now - last <= self.down_after)
-            for agent, last in sorted(self._beats.items())
-        ]
+    def status(self) -> list[AgentHeartbeat] | None:
+        """Every known agent's state as of the last sweep, or None when the store could not be read.
+
+        Up and down change only in a sweep, together with the failure count, so they always agree.
+        """
+        with self._lock:
+            if not self._readable:
+                return None
+            now, down = self._swept_at, self._down
+            return [
+                AgentHeartbeat(agent, last, now - last, agent not in down)
+                for agent, last in sorted(self._beats.items())
+            ]
 
     def is_up(self, agent: str) -> bool | None:
         """Whether ``agent`` beat within the allowed silence at the last sweep; None if unknown."""
@@ -200,10 +208,13 @@ class HeartbeatMonitor:
         return self.store.health()
 
     def close(self) -> None:
-        """Stop the background sweep."""
+        """Stop the background sweep and the scrape-time families."""
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
+        if self._scrape is not None:
+            unregister(self.collector, self._scrape)
+            self._scrape = None
 
 
 class _HeartbeatCollector:

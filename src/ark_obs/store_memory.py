@@ -2,16 +2,15 @@
 
 In-flight traces live in an ``OrderedDict`` kept in last-span order, so expiry and capacity eviction
 pop from its front in O(1); finalized traces move to a second one (same bound) for ``ttl_seconds``.
-A trace costs one small object, a list of agent names (shared strings) and one ``array('d')`` of
-times: about 0.6 KiB for five spans (bench/bench_traces.py measures it).
+A trace is one flat list (layout below) plus a list of agent names (shared strings): about 0.5 KiB
+for five spans (bench/bench_traces.py measures it).
 """
 
 from __future__ import annotations
 
 import threading
-from array import array
 from collections import OrderedDict, deque
-from typing import Final
+from typing import Any, Final, TypeAlias
 
 from ark_obs.traces import (
     NullSink,
@@ -23,31 +22,31 @@ from ark_obs.traces import (
     TraceState,
 )
 
-_IN_FLIGHT: Final = TraceState.IN_FLIGHT
-_COMPLETE: Final = TraceState.COMPLETE
-_INCOMPLETE: Final = TraceState.INCOMPLETE
+# A trace is a list, not an object: creating a class instance per trace costs several times more on the
+# recording path. Layout (the hot path uses the literal indices):
+#   [0] last span time (in flight) or finalization time   [1] pipeline agents still missing, or a state
+#   [2] span count   [3] set of agents with a failed span, or None   [4] agent names in arrival order
+#   [5 + 2i], [6 + 2i]  first start and last end of agent i (unix seconds)
+_Trace: TypeAlias = list[Any]
+_SEEN, _NEED, _COUNT, _FAILED, _AGENTS, _TIMES = 0, 1, 2, 3, 4, 5
+_COMPLETE: Final = -1  # values of [1] once finalized
+_INCOMPLETE: Final = -2
 
 
-class _Trace:
-    """One trace: ``times`` is [last touch, start0, end0, start1, end1, ...] in agent arrival order."""
+def _state(t: _Trace) -> TraceState:
+    need = t[_NEED]
+    if need == _COMPLETE:
+        return TraceState.COMPLETE
+    return TraceState.INCOMPLETE if need == _INCOMPLETE else TraceState.IN_FLIGHT
 
-    __slots__ = ("agents", "failed", "n", "need", "state", "times")
 
-    def __init__(self, now: float, need: int) -> None:
-        self.agents: list[str] = []
-        self.times = array("d", (now,))
-        self.failed: set[str] | None = None
-        self.n = 0
-        self.need = need  # pipeline agents without a span yet
-        self.state = _IN_FLIGHT
-
-    def record(self, trace_id: str) -> TraceRecord:
-        times, failed = self.times, self.failed or ()
-        spans = [
-            Span(agent, times[2 * i + 1], times[2 * i + 2], agent not in failed) for i, agent in enumerate(self.agents)
-        ]
-        spans.sort(key=lambda s: s.start)  # stable: equal starts keep arrival order
-        return TraceRecord(trace_id, tuple(spans), self.state, self.n)
+def _record(trace_id: str, t: _Trace) -> TraceRecord:
+    failed = t[_FAILED] or ()
+    spans = [
+        Span(agent, t[_TIMES + 2 * i], t[_TIMES + 2 * i + 1], agent not in failed) for i, agent in enumerate(t[_AGENTS])
+    ]
+    spans.sort(key=lambda s: s.start)  # stable: equal starts keep arrival order
+    return TraceRecord(trace_id, tuple(spans), _state(t), t[_COUNT])
 
 
 class MemoryStore:
@@ -60,7 +59,10 @@ class MemoryStore:
         self._live: OrderedDict[str, _Trace] = OrderedDict()
         self._done: OrderedDict[str, _Trace] = OrderedDict()
         self._recent: deque[str] = deque()
-        self._lock = threading.Lock()
+        lock = threading.Lock()
+        self._lock = lock
+        # bound methods: ``with lock`` costs twice as much as calling them on the hot path
+        self._acquire, self._release = lock.acquire, lock.release
         self._beats: dict[str, float] = {}
         self.bind(TraceSettings(), NullSink())
 
@@ -77,59 +79,58 @@ class MemoryStore:
     def add(self, trace_id: str, agent: str, start: float, end: float, ok: bool, now: float) -> None:
         """Record a span; finalizes the trace when it completes the pipeline."""
         latency = -1.0
-        evicted = False
-        with self._lock:
+        late = evicted = False
+        self._acquire()
+        try:
             live = self._live
             t = live.get(trace_id)
             if t is None:
                 if trace_id in self._done:
                     late = True
-                else:
-                    late = False
-                    t = live[trace_id] = _Trace(now, self._need)
-                    if len(live) > self._cap:
-                        live.popitem(last=False)
-                        evicted = True
+                    return
+                t = live[trace_id] = [now, self._need, 0, None, []]
+                if len(live) > self._cap:
+                    live.popitem(last=False)
+                    evicted = True
             else:
-                late = False
                 live.move_to_end(trace_id)
-            if t is not None:
-                times = t.times
-                times[0] = now
-                agents = t.agents
-                if agent in agents:  # a repeat (retry): widen that agent's span
-                    i = 2 * agents.index(agent) + 1
-                    if start < times[i]:
-                        times[i] = start
-                    if end > times[i + 1]:
-                        times[i + 1] = end
-                else:
-                    agents.append(agent)
-                    times.append(start)
-                    times.append(end)
-                    if agent in self._pipeline:
-                        t.need -= 1
-                        if t.need == 0:
-                            del live[trace_id]
-                            latency = self._finalize(trace_id, t, _COMPLETE, now)
-                if not ok:
-                    if t.failed is None:
-                        t.failed = set()
-                    t.failed.add(agent)
-                t.n += 1
-        if latency >= 0.0:
-            self._sink.on_complete(trace_id, latency)
-        elif late:
-            self._sink.on_late(1)
-        if evicted:
-            self._sink.on_evicted("capacity", 1)
+                t[0] = now
+            t[2] += 1
+            agents = t[4]
+            if agent in agents:  # a repeat (retry): widen that agent's span
+                i = 5 + 2 * agents.index(agent)
+                if start < t[i]:
+                    t[i] = start
+                if end > t[i + 1]:
+                    t[i + 1] = end
+            else:
+                agents.append(agent)
+                t.append(start)
+                t.append(end)
+                if agent in self._pipeline:
+                    t[1] -= 1
+                    if t[1] == 0:
+                        del live[trace_id]
+                        latency = self._finalize(trace_id, t, _COMPLETE, now)
+            if not ok:
+                if t[3] is None:
+                    t[3] = set()
+                t[3].add(agent)
+        finally:
+            self._release()
+            # outcomes are reported after the lock is released: the sink records metrics
+            if latency >= 0.0:
+                self._sink.on_complete(trace_id, latency)
+            elif late:
+                self._sink.on_late(1)
+            if evicted:
+                self._sink.on_evicted("capacity", 1)
 
-    def _finalize(self, trace_id: str, t: _Trace, state: TraceState, now: float) -> float:
+    def _finalize(self, trace_id: str, t: _Trace, state: int, now: float) -> float:
         """Move ``t`` to the finalized traces (lock held); returns its latency in ms."""
-        times = t.times
-        t.state = state
-        latency = (max(times[2::2]) - min(times[1::2])) * 1000.0
-        times[0] = now
+        t[_NEED] = state
+        latency: float = (max(t[_TIMES + 1 :: 2]) - min(t[_TIMES::2])) * 1000.0
+        t[_SEEN] = now
         done = self._done
         done[trace_id] = t
         if len(done) > self._cap:
@@ -141,7 +142,7 @@ class MemoryStore:
         """The trace, in flight or finalized, or None."""
         with self._lock:
             t = self._live.get(trace_id) or self._done.get(trace_id)
-            return None if t is None else t.record(trace_id)
+            return None if t is None else _record(trace_id, t)
 
     def sweep(self, now: float | None) -> None:
         """Finalize traces idle since ``now - ttl`` as incomplete; forget those finalized before it."""
@@ -153,16 +154,15 @@ class MemoryStore:
             live, done = self._live, self._done
             while live:
                 trace_id, t = next(iter(live.items()))
-                if t.times[0] > deadline:
+                if t[_SEEN] > deadline:
                     break
                 del live[trace_id]
-                done.pop(trace_id, None)
                 self._finalize(trace_id, t, _INCOMPLETE, now)
                 self._recent.appendleft(trace_id)
-                expired.append(t.record(trace_id))
+                expired.append(_record(trace_id, t))
             while done:
                 trace_id, t = next(iter(done.items()))
-                if t.times[0] > deadline:
+                if t[_SEEN] > deadline:
                     break
                 del done[trace_id]
         for record in expired:
@@ -176,8 +176,8 @@ class MemoryStore:
                 if len(out) >= limit:
                     break
                 t = self._done.get(trace_id)
-                if t is not None and t.state is _INCOMPLETE:
-                    out.append(t.record(trace_id))
+                if t is not None and t[_NEED] == _INCOMPLETE:
+                    out.append(_record(trace_id, t))
         return out
 
     def in_flight(self) -> int:

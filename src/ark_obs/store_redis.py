@@ -5,16 +5,18 @@
 Writes never block the caller: ``add`` and ``beat`` append to a bounded in-process buffer that a
 daemon thread sends every ``flush_interval`` (50 ms) as one Lua call per batch of up to ``batch_size``
 spans, so spans are visible to readers well within a second. Reads (``get``, the sweep, scrape-time
-counts) use short socket timeouts (``timeout``, 250 ms) and no retries. When Redis fails the store
+counts) use short socket timeouts (``timeout``, 250 ms) and no retries; the background writer allows
+``write_timeout`` (1 s) for a batch. When Redis fails the store
 marks itself unhealthy, drops new spans at once (the monitor counts them in
 ``ark_obs_dropped_total{reason="store_unavailable"}``) and probes Redis every ``retry_seconds``.
 
 Keys, all under ``prefix`` (default ``ark:obs:``) and all with TTLs, so nothing grows without bound:
 
-- ``t:<trace id>``  hash: ``@<agent>`` = "start end arrival ok", ``n`` spans, ``state`` once finalized;
-  TTL 2 x ttl while in flight (the sweeper must still read it at expiry), ttl once finalized.
-- ``inflight``  sorted set of in-flight trace ids by deadline (last span + ttl), capped at
-  ``max_in_flight`` (the least recently touched are evicted and deleted).
+- ``t:<trace id>``  hash: ``@<agent>`` = "start end arrival ok", ``n`` spans, ``state`` once finalized,
+  ``x`` when its expiry was last renewed; TTL 2 x ttl while in flight (renewed every ttl / 2, so the
+  sweeper can still read it when it expires), ttl once finalized.
+- ``inflight``  sorted set of in-flight trace ids by last span time, capped at ``max_in_flight``
+  (the least recently touched are evicted and deleted); a sweeper expires those idle for its ttl.
 - ``done``  list of traces completed but not yet accounted for by a sweeping monitor (capped).
 - ``late``, ``evicted``  counters not yet accounted for; ``recent``  recently expired ids (capped).
 - ``hb``  hash agent -> last heartbeat (unix s); ``hbdown`` agent -> the beat an outage was counted for.
@@ -25,6 +27,7 @@ replicated primary), not Redis Cluster.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -56,68 +59,132 @@ log = logging.getLogger("ark_obs")
 
 DEFAULT_PREFIX: Final = "ark:obs:"
 DEFAULT_TIMEOUT_SECONDS: Final = 0.25
+DEFAULT_WRITE_TIMEOUT_SECONDS: Final = 1.0
 DEFAULT_FLUSH_SECONDS: Final = 0.05
-DEFAULT_BATCH_SIZE: Final = 1000
+DEFAULT_BATCH_SIZE: Final = 500  # spans per Lua call: a few ms of Redis time at most
 DEFAULT_MAX_PENDING: Final = 100_000
 DEFAULT_RETRY_SECONDS: Final = 1.0
 HEARTBEAT_KEY_TTL_MS: Final = 86_400_000
 _SWEEP_LIMIT: Final = 1000
 _REDIS_ERRORS: Final = (RedisError, OSError)
 
-# One call per batch: ARGV = prefix, ttl_ms, cap, n, pipeline agents x n, then per span
-# trace id, agent, start, end, ok (1/0), seen. Returns how many traces it completed.
+# One call per batch. ARGV = prefix, ttl_ms, cap, pipeline (JSON list), spans (JSON list of
+# [trace id, agent, start, end, ok, seen], or [trace id, agent, t] for the common ok span with
+# start = end = seen). Spans are grouped by trace so each trace costs one HMGET and one HSET whatever
+# its number of spans. A span for a finalized trace is late, also within a batch. Times are stored
+# with %.17g, which round-trips a double exactly. Returns how many traces it completed.
 _ADD_LUA: Final = """
 local prefix = ARGV[1]
 local ttl_ms = tonumber(ARGV[2])
 local cap = tonumber(ARGV[3])
-local npipe = tonumber(ARGV[4])
-local pipe = {}
-for j = 1, npipe do pipe[j] = '@' .. ARGV[4 + j] end
-local idx = prefix .. 'inflight'
-local done = prefix .. 'done'
-local late, completed = 0, 0
-local i = 5 + npipe
-local nargs = #ARGV
-while i + 5 <= nargs do
-  local id, agent, s, e, ok, seen = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  i = i + 6
+local pipeline = cjson.decode(ARGV[4])
+local spans = cjson.decode(ARGV[5])
+local idx, done = prefix .. 'inflight', prefix .. 'done'
+local head = {'state', 'n', 'x'}
+local in_pipeline = {}
+for j = 1, #pipeline do
+  local f = '@' .. pipeline[j]
+  head[#head + 1] = f
+  in_pipeline[f] = true
+end
+local order, groups = {}, {}
+for _, sp in ipairs(spans) do
+  local g = groups[sp[1]]
+  if not g then
+    g = {}
+    groups[sp[1]] = g
+    order[#order + 1] = sp[1]
+  end
+  g[#g + 1] = sp
+end
+local late = 0
+local finished, unindex, touched = {}, {}, {}
+for _, id in ipairs(order) do
+  local g = groups[id]
   local key = prefix .. 't:' .. id
-  if redis.call('HEXISTS', key, 'state') == 1 then
-    late = late + 1
+  local fields = {unpack(head)}
+  for _, sp in ipairs(g) do fields[#fields + 1] = '@' .. sp[2] end
+  local vals = redis.call('HMGET', key, unpack(fields))
+  if vals[1] then
+    late = late + #g
   else
-    local n = redis.call('HINCRBY', key, 'n', 1)
-    local f = '@' .. agent
-    local prev = redis.call('HGET', key, f)
-    local complete = false
-    if prev then
-      local ps, pe, pq, pok = string.match(prev, '^(%S+) (%S+) (%S+) (%S+)$')
-      if tonumber(s) < tonumber(ps) then ps = s end
-      if tonumber(e) > tonumber(pe) then pe = e end
-      if ok == '0' then pok = '0' end
-      redis.call('HSET', key, f, ps .. ' ' .. pe .. ' ' .. pq .. ' ' .. pok)
-    else
-      redis.call('HSET', key, f, s .. ' ' .. e .. ' ' .. n .. ' ' .. ok)
-      complete = true
-      for j = 1, npipe do
-        if redis.call('HEXISTS', key, pipe[j]) == 0 then
-          complete = false
-          break
-        end
+    local existed = vals[2]
+    local n = tonumber(vals[2]) or 0
+    local expiry_set_at = tonumber(vals[3])
+    local cur, missing = {}, #pipeline
+    for k = 4, #fields do
+      if vals[k] and not cur[fields[k]] then
+        cur[fields[k]] = vals[k]
+        if in_pipeline[fields[k]] then missing = missing - 1 end
       end
     end
-    if complete then
-      redis.call('HSET', key, 'state', 'complete')
-      redis.call('ZREM', idx, id)
+    local changed, set, seen = {}, {}, 0
+    for _, sp in ipairs(g) do
+      if missing == 0 then
+        late = late + 1
+      else
+        n = n + 1
+        local f = '@' .. sp[2]
+        local short = #sp == 3
+        local s, e, ok, t = sp[3], sp[3], true, sp[3]
+        if not short then e, ok, t = sp[4], sp[5], sp[6] end
+        local prev = cur[f]
+        local v
+        if prev then
+          local ps, pe, pq, pok = string.match(prev, '^(%S+) (%S+) (%S+) (%S+)$')
+          if s < tonumber(ps) then ps = string.format('%.17g', s) end
+          if e > tonumber(pe) then pe = string.format('%.17g', e) end
+          if not ok then pok = '0' end
+          v = ps .. ' ' .. pe .. ' ' .. pq .. ' ' .. pok
+        elseif short then
+          local ts = string.format('%.17g', s)
+          v = ts .. ' ' .. ts .. ' ' .. n .. ' 1'
+          if in_pipeline[f] then missing = missing - 1 end
+        else
+          v = string.format('%.17g %.17g %d %s', s, e, n, ok and '1' or '0')
+          if in_pipeline[f] then missing = missing - 1 end
+        end
+        if not changed[f] then
+          changed[f] = true
+          set[#set + 1] = f
+        end
+        cur[f] = v
+        if t > seen then seen = t end
+      end
+    end
+    local args = {'n', n}
+    for _, f in ipairs(set) do
+      args[#args + 1] = f
+      args[#args + 1] = cur[f]
+    end
+    -- an in-flight key's expiry (2 x ttl) is renewed only every ttl / 2 of span time, not per span:
+    -- it still outlives the last span by 1.5 x ttl, so the sweeper reads it at expiry
+    local renew = missing ~= 0 and (not expiry_set_at or seen - expiry_set_at > ttl_ms / 2000)
+    if missing == 0 then
+      args[#args + 1] = 'state'
+      args[#args + 1] = 'complete'
+    elseif renew then
+      args[#args + 1] = 'x'
+      args[#args + 1] = string.format('%.17g', seen)
+    end
+    redis.call('HSET', key, unpack(args))
+    if missing == 0 then
+      if existed then unindex[#unindex + 1] = id end
       redis.call('PEXPIRE', key, ttl_ms)
-      redis.call('LPUSH', done, id)
-      completed = completed + 1
+      finished[#finished + 1] = id
     else
-      redis.call('ZADD', idx, tonumber(seen) + ttl_ms / 1000, id)
-      redis.call('PEXPIRE', key, 2 * ttl_ms)
+      touched[#touched + 1] = string.format('%.17g', seen)
+      touched[#touched + 1] = id
+      if renew then redis.call('PEXPIRE', key, 2 * ttl_ms) end
     end
   end
 end
+-- index and list updates batched: one call each per batch rather than per trace
+if #unindex > 0 then redis.call('ZREM', idx, unpack(unindex)) end
+if #touched > 0 then redis.call('ZADD', idx, unpack(touched)) end
+local completed = #finished
 if completed > 0 then
+  redis.call('LPUSH', done, unpack(finished))
   redis.call('LTRIM', done, 0, cap - 1)
   redis.call('PEXPIRE', done, 2 * ttl_ms)
 end
@@ -136,11 +203,12 @@ redis.call('PEXPIRE', idx, 2 * ttl_ms)
 return completed
 """
 
-# ARGV = prefix, now ('' = only claim outcomes), ttl_ms, limit, recent_max.
+# ARGV = prefix, idle_before (now - ttl; '' = only claim outcomes), ttl_ms, limit, recent_max. The
+# sweeper's own TTL decides expiry: the index holds last-span times, not deadlines.
 # Claims (so each outcome is counted by one sweeper): expired traces, completed ones, late and evicted counts.
 _SWEEP_LUA: Final = """
 local prefix = ARGV[1]
-local now = ARGV[2]
+local idle_before = ARGV[2]
 local ttl_ms = tonumber(ARGV[3])
 local limit = tonumber(ARGV[4])
 local recent_max = tonumber(ARGV[5])
@@ -148,8 +216,8 @@ local idx = prefix .. 'inflight'
 local recent = prefix .. 'recent'
 local expired = {}
 local lost = 0
-if now ~= '' then
-  local ids = redis.call('ZRANGEBYSCORE', idx, '-inf', now, 'LIMIT', 0, limit)
+if idle_before ~= '' then
+  local ids = redis.call('ZRANGEBYSCORE', idx, '-inf', idle_before, 'LIMIT', 0, limit)
   for _, id in ipairs(ids) do
     redis.call('ZREM', idx, id)
     local key = prefix .. 't:' .. id
@@ -232,6 +300,7 @@ class RedisStore:
         self,
         client: redis.Redis,
         *,
+        writer: redis.Redis | None = None,
         prefix: str = DEFAULT_PREFIX,
         flush_interval: float = DEFAULT_FLUSH_SECONDS,
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -240,6 +309,9 @@ class RedisStore:
         url: str = "",
     ) -> None:
         self.client = client
+        # the background writer may wait longer than readers: no agent waits on it, and a loaded Redis
+        # that takes a few hundred ms for a batch is slow, not down
+        self.writer = writer or client
         self.prefix = prefix
         self.url = url
         self._batch = batch_size
@@ -260,22 +332,24 @@ class RedisStore:
         self._worker: Periodic | None = Periodic(self, "_flush_pending", flush_interval, "ark-obs-redis")
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS, **kw: Any) -> RedisStore:
-        """A store on the Redis at ``url`` (``redis://host:port/db``)."""
-        return cls(make_client(url, timeout), url=url, **kw)
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT_SECONDS,
+        **kw: Any,
+    ) -> RedisStore:
+        """A store on the Redis at ``url`` (``redis://host:port/db``); reads time out after ``timeout``."""
+        writer = make_client(url, max(timeout, write_timeout))
+        return cls(make_client(url, timeout), writer=writer, url=url, **kw)
 
     def bind(self, settings: TraceSettings, sink: TraceSink) -> None:
         """Attach the monitor's settings and outcome sink."""
         self.settings = settings
         self._sink = sink
         self._ttl_ms = max(1, math.ceil(settings.ttl_seconds * 1000))
-        self._head: list[Any] = [
-            self.prefix,
-            self._ttl_ms,
-            settings.max_in_flight,
-            len(settings.pipeline),
-            *settings.pipeline,
-        ]
+        self._head: list[Any] = [self.prefix, self._ttl_ms, settings.max_in_flight, json.dumps(settings.pipeline)]
 
     # writes: buffered, never blocking ---------------------------------------------------------------
     def add(self, trace_id: str, agent: str, start: float, end: float, ok: bool, now: float) -> None:
@@ -327,12 +401,15 @@ class RedisStore:
                     return
 
     def _write(self, spans: list[tuple[str, str, float, float, bool, float]], beats: dict[str, float]) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.writer.pipeline(transaction=False)
         if spans:
-            args = list(self._head)
-            for trace_id, agent, start, end, ok, seen in spans:
-                args += (trace_id, agent, start, end, 1 if ok else 0, seen)
-            self._add_script(args=args, client=pipe)
+            # one JSON argument: the C encoder beats packing six Redis arguments per span; the common
+            # span (ok, start = end = seen) travels as [trace id, agent, time]
+            compact = [
+                (trace_id, agent, start) if ok and start == end == seen else (trace_id, agent, start, end, ok, seen)
+                for trace_id, agent, start, end, ok, seen in spans
+            ]
+            self._add_script(args=[*self._head, json.dumps(compact)], client=pipe)
         if beats:
             key = self.prefix + "hb"
             mapping: dict[Any, Any] = beats
@@ -412,13 +489,13 @@ class RedisStore:
         return list(self._call(read))
 
     def sweep(self, now: float | None) -> None:
-        """Claim and report outcomes; with ``now``, first expire traces whose deadline has passed."""
+        """Claim and report outcomes; with ``now``, first expire traces idle for ``ttl_seconds``."""
         sink = self._sink
         for _ in range(100):  # bounded: a backlog is worked off over the next sweeps
             result = self._call(
                 self._sweep_script,
-                args=[self.prefix, "" if now is None else repr(now), self._ttl_ms, _SWEEP_LIMIT,
-                      self.settings.recent_max],
+                args=[self.prefix, "" if now is None else repr(now - self.settings.ttl_seconds), self._ttl_ms,
+                      _SWEEP_LIMIT, self.settings.recent_max],
             )  # fmt: skip
             expired, completed, late, evicted, lost = result
             for i in range(0, len(expired), 2):
@@ -444,6 +521,8 @@ class RedisStore:
             self._worker = None
         self.flush()
         self.client.close()
+        if self.writer is not self.client:
+            self.writer.close()
 
     # heartbeats (ark_obs.heartbeat.HeartbeatStore) ---------------------------------------------------
     def last_beats(self) -> dict[str, float]:

@@ -56,7 +56,11 @@ MAX_TRACE_ID_LENGTH: Final = MAX_LABEL_VALUE_LENGTH
 # ``metric`` label of spans dropped in ark_obs_dropped_total (a span is not itself a metric)
 SPAN_METRIC: Final = "trace_span"
 ENV_STORE: Final = "ARK_OBS_TRACE_STORE"
-ENV_PIPELINE: Final = "ARK_OBS_TRACE_PIPELINE"
+# Read when a monitor is created without these settings (an agent's lazily created default), so agent
+# processes finalize and expire traces like the service; names match ark_obs.settings.
+ENV_PIPELINE: Final = "ARK_OBS_PIPELINE"
+ENV_TTL: Final = "ARK_OBS_TRACE_TTL_SECONDS"
+ENV_MAX_IN_FLIGHT: Final = "ARK_OBS_MAX_IN_FLIGHT_TRACES"
 
 
 class StoreUnavailable(Exception):
@@ -322,18 +326,59 @@ def build_report(
     )
 
 
+def register(collector: MetricsCollector, scrape: Any, owner: str) -> None:
+    """Add a scrape-time collector; a second sweeping monitor on one collector is a programming error."""
+    try:
+        collector.add_collector(scrape)
+    except ValueError as exc:  # prometheus_client's DuplicateTimeseries
+        raise ValueError(
+            f"this collector already exports what a {owner} exports ({exc}); close the previous {owner} "
+            "before creating another, or pass sweep=False for a recorder"
+        ) from exc
+
+
+def unregister(collector: MetricsCollector, scrape: Any) -> None:
+    """Remove a scrape-time collector added by ``register`` (a closed monitor exports nothing)."""
+    remove = getattr(collector, "remove_collector", None)
+    if remove is not None:
+        remove(scrape)
+        return
+    with contextlib.suppress(KeyError):
+        collector.registry.prometheus.unregister(scrape)
+
+
 def default_pipeline() -> tuple[str, ...]:
-    """The pipeline from ``ARK_OBS_TRACE_PIPELINE`` (comma-separated), else Kyle, Joey, HRM, Kenny, Aletheia."""
+    """The pipeline from ``ARK_OBS_PIPELINE`` (comma-separated), else Kyle, Joey, HRM, Kenny, Aletheia."""
     raw = os.environ.get(ENV_PIPELINE, "")
     agents = tuple(a.strip() for a in raw.split(",") if a.strip())
     return agents or DEFAULT_PIPELINE
+
+
+def _env_number(name: str, default: float) -> float:
+    """A positive number from the environment; a bad value is logged and the default used.
+
+    An agent must not crash on a typo here; ``ark-obs check-config`` reports it.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        log.error("ignoring %s=%r: not a positive number; using %g", name, raw, default)
+        return default
+    return value
 
 
 class TraceMonitor:
     """Records spans into a bounded store, validates continuity, and accounts for every trace once.
 
     ``store``: a ``TraceStore``, a URL (``memory``, ``redis://host:port/db``), or None for
-    ``$ARK_OBS_TRACE_STORE`` (default memory). ``sweep``: whether this monitor finalizes expired traces
+    ``$ARK_OBS_TRACE_STORE`` (default memory). ``pipeline``, ``ttl_seconds`` and ``max_in_flight``
+    default to ``$ARK_OBS_PIPELINE``, ``$ARK_OBS_TRACE_TTL_SECONDS`` and ``$ARK_OBS_MAX_IN_FLIGHT_TRACES``,
+    else Kyle..Aletheia, 300 s and 100,000. ``sweep``: whether this monitor finalizes expired traces
     and counts outcomes; None means yes for a store of its own (memory), no for a shared one (Redis),
     where the ark-obs service sweeps. ``streams``: Redis streams whose XLEN is exported at scrape time
     as ``redis_stream_depth{stream}``, read from ``streams_url`` or the Redis trace store.
@@ -344,8 +389,8 @@ class TraceMonitor:
         collector: MetricsCollector,
         store: TraceStore | str | None = None,
         pipeline: Sequence[str] | None = None,
-        ttl_seconds: float = DEFAULT_TTL_SECONDS,
-        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        ttl_seconds: float | None = None,
+        max_in_flight: int | None = None,
         *,
         recent_max: int = DEFAULT_RECENT_MAX,
         sweep: bool | None = None,
@@ -358,8 +403,10 @@ class TraceMonitor:
         self.collector = collector
         self.settings = TraceSettings(
             tuple(pipeline) if pipeline is not None else default_pipeline(),
-            float(ttl_seconds),
-            int(max_in_flight),
+            float(ttl_seconds) if ttl_seconds is not None else _env_number(ENV_TTL, DEFAULT_TTL_SECONDS),
+            int(max_in_flight)
+            if max_in_flight is not None
+            else int(_env_number(ENV_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT)),
             int(recent_max),
         )
         self._clock = collector.clock
@@ -370,11 +417,12 @@ class TraceMonitor:
             store = open_store(store or os.environ.get(ENV_STORE) or "memory")
         self.store: TraceStore = store
         self.sweeping = (not store.shared) if sweep is None else sweep
-        self._complete = collector.metric(catalog.ARK_TRACES_COMPLETE_TOTAL.name)
-        self._latency = collector.metric(catalog.ARK_TRACE_LATENCY_MS.name)
+        # unlabelled children, resolved once: completion is on the recording path of a memory store
+        self._complete = collector.metric(catalog.ARK_TRACES_COMPLETE_TOTAL.name)._unlabelled()
+        self._latency = collector.metric(catalog.ARK_TRACE_LATENCY_MS.name)._unlabelled()
         self._incomplete = collector.metric(catalog.ARK_TRACES_INCOMPLETE_TOTAL.name)
         self._evicted = collector.metric(catalog.ARK_TRACES_EVICTED_TOTAL.name)
-        self._late = collector.metric(catalog.ARK_TRACE_LATE_SPANS_TOTAL.name)
+        self._late = collector.metric(catalog.ARK_TRACE_LATE_SPANS_TOTAL.name)._unlabelled()
         self._dropped = collector.metric(catalog.ARK_OBS_DROPPED_TOTAL.name)
         self._add = store.add  # bound once: the hot path calls it per span
         self._errors_logged: set[str] = set()
@@ -382,8 +430,10 @@ class TraceMonitor:
         self._streams = self._stream_reader(streams, streams_url, stream_timeout)
         store.bind(self.settings, self)
         self._worker: Periodic | None = None
+        self._scrape: _TraceCollector | None = None
         if self.sweeping:
-            collector.add_collector(_TraceCollector(self))
+            self._scrape = _TraceCollector(self)
+            register(collector, self._scrape, "TraceMonitor")
             if background:
                 self._worker = Periodic(self, "sweep", sweep_interval, "ark-obs-traces")
         elif streams:
@@ -422,20 +472,23 @@ class TraceMonitor:
         programming errors and raise.
         """
         now = self._clock()
-        if at is None:
-            start = now if duration_ms is None else now - duration_ms / 1000.0
-            end = now
+        if at is None and duration_ms is None:
+            start = end = now
+            bad_time = False
         else:
-            start = at
-            end = at if duration_ms is None else at + duration_ms / 1000.0
+            if at is None:
+                start, end = now - duration_ms / 1000.0, now  # type: ignore[operator]
+            else:
+                start = at
+                end = at if duration_ms is None else at + duration_ms / 1000.0
+            # x - x is 0.0 for every finite float, NaN for NaN and infinities
+            bad_time = not (start <= end and start - start == 0.0 and end - end == 0.0)
         if (
-            type(trace_id) is not str
+            bad_time
+            or type(trace_id) is not str
             or type(agent) is not str
             or not 0 < len(trace_id) <= MAX_TRACE_ID_LENGTH
             or not 0 < len(agent) <= MAX_LABEL_VALUE_LENGTH
-            or not start <= end
-            or start - start != 0.0  # NaN or infinite
-            or end - end != 0.0
         ):
             checked = self._check(trace_id, agent, start, end, duration_ms)
             if checked is None:
@@ -529,6 +582,9 @@ class TraceMonitor:
             self._worker.stop()
             self._worker = None
         self.flush()
+        if self._scrape is not None:
+            unregister(self.collector, self._scrape)
+            self._scrape = None
         if self._owns_store:
             self.store.close()
         if self._streams is not None:
