@@ -444,16 +444,19 @@ def test_replicas_count_every_outcome_once(redis_url: str, clock: FakeClock) -> 
 SUBPROCESS_RECORDER = textwrap.dedent(
     """
     import sys
-    from ark_obs.metrics import get_collector, record_trace
+    from ark_obs.metrics import record_trace
     for agent in sys.argv[2:]:
         record_trace(sys.argv[1], agent)
-    get_collector().traces.flush()
+    # no flush: spans buffered at exit are still written
     """
 )
 
 
 def test_spans_from_another_process_are_shared_through_redis(redis_url: str) -> None:
-    """Agents in another process (ARK_OBS_TRACE_STORE=redis://...) record spans this process validates."""
+    """Agents in another process (ARK_OBS_TRACE_STORE=redis://...) record spans this process validates.
+
+    The recorder exits right after its last span: buffered spans are flushed at exit.
+    """
     collector = MetricsCollector(ticker=False)
     monitor = TraceMonitor(collector, RedisStore.from_url(redis_url), sweep=True, background=False)
     env = {**os.environ, "ARK_OBS_TRACE_STORE": redis_url}

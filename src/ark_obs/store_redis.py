@@ -27,11 +27,14 @@ replicated primary), not Redis Cluster.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
 import math
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -330,6 +333,8 @@ class RedisStore:
         self._logged = False
         self.bind(TraceSettings(), NullSink())
         self._worker: Periodic | None = Periodic(self, "_flush_pending", flush_interval, "ark-obs-redis")
+        # an agent that exits right after its last span still delivers it (bounded by write_timeout)
+        atexit.register(_flush_at_exit, weakref.ref(self))
 
     @classmethod
     def from_url(
@@ -547,6 +552,13 @@ class RedisStore:
             pipe.execute()
 
         self._call(forget)
+
+
+def _flush_at_exit(ref: weakref.ref[RedisStore]) -> None:
+    store = ref()
+    if store is not None and store._worker is not None:
+        with contextlib.suppress(Exception):
+            store.flush()
 
 
 class StreamDepths:
