@@ -27,9 +27,25 @@ Faults (``--fault``, repeatable) and what the report then expects:
 - ``drop:AGENT``: AGENT's span is lost for ``--drop-share`` of the passes (default 0.1): those traces
   must be reported incomplete with exactly AGENT missing, and every other trace complete.
 
+The report judges the run against the seed's validation criteria, plus one per injected fault:
+
+- throughput >= the asked rate: completed passes over the time their starts took (each start owns a
+  1/rate slot; the scheduler is open-loop, so slow passes do not lower it, a loop that falls behind
+  by more than 0.1 s does, and failed passes are not counted);
+- zero unexpected errors (injected ones are counted apart);
+- p95 <= 400 ms over the passes (the most recent 200,000 in an endless run);
+- every injected violation denied, and no valid action denied;
+- every trace complete: each pass' trace is checked with the trace monitor right after it ends, and
+  must miss exactly the agents the injected faults explain (none without faults).
+
+A live progress display (rich, on stderr) shows passes, achieved rate, p95, denials, quarantines,
+incomplete traces; the report is a table, or JSON with ``--json``; exit status 1 names what failed.
+
 Targets: ``in-process`` (default) records everything on the given collector. ``http://host:port`` sends
 spans (``POST /spans`` batches) and heartbeats (``POST /heartbeats/{agent}``) to a running ark-obs and
-asks it for trace continuity (``GET /traces/{id}``) and heartbeat status; the agents' metrics
+asks it for trace continuity (``GET /traces/{id}``, as soon as the spans are posted: the service forgets
+a finished trace one TTL later; at most 200 checks/s, a random sample beyond) and heartbeat status
+(``ark_agent_up`` on its ``/metrics``); the agents' metrics
 (decorator latencies, denials, gauges, quarantines) then stay in this process' own collector and never
 reach that service's ``/metrics`` - exactly as for an agent process that does not expose them.
 """
@@ -95,6 +111,7 @@ SILENCE_LIMIT_INTERVALS: Final = 2.0
 # latencies kept for the report's percentiles (a long background run keeps the most recent ones)
 MAX_KEPT_LATENCIES: Final = 200_000
 RECENT_LATENCIES: Final = 2_000  # the live display's p95
+MAX_ERROR_KINDS: Final = 50  # distinct unexpected errors kept by message (an endless run stays bounded)
 SCHEDULING_SLACK_SECONDS: Final = 0.1  # a GC pause or a busy neighbour is not falling behind
 MAX_HTTP_BATCH: Final = 5_000
 HTTP_FLUSH_SECONDS: Final = 0.1
@@ -495,7 +512,7 @@ class HttpTarget:
             spans, self._buffer = self._buffer, []
             for i in range(0, len(spans), MAX_HTTP_BATCH):
                 batch = spans[i : i + MAX_HTTP_BATCH]
-                await self._post("/spans", {"spans": batch}, f"POST /spans ({len(batch)} spans)")
+                await self._post("/spans", {"spans": batch}, "POST /spans")
             self.flushes_done = number
 
     async def _post(self, path: str, body: dict[str, Any] | None, what: str) -> None:
@@ -578,6 +595,13 @@ class RunState:
         self.unexpected_missing: Counter[str] = Counter()
         self.example_trace_id: str | None = None
         self.silent: set[str] = set()
+
+    def unexpected_error(self, where: str, exc: BaseException) -> None:
+        """Count an error nothing injected (kinds beyond MAX_ERROR_KINDS are lumped together)."""
+        key = f"{where}: {type(exc).__name__}: {exc}"[:200]
+        if key not in self.unexpected and len(self.unexpected) >= MAX_ERROR_KINDS:
+            key = "other errors"
+        self.unexpected[key] += 1
 
     @property
     def elapsed(self) -> float:
@@ -922,7 +946,7 @@ async def run_loop(
         try:
             outcome: PassOutcome = await pipeline.run_pass(seq, bad)
         except Exception as exc:  # the decorator already counted it in ark_agent_errors_total
-            state.unexpected[f"pass: {type(exc).__name__}: {exc}"[:200]] += 1
+            state.unexpected_error("pass", exc)
             return
         state.latencies.append((perf_counter() - started) * 1000.0)
         state.passes += 1
@@ -972,9 +996,12 @@ async def run_loop(
                 else:
                     beating.append(agent.name)
             sent_at = time.monotonic()
-            await asyncio.gather(*(target.heartbeat(name) for name in beating))
-            last_sent.update(dict.fromkeys(beating, sent_at))
-            pipeline.hrm.check_drift()
+            try:
+                await asyncio.gather(*(target.heartbeat(name) for name in beating))
+                last_sent.update(dict.fromkeys(beating, sent_at))
+                pipeline.hrm.check_drift()
+            except Exception as exc:  # keep beating: one failed tick must not silence every agent
+                state.unexpected_error("heartbeats", exc)
             tick += 1
             await asyncio.sleep(max(0.0, start + tick * interval - time.monotonic()))
 
