@@ -1286,7 +1286,7 @@ def background_hook(
 def service_urls(base: str, trace_id: str, rate: float = 1.0) -> str:
     """The lines ``make run`` prints: where to look."""
     return (
-        f"ark-obs is up, fed by the synthetic loop ({rate:g} passes/s):\n"
+        f"ark-obs is up, fed by the synthetic loop ({rate:g} pass{'' if rate == 1 else 'es'}/s):\n"
         f"  status page    {base}/\n"
         f"  metrics        {base}/metrics\n"
         f"  SLOs           {base}/slos\n"
