@@ -475,10 +475,10 @@ def test_shipped_rules_load_and_evaluate_in_prometheus(prometheus_factory: Prome
         seen = evaluations()
         return seen if seen and never not in seen.values() else None
 
-    first = prom.wait_until(evaluated_once, timeout=5, what="a first evaluation of every group")
+    first = prom.wait_until(evaluated_once, timeout=10, what="a first evaluation of every group")
     prom.wait_until(
         lambda: all(last != first[name] for name, last in evaluations().items()),
-        timeout=5,
+        timeout=10,
         what="a second evaluation of every group",
     )
     rules = [rule for group in prom.rules() for rule in group["rules"]]
