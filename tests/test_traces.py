@@ -618,3 +618,8 @@ def test_open_store_parses_store_urls(redis_url: str) -> None:
         store.close()
     with pytest.raises(ValueError, match="unknown trace store"):
         open_store("postgres://nope")
+    monitor = TraceMonitor(MetricsCollector(ticker=False), redis_url, store_timeout=0.05, background=False)
+    try:
+        assert monitor.store.client.connection_pool.connection_kwargs["socket_timeout"] == 0.05  # type: ignore[attr-defined]
+    finally:
+        monitor.close()

@@ -520,10 +520,11 @@ class RedisStore:
                 return
 
     def close(self) -> None:
-        """Flush, stop the writer thread and close the connections."""
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
+        """Flush, stop the writer thread and close the connections (idempotent)."""
+        if self._worker is None:
+            return
+        self._worker.stop()
+        self._worker = None
         self.flush()
         self.client.close()
         if self.writer is not self.client:

@@ -382,6 +382,7 @@ class TraceMonitor:
     and counts outcomes; None means yes for a store of its own (memory), no for a shared one (Redis),
     where the ark-obs service sweeps. ``streams``: Redis streams whose XLEN is exported at scrape time
     as ``redis_stream_depth{stream}``, read from ``streams_url`` or the Redis trace store.
+    ``store_timeout``: read timeout of a Redis store this monitor opens from a URL (default 0.25 s).
     """
 
     def __init__(
@@ -399,6 +400,7 @@ class TraceMonitor:
         streams: Sequence[str] = (),
         streams_url: str | None = None,
         stream_timeout: float = 0.25,
+        store_timeout: float | None = None,
     ) -> None:
         self.collector = collector
         self.settings = TraceSettings(
@@ -414,7 +416,8 @@ class TraceMonitor:
         if store is None or isinstance(store, str):
             from ark_obs.store_redis import open_store
 
-            store = open_store(store or os.environ.get(ENV_STORE) or "memory")
+            options = {} if store_timeout is None else {"timeout": store_timeout}
+            store = open_store(store or os.environ.get(ENV_STORE) or "memory", **options)
         self.store: TraceStore = store
         self.sweeping = (not store.shared) if sweep is None else sweep
         # unlabelled children, resolved once: completion is on the recording path of a memory store
@@ -427,17 +430,18 @@ class TraceMonitor:
         self._add = store.add  # bound once: the hot path calls it per span
         self._errors_logged: set[str] = set()
         self._lock = threading.Lock()
+        if streams and not self.sweeping:
+            raise ValueError("stream depths are exported by a sweeping monitor: pass sweep=True")
         self._streams = self._stream_reader(streams, streams_url, stream_timeout)
         store.bind(self.settings, self)
         self._worker: Periodic | None = None
+        self._closed = False
         self._scrape: _TraceCollector | None = None
         if self.sweeping:
             self._scrape = _TraceCollector(self)
             register(collector, self._scrape, "TraceMonitor")
             if background:
                 self._worker = Periodic(self, "sweep", sweep_interval, "ark-obs-traces")
-        elif streams:
-            raise ValueError("stream depths are exported by a sweeping monitor: pass sweep=True")
 
     @property
     def pipeline(self) -> tuple[str, ...]:
@@ -577,7 +581,10 @@ class TraceMonitor:
             pass
 
     def close(self) -> None:
-        """Stop the background sweep and flush; closes the store if this monitor opened it."""
+        """Stop the background sweep and flush; closes the store if this monitor opened it (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
