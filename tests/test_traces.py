@@ -580,6 +580,8 @@ def test_stream_depths_are_read_at_scrape_time(redis_url: str, redis_server: Any
         assert text.count("# TYPE redis_stream_depth gauge") == 1
     finally:
         monitor.close()
+    text = collector.export_prometheus()  # closed: the agents' gauge is exported by the registry again
+    assert 'redis_stream_depth{stream="elsewhere"} 7.0' in text and 'stream="ark:signals"' not in text
 
 
 def test_unreachable_stream_redis_leaves_the_gauge_out(redis_url: str) -> None:

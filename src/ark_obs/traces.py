@@ -28,7 +28,6 @@ import contextlib
 import logging
 import math
 import os
-import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -429,7 +428,6 @@ class TraceMonitor:
         self._dropped = collector.metric(catalog.ARK_OBS_DROPPED_TOTAL.name)
         self._add = store.add  # bound once: the hot path calls it per span
         self._errors_logged: set[str] = set()
-        self._lock = threading.Lock()
         if streams and not self.sweeping:
             raise ValueError("stream depths are exported by a sweeping monitor: pass sweep=True")
         self._streams = self._stream_reader(streams, streams_url, stream_timeout)
@@ -591,6 +589,7 @@ class TraceMonitor:
         self.flush()
         if self._scrape is not None:
             unregister(self.collector, self._scrape)
+            self._scrape.release()
             self._scrape = None
         if self._owns_store:
             self.store.close()
@@ -649,6 +648,13 @@ class _TraceCollector:
             with contextlib.suppress(KeyError):
                 monitor.collector.registry.prometheus.unregister(gauge.raw)
             self._stream_gauge = gauge
+
+    def release(self) -> None:
+        """Give the ``redis_stream_depth`` gauge back to the registry (the monitor is closing)."""
+        if self._stream_gauge is not None:
+            with contextlib.suppress(ValueError):
+                self._monitor.collector.registry.prometheus.register(self._stream_gauge.raw)
+            self._stream_gauge = None
 
     def describe(self) -> Iterator[Metric]:
         """The families this collector yields (names only)."""
