@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from plugins.prometheus_server import PrometheusFactory
 
 # Until tests/conftest.py registers it for the whole suite.
-pytest_plugins = ["plugins.prometheus_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -412,6 +412,13 @@ class MetricsCollector:
         self.registry.prometheus.register(collector)
         self._extra_collectors.append(collector)
 
+    def remove_collector(self, collector: Any) -> None:
+        """Unregister a scrape-time collector added with ``add_collector`` (a closed monitor)."""
+        if collector in self._extra_collectors:
+            self._extra_collectors.remove(collector)
+            with contextlib.suppress(KeyError):
+                self.registry.prometheus.unregister(collector)
+
     def exposition_registry(self) -> CollectorRegistry:
         """The registry to expose: this one, or in multiprocess mode every process' files plus extras."""
         if not is_multiprocess():
