@@ -1,7 +1,8 @@
 """The service under load: span batches through POST /spans while /metrics is scraped, next to idle scrapes.
 
 A real ``ark-obs serve`` runs in its own process. A load generator process posts span batches (5-span
-traces, fresh ids) for ``duration`` seconds on a few keep-alive connections while a scraper process
+traces, fresh ids; 200 spans per batch by default, an agent's flush) for ``duration`` seconds on a few
+keep-alive connections while a scraper process
 scrapes /metrics the way Prometheus does (OpenMetrics Accept, gzip) every ``scrape_interval``. The same
 scraper first runs alone for ``idle`` seconds: the idle latencies are the baseline of the loaded ones.
 
@@ -138,7 +139,7 @@ def _metric(url: str, name: str) -> float:
 def run(
     duration: float = 30.0,
     idle: float = 10.0,
-    batch_traces: int = 200,
+    batch_traces: int = 40,
     connections: int = 2,
     scrape_interval: float = 0.1,
 ) -> dict[str, Any]:

@@ -739,3 +739,42 @@ def test_collector_is_built_from_settings() -> None:
     assert collector.traces.settings.ttl_seconds == 12 and collector.traces.settings.max_in_flight == 7
     for owned in service.owned:
         owned.close()
+
+
+async def test_gc_freeze_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serve-time GC hook collects the young generations and freezes the survivors every period,
+    and every full period thaws everything for one full collection."""
+    import gc
+
+    from ark_obs.app import freeze_long_lived_objects
+
+    calls: list[str] = []
+    real_collect, real_unfreeze = gc.collect, gc.unfreeze
+
+    def collect(generation: int = 2) -> int:
+        calls.append(f"collect{generation}")
+        return real_collect(generation)
+
+    def unfreeze() -> None:
+        calls.append("unfreeze")
+        real_unfreeze()
+
+    monkeypatch.setattr(gc, "collect", collect)
+    monkeypatch.setattr(gc, "unfreeze", unfreeze)
+    service: Service = create_app(settings()).state.service
+    task = asyncio.create_task(freeze_long_lived_objects(service, every=0.01, full_every=0.08))
+    frozen = 0
+    try:
+        for _ in range(30):
+            await asyncio.sleep(0.01)
+            frozen = max(frozen, gc.get_freeze_count())
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        real_unfreeze()
+        for owned in service.owned:
+            owned.close()
+    assert frozen > 1000, "survivors were not frozen"
+    assert "collect1" in calls
+    full = calls.index("unfreeze")
+    assert calls[full + 1] == "collect2" and "collect1" in calls[:full]

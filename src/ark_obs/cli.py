@@ -196,14 +196,19 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def run_server(settings: Settings, **app_options: Any) -> int:
-    """Serve ``create_app(settings, **app_options)`` with uvicorn until SIGTERM or SIGINT."""
+    """Serve ``create_app(settings, **app_options)`` with uvicorn until SIGTERM or SIGINT.
+
+    ``app_options`` go to ``create_app`` (``collector``, ``background`` hooks such as the synthetic loop).
+    """
     import uvicorn
 
-    from ark_obs.app import create_app
+    from ark_obs.app import create_app, freeze_long_lived_objects
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ark_obs").setLevel(settings.log_level.upper())
-    app = create_app(settings, **app_options)
+    # a long-running server with a big trace store: keep GC pauses out of the scrapes (see the hook)
+    background = [freeze_long_lived_objects, *app_options.pop("background", ())]
+    app = create_app(settings, background=background, **app_options)
     config = uvicorn.Config(
         app,
         host=settings.host,
