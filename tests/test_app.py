@@ -31,8 +31,6 @@ from ark_obs.settings import Settings
 from ark_obs.store_redis import RedisStore
 from ark_obs.traces import TraceMonitor
 
-pytest_plugins = ["plugins.redis_server"]
-
 PIPELINE = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 UUID_TRACE = "0af76519-16cd-43dd-8448-eb211c80319c"

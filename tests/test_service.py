@@ -19,8 +19,6 @@ import redis
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-pytest_plugins = ["plugins.redis_server"]
-
 pytestmark = pytest.mark.slow
 
 ARK_OBS = Path(sys.executable).with_name("ark-obs")
