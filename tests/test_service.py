@@ -127,6 +127,7 @@ def test_serve_end_to_end_and_graceful_sigterm(start: Any) -> None:
     out = server.output()
     assert "Traceback" not in out, out
     assert "Finished server process" in out
+    assert f"{server.url}/metrics" in out and "writes are open" in out  # the URLs, printed at start
 
 
 def test_sigterm_finishes_in_flight_requests_and_flushes(start: Any, redis_url: str) -> None:

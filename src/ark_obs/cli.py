@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -220,6 +221,20 @@ def run_server(settings: Settings, **app_options: Any) -> int:
         server_header=False,
     )
     server = uvicorn.Server(config)
+    base = settings.bind_url
+    log.info(
+        "ark-obs %s on %s: %s/metrics  %s/slos  %s/traces?status=incomplete  %s/readyz  %s/docs "
+        "(trace store: %s; writes %s)",
+        __version__,
+        base,
+        base,
+        base,
+        base,
+        base,
+        base,
+        re.sub(r"//[^@/]*@", "//***@", settings.trace_store),  # never log a password
+        "need the bearer token" if settings.token else "are open",
+    )
     stopped: list[int] = []
 
     # uvicorn re-raises the stop signal once it has drained; landing here turns that into exit 0.
