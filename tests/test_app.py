@@ -76,11 +76,11 @@ class FakeClock:
         return self.now
 
 
-def manual_collector(clock: FakeClock, ttl: float = 30.0) -> MetricsCollector:
+def manual_collector(clock: FakeClock, ttl: float = 30.0, max_agents: int = 1000) -> MetricsCollector:
     """A collector on ``clock`` whose trace sweep the test drives (no background threads)."""
     collector = MetricsCollector(clock=clock, ticker=False)
     collector.traces = TraceMonitor(collector, "memory", pipeline=PIPELINE, ttl_seconds=ttl, background=False)
-    collector.heartbeats = HeartbeatMonitor(collector, background=False)
+    collector.heartbeats = HeartbeatMonitor(collector, background=False, max_agents=max_agents)
     return collector
 
 
@@ -776,3 +776,14 @@ async def test_gc_freeze_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "collect1" in calls
     full = calls.index("unfreeze")
     assert calls[full + 1] == "collect2" and "collect1" in calls[:full]
+
+
+async def test_heartbeat_over_the_agent_limit_is_503_not_200() -> None:
+    """A beat the monitor refuses (it already tracks its maximum of agents) is a 503, never a false 200."""
+    collector = manual_collector(FakeClock(), max_agents=2)
+    async with serve(create_app(settings(), collector)) as c:
+        assert (await c.post("/heartbeats/Kyle")).status_code == 200
+        assert (await c.post("/heartbeats/Joey")).status_code == 200
+        r = await c.post("/heartbeats/Kenny")
+        assert r.status_code == 503 and "cardinality" in r.json()["detail"]
+        assert (await c.post("/heartbeats/Kyle")).status_code == 200  # known agents still beat

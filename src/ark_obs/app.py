@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ark_obs import __version__, catalog
 from ark_obs.catalog import Kind
 from ark_obs.context import parse_traceparent
-from ark_obs.heartbeat import HeartbeatMonitor
+from ark_obs.heartbeat import HEARTBEAT_METRIC, HeartbeatMonitor
 from ark_obs.metrics import MetricsCollector
 from ark_obs.openmetrics import generate_openmetrics
 from ark_obs.settings import NAME_PATTERN, Settings
@@ -611,7 +611,11 @@ def create_app(
     # Spans the store could not take are counted here (by TraceMonitor.on_dropped); a write that saw
     # this count move answers 503 rather than claim its spans landed. Retrying is safe: a repeated
     # span only widens that agent's span.
-    dropped_spans = collector.metric(catalog.ARK_OBS_DROPPED_TOTAL.name).labels(SPAN_METRIC, "store_unavailable")
+    dropped = collector.metric(catalog.ARK_OBS_DROPPED_TOTAL.name)
+    dropped_spans = dropped.labels(SPAN_METRIC, "store_unavailable")
+    dropped_beats = {
+        reason: dropped.labels(HEARTBEAT_METRIC, reason) for reason in ("cardinality", "store_unavailable")
+    }
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -876,16 +880,27 @@ def create_app(
         response_model=HeartbeatOut,
         summary="Record a heartbeat",
         dependencies=write_guard,
-        responses={k: v for k, v in write_responses.items() if k in (401, 503)},
+        responses={
+            **auth_responses,
+            503: {"model": ErrorOut, "description": "The beat was not recorded: store down or agent limit."},
+        },
     )
     async def post_heartbeat(
         agent: Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, description="Agent name.")],
     ) -> HeartbeatOut:
-        """Record that ``agent`` is alive (silent for 2 intervals: reported down)."""
+        """Record that ``agent`` is alive (silent for 2 intervals: reported down).
+
+        200: the beat is taken (a Redis store writes it within its flush interval). 503: it was not
+        (the store is down, or the monitor already tracks its maximum number of agents).
+        """
         health = heartbeats.check()
         if not health.healthy:
             raise _unavailable(health.detail or health.backend)
+        before = {reason: child.get() for reason, child in dropped_beats.items()}
         heartbeats.beat(agent)
+        refused = [reason for reason, child in dropped_beats.items() if child.get() != before[reason]]
+        if refused:
+            raise HTTPException(503, f"heartbeat not recorded ({refused[0]})", headers={"Retry-After": "1"})
         return HeartbeatOut(agent=agent, at=collector.clock())
 
     return app
