@@ -3,21 +3,20 @@
 >>> app = create_app(Settings())          # what ``ark-obs serve`` runs under uvicorn
 
 Reads (``/metrics``, ``/metrics/json``, ``/slos``, ``/traces``, ``/healthz``, ``/readyz``) are open;
-writes (``POST /spans``, ``/traces/{id}/spans``, ``/heartbeats/{agent}``) need
+writes (``POST /spans``, ``/traces/{id}/spans``, ``/traceparent/spans``, ``/heartbeats/{agent}``) need
 ``Authorization: Bearer <ARK_OBS_INGEST_TOKEN>`` when a token is set. Anything that may take a while (an
 exposition, an SLO evaluation, a store call) runs in a worker thread, so one large scrape never stalls
 the other requests. A 2xx from a write means the spans are in the trace store; when the store cannot
-take them the answer is 503 and nothing is claimed.
+take them the answer is 503 (retry: a repeated span is harmless). Request and response models live in
+``ark_obs.api``, the exposition and its negotiation in ``ark_obs.exposition``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import gzip
 import hmac
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -28,100 +27,51 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Reques
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ark_obs import __version__, catalog
+from ark_obs.api import (
+    EXPECTED_PATTERN,
+    MAX_EXPECTED_AGENTS,
+    MAX_NAME_FILTERS,
+    MAX_TRACE_LIST,
+    METRIC_NAME_PATTERN,
+    Accepted,
+    Check,
+    ErrorOut,
+    Health,
+    HeartbeatOut,
+    HistogramStatsOut,
+    MetricsJson,
+    Readiness,
+    SpanBatch,
+    SpanIn,
+    TraceId,
+    TraceList,
+    TraceParentTraceId,
+    TraceReportOut,
+)
 from ark_obs.catalog import Kind
-from ark_obs.context import parse_traceparent
+from ark_obs.exposition import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    GZIP_LEVEL,
+    OPENMETRICS_CONTENT_TYPE,
+    accepts_gzip,
+    families_json,
+    render_exposition,
+    wants_openmetrics,
+)
 from ark_obs.heartbeat import HEARTBEAT_METRIC, HeartbeatMonitor
 from ark_obs.metrics import MetricsCollector
-from ark_obs.openmetrics import generate_openmetrics
 from ark_obs.settings import NAME_PATTERN, Settings
 from ark_obs.slo import SloEngine, SloReport, load_slo_file
-from ark_obs.traces import SPAN_METRIC, StoreUnavailable, TraceMonitor, TraceReport, TraceStatus
+from ark_obs.traces import SPAN_METRIC, StoreUnavailable, TraceMonitor, TraceStatus
 
 __all__ = ["BackgroundHook", "Service", "build_collector", "create_app", "freeze_long_lived_objects"]
 
 log = logging.getLogger("ark_obs.app")
-
-# A trace id is a lowercase UUID (what the seed makes) or a W3C trace-id (32 lowercase hex), not all
-# zeros. The pattern has no look-ahead (pydantic's regex engine has none), so the all-zero ids are
-# excluded with a JSON Schema "not" and a validator: the schema and the checks say the same thing.
-TRACE_ID_PATTERN: Final = r"^([0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
-ZERO_TRACE_IDS: Final = ("0" * 32, "00000000-0000-0000-0000-000000000000")
-_ZERO_IDS: Final = frozenset(ZERO_TRACE_IDS)
-METRIC_NAME_PATTERN: Final = r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$"
-MAX_EXPECTED_AGENTS: Final = 32
-_AGENT: Final = NAME_PATTERN.strip("^$")
-# ?expected=Kyle,Joey: up to 32 agent names, commas with optional spaces around them
-EXPECTED_PATTERN: Final = rf"^ *{_AGENT}( *, *{_AGENT}){{0,{MAX_EXPECTED_AGENTS - 1}}} *$"
-OPENMETRICS_CONTENT_TYPE: Final = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-MAX_NAME_FILTERS: Final = 200
-MAX_TRACE_LIST: Final = 1000
-# Level 6 (zlib's default): most of level 9's ratio on exposition text at a fraction of its cost.
-GZIP_LEVEL: Final = 6
-# Span times: Unix seconds, up to the year 5138; durations up to a day.
-MAX_UNIX_SECONDS: Final = 1e11
-MAX_DURATION_MS: Final = 86_400_000.0
-
-
-def _not_all_zero(trace_id: str) -> str:
-    # the pattern has checked the form; a set lookup is all that is left (this runs once per span)
-    if trace_id in _ZERO_IDS:
-        raise ValueError("an all-zero trace id is invalid")
-    return trace_id
-
-
-AgentName = Annotated[
-    str, Field(pattern=NAME_PATTERN, min_length=1, max_length=64, examples=["Kyle"], description="Agent name.")
-]
-TraceId = Annotated[
-    str,
-    Field(
-        pattern=TRACE_ID_PATTERN,
-        min_length=32,
-        max_length=36,
-        examples=["4bf92f3577b34da6a3ce929d0e0e4736"],
-        description="A lowercase UUID or a W3C trace-id (32 lowercase hex digits), not all zeros.",
-        json_schema_extra={"not": {"enum": list(ZERO_TRACE_IDS)}},
-    ),
-    AfterValidator(_not_all_zero),
-]
-
-
-def _traceparent_trace_id(header: str) -> str:
-    parsed = parse_traceparent(header)
-    if parsed is None:
-        raise ValueError("not a valid W3C traceparent: version ff, an all-zero id, or data after a version-00 header")
-    return parsed.trace_id
-
-
-# A W3C traceparent (version-traceid-parentid-flags); "not" spells out what the pattern cannot: version
-# ff, all-zero ids, and data after a version-00 header are invalid (ark_obs.context.parse_traceparent).
-TRACEPARENT_PATTERN: Final = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$"
-TraceParentTraceId = Annotated[
-    str,
-    Field(
-        pattern=TRACEPARENT_PATTERN,
-        max_length=512,
-        examples=["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
-        json_schema_extra={
-            "not": {
-                "anyOf": [
-                    {"pattern": "^ff-"},
-                    {"pattern": "^[0-9a-f]{2}-0{32}-"},
-                    {"pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-0{16}-"},
-                    {"pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}-"},
-                ]
-            }
-        },
-    ),
-    AfterValidator(_traceparent_trace_id),  # the header's value becomes its trace id
-]
 
 
 # --- the service and its background work ----------------------------------------------------------
@@ -137,291 +87,6 @@ class Service:
 
 # A long-running coroutine, started once the app is up and cancelled on shutdown (the synthetic loop).
 BackgroundHook: TypeAlias = Callable[[Service], Awaitable[None]]
-
-
-# --- response and request models --------------------------------------------------------------------
-class ErrorOut(BaseModel):
-    """An error: what went wrong, in words."""
-
-    detail: str
-
-
-class Health(BaseModel):
-    """Liveness: the process answers."""
-
-    status: Literal["ok"] = "ok"
-    version: str = __version__
-
-
-class Check(BaseModel):
-    """One readiness check."""
-
-    name: str
-    ok: bool
-    detail: str = ""
-
-
-class Readiness(BaseModel):
-    """Readiness: 200 when every check passes, 503 naming the failing ones otherwise."""
-
-    status: Literal["ready", "not_ready"]
-    failing: list[str]
-    checks: list[Check]
-
-
-NonFinite = Literal["NaN", "+Inf", "-Inf"]
-
-
-class ExemplarOut(BaseModel):
-    """An exemplar: the trace behind one observation."""
-
-    labels: dict[str, str]
-    value: float | NonFinite
-    timestamp: float | None = None
-
-
-class SampleOut(BaseModel):
-    """One sample of a family; non-finite values are the strings NaN, +Inf and -Inf (JSON has none)."""
-
-    name: str
-    labels: dict[str, str]
-    value: float | NonFinite
-    timestamp: float | None = None
-    exemplar: ExemplarOut | None = None
-
-
-class FamilyOut(BaseModel):
-    """A metric family with its samples, as the registry collects it."""
-
-    name: str
-    type: str
-    help: str
-    unit: str
-    samples: list[SampleOut]
-
-
-class HistogramStatsOut(BaseModel):
-    """Windowed histogram statistics (the seed's get_histogram_stats shape); None on an empty window."""
-
-    count: int
-    sum: float
-    avg: float | None
-    p50: float | None
-    p95: float | None
-    p99: float | None
-    min: float | None
-    max: float | None
-    window_seconds: float
-
-
-class MetricsJson(BaseModel):
-    """Every metric family with its samples, plus windowed stats of every histogram (all series)."""
-
-    families: list[FamilyOut]
-    histograms: dict[str, HistogramStatsOut]
-
-
-class SpanOut(BaseModel):
-    """One agent's part in a trace (Unix seconds)."""
-
-    agent: str
-    start: float
-    end: float
-    duration_ms: float
-    ok: bool
-
-
-class TraceReportOut(BaseModel):
-    """The continuity report: the seed's complete, missing_agents, agents_seen, latency_ms, and more."""
-
-    trace_id: str
-    status: TraceStatus
-    known: bool
-    complete: bool
-    missing_agents: list[str]
-    agents_seen: list[str] = Field(description="in the order the agents started")
-    latency_ms: float | None = Field(description="first span's start to last span's end")
-    out_of_order: list[str] = Field(description="agents seen before one that precedes them in the pipeline")
-    failed_agents: list[str]
-    expected_agents: list[str]
-    span_count: int
-    spans: list[SpanOut]
-
-    @classmethod
-    def of(cls, report: TraceReport) -> TraceReportOut:
-        """The response for a monitor's report."""
-        return cls(
-            trace_id=report.trace_id,
-            status=report.status,
-            known=report.known,
-            complete=report.complete,
-            missing_agents=list(report.missing_agents),
-            agents_seen=list(report.agents_seen),
-            latency_ms=report.latency_ms,
-            out_of_order=list(report.out_of_order),
-            failed_agents=list(report.failed_agents),
-            expected_agents=list(report.expected_agents),
-            span_count=report.span_count,
-            spans=[
-                SpanOut(agent=s.agent, start=s.start, end=s.end, duration_ms=s.duration_ms, ok=s.ok)
-                for s in report.spans
-            ],
-        )
-
-
-class TraceList(BaseModel):
-    """The most recent traces in one state, newest first."""
-
-    status: Literal["incomplete"]
-    count: int
-    traces: list[TraceReportOut]
-
-
-class SpanIn(BaseModel):
-    """One span: an agent processed the trace."""
-
-    # strict: JSON types as the schema says them (0 is not false, "1.5" is not a number)
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
-
-    agent: AgentName
-    at: float | None = Field(
-        None, ge=0, le=MAX_UNIX_SECONDS, description="Unix time (s) the agent started; default: arrival."
-    )
-    duration_ms: float | None = Field(
-        None, ge=0, le=MAX_DURATION_MS, description="How long the agent took (ms); default 0."
-    )
-    ok: bool = Field(True, description="False when the agent failed on this trace.")
-
-
-class BatchSpanIn(SpanIn):
-    """A span of a batch, which may hold spans of many traces."""
-
-    trace_id: TraceId
-
-
-class SpanBatch(BaseModel):
-    """A batch of spans, of one trace or many."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    spans: list[BatchSpanIn]
-
-
-class Accepted(BaseModel):
-    """How many spans are now in the trace store."""
-
-    accepted: int
-
-
-class HeartbeatOut(BaseModel):
-    """A recorded heartbeat."""
-
-    agent: str
-    at: float = Field(description="Unix time (s) the heartbeat was recorded")
-
-
-# --- /metrics negotiation -----------------------------------------------------------------------------
-def _media_params(part: str) -> tuple[str, dict[str, str]]:
-    media, *raw = part.split(";")
-    params: dict[str, str] = {}
-    for p in raw:
-        key, sep, value = p.partition("=")
-        if sep:
-            params[key.strip().lower()] = value.strip().strip('"')
-    return media.strip().lower(), params
-
-
-def _quality(params: dict[str, str]) -> float:
-    try:
-        q = float(params.get("q", "1"))
-    except ValueError:
-        return 0.0
-    return q if 0.0 <= q <= 1.0 else 0.0
-
-
-def wants_openmetrics(accept: str | None) -> bool:
-    """True when ``Accept`` asks for OpenMetrics 1.0.0; anything else (garbage too) gets text 0.0.4.
-
-    prometheus_client's ``choose_encoder`` raises on a non-numeric version: client input must not 500.
-    """
-    if not accept:
-        return False
-    for part in accept.split(","):
-        media, params = _media_params(part)
-        if (
-            media == "application/openmetrics-text"
-            and _quality(params) > 0
-            and params.get("version", "1.0.0") in ("1.0.0", "")
-        ):
-            return True
-    return False
-
-
-def accepts_gzip(accept_encoding: str | None) -> bool:
-    """True when ``Accept-Encoding`` allows gzip (``gzip;q=0`` refuses it)."""
-    if not accept_encoding:
-        return False
-    for part in accept_encoding.split(","):
-        coding, params = _media_params(part)
-        if coding in ("gzip", "*") and _quality(params) > 0:
-            return True
-    return False
-
-
-# prometheus_client's name[] filter matches sample names; these make a family name select all its samples.
-_SAMPLE_SUFFIXES: Final = ("_bucket", "_sum", "_count", "_created", "_total", "_info", "_gcount", "_gsum")
-
-
-def render_exposition(
-    registry: CollectorRegistry, openmetrics_format: bool, names: Sequence[str], gzip_level: int | None = None
-) -> bytes:
-    """The exposition of ``registry``, restricted to ``names`` (family or sample names) when given.
-
-    ``gzip_level``: compress in the same worker-thread call (one hop off the event loop, not two).
-    """
-    source: Any = registry
-    if names:
-        wanted = {*names, *(n + suffix for n in names for suffix in _SAMPLE_SUFFIXES)}
-        source = registry.restricted_registry(wanted)
-    body = generate_openmetrics(source) if openmetrics_format else bytes(generate_latest(source))
-    return body if gzip_level is None else gzip.compress(body, gzip_level)
-
-
-# --- /metrics/json --------------------------------------------------------------------------------
-def _json_value(value: float) -> float | NonFinite:
-    if math.isfinite(value):
-        return value
-    if math.isnan(value):
-        return "NaN"
-    return "+Inf" if value > 0 else "-Inf"
-
-
-def families_json(registry: CollectorRegistry) -> list[FamilyOut]:
-    """Every family ``registry`` collects, as response models."""
-    out: list[FamilyOut] = []
-    for family in registry.collect():
-        samples = []
-        for s in family.samples:
-            ex = s.exemplar
-            samples.append(
-                SampleOut(
-                    name=s.name,
-                    labels=dict(s.labels),
-                    value=_json_value(s.value),
-                    timestamp=float(s.timestamp) if isinstance(s.timestamp, float | int) else None,
-                    exemplar=None
-                    if ex is None
-                    else ExemplarOut(
-                        labels=dict(ex.labels),
-                        value=_json_value(ex.value),
-                        timestamp=None if ex.timestamp is None else float(ex.timestamp),
-                    ),
-                )
-            )
-        out.append(
-            FamilyOut(name=family.name, type=family.type, help=family.documentation, unit=family.unit, samples=samples)
-        )
-    return out
 
 
 # --- wiring ------------------------------------------------------------------------------------------
