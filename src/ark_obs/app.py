@@ -110,6 +110,7 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
         sweep=True,  # the service does the accounting, also for a store shared with agents
         streams=settings.redis_streams,
         stream_timeout=settings.store_timeout_seconds,
+        store_timeout=settings.store_timeout_seconds,
     )
     collector.traces = traces
     heartbeats = HeartbeatMonitor(collector, settings.heartbeat_interval_seconds, sweep=True)
