@@ -46,8 +46,6 @@ from ark_obs.metrics import MetricsCollector
 from ark_obs.settings import Settings
 from plugins.prometheus_server import SHIPPED_RULE_FILES, PrometheusFactory, PrometheusQueryError, PrometheusServer
 
-pytest_plugins = ["plugins.prometheus_server"]
-
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy/grafana/dashboards/ark-overview.json"
 ALERT_RULES = ROOT / "deploy/prometheus/rules/ark-alerts.rules.yml"
