@@ -555,6 +555,7 @@ def test_unreachable_prometheus_is_inconclusive() -> None:
     result = run(analyze(config))
     assert result.verdict is Verdict.INCONCLUSIVE
     assert "unreachable" in result.reason and result.evaluated_at is None
+    assert result.reason.startswith("hrm_denials_spike, quarantine, decision_latency, ethics_drift: Prometheus: ")
     assert result.duration_seconds < 2
 
 
@@ -628,10 +629,10 @@ def test_get_analysis_is_always_200_with_the_verdict(world: World, quarantined: 
 
 
 def test_post_analysis_status_codes_for_flagger(world: World, quarantined: tuple[CanaryAnalysis, float]) -> None:
-    """POST (Flagger's webhook): 200 pass, 412 fail, 503 inconclusive (200 with inconclusive_status=200)."""
+    """POST (Flagger's webhook): 200 pass, 412 fail, 409 inconclusive (200 with inconclusive_status=200)."""
     app = canary_app(world.config)
     payload = {"name": "ark", "namespace": "ark", "phase": "Progressing", "metadata": {"baseline": "stable"}}
-    for track, status in (("healthy", 200), ("quarantine", 412), ("idle", 503)):
+    for track, status in (("healthy", 200), ("quarantine", 412), ("idle", 409)):
         hook = {**payload, "metadata": {**payload["metadata"], "canary": track}}
         response = run(call(app, "POST", "/canary/analysis", json=hook))
         assert response.status_code == status, response.text
@@ -643,10 +644,35 @@ def test_post_analysis_status_codes_for_flagger(world: World, quarantined: tuple
 
 
 def test_bad_selector_is_422(world: World) -> None:
-    """A selector that is not a track matcher is refused before any query is sent."""
+    """A selector that is not a track matcher is refused by the schema's pattern, before any query is sent."""
     app = canary_app(world.config)
     response = run(call(app, "GET", "/canary/analysis", params={"canary": 'instance="x"'}))
-    assert response.status_code == 422 and "track" in response.json()["detail"]
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "canary"]
+    hook = {"metadata": {"canary": 'track="a"} or vector(1)', "other": "kept"}}
+    response = run(call(app, "POST", "/canary/analysis", json=hook))
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "canary"
+
+
+def test_wrong_method_names_both_methods() -> None:
+    """A wrong method gets 405 with `Allow: GET, POST`, also when the router is included in a larger app."""
+    app = create_app(Settings(_env_file=None))  # type: ignore[call-arg]
+    app.include_router(canary.router(CanaryConfig(prometheus_url=f"http://127.0.0.1:{free_port()}", _env_file=None)))
+    for method in ("PUT", "OPTIONS", "DELETE"):
+        response = run(call(app, method, "/canary/analysis"))
+        assert response.status_code == 405 and response.headers["allow"] == "GET, POST", method
+
+
+def test_schema_pattern_is_parse_selector() -> None:
+    """The OpenAPI pattern of a selector accepts exactly what parse_selector accepts (what is documented works)."""
+    samples = ["canary", "canary-eu.1", 'track="x"', '{ track =~ "a|b" }', 'track!~""', 'pod="x"', "a b",
+               'track="a"} or vector(1)', "-x", 'track = "x', "", "t" * 70]  # fmt: skip
+    for text in samples:
+        try:
+            parse_selector(text)
+            parsed = True
+        except SelectorError:
+            parsed = False
+        assert bool(re.fullmatch(canary.SELECTOR_PATTERN, text)) == parsed, text
 
 
 def test_unreachable_prometheus_over_http_is_inconclusive_not_an_error() -> None:

@@ -41,13 +41,16 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, ClassVar, Final
 
 import httpx
-from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from ark_obs import catalog
 
@@ -59,6 +62,7 @@ __all__ = [
     "CanaryAnalysis",
     "CanaryConfig",
     "CheckResult",
+    "FlaggerMetadata",
     "FlaggerWebhook",
     "PrometheusClient",
     "PrometheusError",
@@ -98,8 +102,9 @@ class Verdict(StrEnum):
 
 
 EXIT_STATUS: Final[Mapping[Verdict, int]] = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 2}
-# Flagger advances on 200-202 and counts anything else as a failed check.
-WEBHOOK_STATUS: Final[Mapping[Verdict, int]] = {Verdict.PASS: 200, Verdict.FAIL: 412, Verdict.INCONCLUSIVE: 503}
+# Flagger advances on 200-202 and counts anything else as a failed check. Both refusals are 4xx: an
+# inconclusive verdict is an answer, not a server fault (a 5xx would read as ark-obs failing).
+WEBHOOK_STATUS: Final[Mapping[Verdict, int]] = {Verdict.PASS: 200, Verdict.FAIL: 412, Verdict.INCONCLUSIVE: 409}
 
 
 # --- durations and selectors --------------------------------------------------------------------------
@@ -150,8 +155,12 @@ class SelectorError(ValueError):
 
 # One matcher on `track`; the value may not hold a quote, a backslash or a newline, so it cannot
 # end the PromQL string it is put in.
-_SELECTOR = re.compile(r'^\{?\s*track\s*(=~|!~|!=|=)\s*"([^"\\\n]{0,200})"\s*\}?$')
-_BARE_TRACK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+_MATCHER_RE: Final = r'\{?\s*track\s*(=~|!~|!=|=)\s*"([^"\\\n]{0,200})"\s*\}?'
+_BARE_TRACK_RE: Final = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}"
+_SELECTOR = re.compile(f"^{_MATCHER_RE}$")
+_BARE_TRACK = re.compile(f"^{_BARE_TRACK_RE}$")
+# The same rule in the HTTP schema, so that what the API documents is what it accepts.
+SELECTOR_PATTERN: Final = f"^({_BARE_TRACK_RE}|{_MATCHER_RE})$"
 
 
 def parse_selector(text: str) -> str:
@@ -296,7 +305,12 @@ class CanaryAnalysis(BaseModel):
         elif not checks:
             reason = "no check ran"
         else:
-            reason = "; ".join(f"{c.name}: {c.reason}" for c in checks if c.verdict is verdict)
+            # checks that share a reason (Prometheus down, no target) are named together, once
+            by_reason: dict[str, list[str]] = {}
+            for c in checks:
+                if c.verdict is verdict:
+                    by_reason.setdefault(c.reason, []).append(c.name)
+            reason = "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items())
         return cls(
             verdict=verdict,
             reason=reason,
@@ -818,6 +832,18 @@ async def analyze(
 
 
 # --- HTTP ---------------------------------------------------------------------------------------------
+SelectorText = Annotated[str, Field(pattern=SELECTOR_PATTERN, max_length=256, examples=["canary", 'track="canary"'])]
+
+
+class FlaggerMetadata(BaseModel):
+    """The webhook's ``metadata`` map: the selectors ark-obs reads, and whatever else Flagger was given."""
+
+    model_config = ConfigDict(extra="allow")
+
+    canary: SelectorText | None = None
+    baseline: SelectorText | None = None
+
+
 class FlaggerWebhook(BaseModel):
     """What Flagger POSTs to a webhook; ``metadata.canary`` / ``metadata.baseline`` may carry selectors."""
 
@@ -826,7 +852,7 @@ class FlaggerWebhook(BaseModel):
     name: str | None = None
     namespace: str | None = None
     phase: str | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: FlaggerMetadata = Field(default_factory=FlaggerMetadata)
 
 
 class _Cache:
@@ -868,18 +894,38 @@ class _Cache:
 class InconclusiveStatus(IntEnum):
     """The status code POST /canary/analysis gives an inconclusive verdict."""
 
-    HALT = 503
+    HALT = 409
     LET_THROUGH = 200
 
 
 CanaryParam = Annotated[
     str | None,
-    Query(max_length=256, description="Canary selector: a track value or one track matcher (default: configured)."),
+    Query(
+        max_length=256,
+        pattern=SELECTOR_PATTERN,
+        description="Canary selector: a track value or one matcher on track (default: configured).",
+    ),
 ]
 BaselineParam = Annotated[
     str | None,
-    Query(max_length=256, description="Baseline selector (default: configured)."),
+    Query(max_length=256, pattern=SELECTOR_PATTERN, description="Baseline selector (default: configured)."),
 ]
+
+
+class _SharedPathRoute(APIRoute):
+    """An APIRoute whose 405 names every method its path serves (``path_methods``, set per router).
+
+    Starlette answers a wrong method with the ``Allow`` of the first route matching the path, so
+    ``OPTIONS /canary/analysis`` would say ``Allow: GET`` although POST is served too.
+    """
+
+    path_methods: ClassVar[set[str]] = set()
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            allowed = ", ".join(sorted(self.path_methods | self.methods))
+            raise StarletteHTTPException(405, headers={"Allow": allowed})
+        await super().handle(scope, receive, send)
 
 
 def router(config: CanaryConfig | None = None) -> APIRouter:
@@ -889,21 +935,20 @@ def router(config: CanaryConfig | None = None) -> APIRouter:
     """
     cfg = config if config is not None else CanaryConfig()
     cache = _Cache(cfg.cache_seconds)
-    api = APIRouter(tags=["canary"])
+    # a class per router: FastAPI may copy routes when the router is included, keeping only their class
+    route_class: type[_SharedPathRoute] = type("CanaryRoute", (_SharedPathRoute,), {"path_methods": set()})
+    api = APIRouter(tags=["canary"], route_class=route_class)
 
     async def verdict(canary: str | None, baseline: str | None) -> CanaryAnalysis:
-        try:
-            c = parse_selector(canary) if canary is not None else cfg.selector
-            b = parse_selector(baseline) if baseline is not None else cfg.baseline_selector
-        except SelectorError as exc:
-            raise HTTPException(422, str(exc)) from None
+        # the schema's pattern has admitted only selectors that parse_selector accepts
+        c = parse_selector(canary) if canary is not None else cfg.selector
+        b = parse_selector(baseline) if baseline is not None else cfg.baseline_selector
         return await cache.get((c, b), lambda: analyze(cfg, canary=c, baseline=b))
 
     @api.get(
         "/canary/analysis",
         response_model=CanaryAnalysis,
         summary="Canary verdict (Argo Rollouts web metric)",
-        responses={422: {"description": "A selector is not a track matcher."}},
     )
     async def get_analysis(canary: CanaryParam = None, baseline: BaselineParam = None) -> CanaryAnalysis:
         """Always 200 with the verdict in ``verdict``: pass, fail or inconclusive (Argo reads the body)."""
@@ -915,8 +960,7 @@ def router(config: CanaryConfig | None = None) -> APIRouter:
         summary="Canary verdict (Flagger webhook)",
         responses={
             412: {"model": CanaryAnalysis, "description": "fail: a tripwire or burn rate says roll back."},
-            503: {"model": CanaryAnalysis, "description": "inconclusive: no verdict (the reason says why)."},
-            422: {"description": "A selector is not a track matcher."},
+            409: {"model": CanaryAnalysis, "description": "inconclusive: no verdict (the reason says why)."},
         },
     )
     async def post_analysis(
@@ -925,23 +969,24 @@ def router(config: CanaryConfig | None = None) -> APIRouter:
         baseline: BaselineParam = None,
         inconclusive_status: Annotated[
             InconclusiveStatus,
-            Query(description="Status of an inconclusive verdict: 503 (default) halts a hook, 200 lets it through."),
+            Query(description="Status of an inconclusive verdict: 409 (default) halts a hook, 200 lets it through."),
         ] = InconclusiveStatus.HALT,
     ) -> JSONResponse:
-        """The verdict as a status code: 200 pass, 412 fail, 503 inconclusive; changes nothing.
+        """The verdict as a status code: 200 pass, 412 fail, 409 inconclusive; changes nothing.
 
         Flagger has no "inconclusive": a ``rollout`` hook counts every non-2xx as a failed check (and
         rolls back at ``threshold``), a ``confirm-*`` hook waits for a 200 without counting. So a
         ``rollout`` hook with ``?inconclusive_status=200`` counts only fails, and ``confirm-*`` hooks
         with the default hold the canary while the verdict is inconclusive.
         """
-        metadata = hook.metadata if hook is not None else {}
-        result = await verdict(canary or metadata.get("canary"), baseline or metadata.get("baseline"))
+        metadata = hook.metadata if hook is not None else FlaggerMetadata()
+        result = await verdict(canary or metadata.canary, baseline or metadata.baseline)
         status = WEBHOOK_STATUS[result.verdict]
         if result.verdict is Verdict.INCONCLUSIVE:
             status = int(inconclusive_status)
         return JSONResponse(result.model_dump(mode="json"), status_code=status)
 
+    route_class.path_methods.update(m for r in api.routes if isinstance(r, APIRoute) for m in r.methods or ())
     return api
 
 
