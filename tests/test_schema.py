@@ -76,6 +76,8 @@ def test_schema_is_valid_openapi() -> None:
     assert schema["components"]["schemas"]["SpanBatch"]["properties"]["spans"]["maxItems"] == 20
     paths = set(schema["paths"])
     assert paths == {
+        "/",
+        "/status.json",
         "/metrics",
         "/metrics/json",
         "/healthz",

@@ -31,7 +31,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ark_obs import __version__, catalog
+from ark_obs import __version__, catalog, status_page
 from ark_obs.api import (
     EXPECTED_PATTERN,
     MAX_EXPECTED_AGENTS,
@@ -569,6 +569,8 @@ def create_app(
             raise HTTPException(503, f"heartbeat not recorded ({refused[0]})", headers={"Retry-After": "1"})
         return HeartbeatOut(agent=agent, at=collector.clock())
 
+    # the live status page at / and its data at /status.json: no Grafana needed to see the pipeline
+    app.include_router(status_page.router(collector))
     return app
 
 
