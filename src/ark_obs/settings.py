@@ -146,7 +146,10 @@ class Settings(BaseSettings):
         description="Comma-separated agents every trace must pass, in order.",
     )
     heartbeat_interval_seconds: float = Field(
-        default=1.0, gt=0, le=3600, description="Interval agents heartbeat at; silent for 2 intervals = down."
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="Interval agents heartbeat at; an agent silent for 1.5 intervals is reported down.",
     )
     redis_streams: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
