@@ -170,3 +170,18 @@ def test_python_m_ark_obs() -> None:
         [sys.executable, "-m", "ark_obs", "--help"], capture_output=True, text=True, check=True, timeout=30
     ).stdout
     assert "serve" in out and "check-config" in out
+
+
+def test_every_subcommand_is_registered() -> None:
+    """serve, check-config, synthetic and canary-check are all reachable from the one parser."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"serve", "check-config", "synthetic", "canary-check"} <= set(sub.choices)
+    assert parser.parse_args(["serve", "--synthetic"]).synthetic is True
+
+
+def test_canary_check_against_an_unreachable_prometheus_is_inconclusive(capsys: pytest.CaptureFixture[str]) -> None:
+    """No Prometheus to ask: exit 2 (inconclusive) with the reason, never a pass or a crash."""
+    assert cli.main(["canary-check", "--prometheus", "http://127.0.0.1:1", "--json"]) == 2
+    out = capsys.readouterr().out
+    assert '"verdict": "inconclusive"' in out and "unreachable" in out

@@ -17,7 +17,6 @@ from ark_obs.metrics import MetricsCollector
 from ark_obs.store_memory import MemoryStore
 from ark_obs.store_redis import RedisStore
 
-
 T0 = 1_700_000_000.0
 
 

@@ -26,7 +26,6 @@ from ark_obs.traces import (
     TraceStore,
 )
 
-
 PIPELINE = list(DEFAULT_PIPELINE)
 T0 = 1_700_000_000.0
 

@@ -31,7 +31,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ark_obs import __version__, catalog, status_page
+from ark_obs import __version__, canary, catalog, status_page
 from ark_obs.api import (
     EXPECTED_PATTERN,
     MAX_EXPECTED_AGENTS,
@@ -571,6 +571,7 @@ def create_app(
 
     # the live status page at / and its data at /status.json: no Grafana needed to see the pipeline
     app.include_router(status_page.router(collector))
+    app.include_router(canary.router(canary.CanaryConfig()))
     return app
 
 

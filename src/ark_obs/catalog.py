@@ -283,9 +283,6 @@ def markdown_table(specs: tuple[MetricSpec, ...] = CATALOG) -> str:
     for s in specs:
         labels = ", ".join(f"{name}?" if name in s.optional_labels else name for name in s.labels) or "—"
         name = f"`{s.name}`" + (" (alias " + ", ".join(f"`{a}`" for a in s.aliases) + ")" if s.aliases else "")
-        if s.collected:
-            across = "scrape time"
-        else:
-            across = s.multiprocess_mode if s.kind is Kind.GAUGE else "sum"
+        across = "scrape time" if s.collected else s.multiprocess_mode if s.kind is Kind.GAUGE else "sum"
         rows.append(f"| {name} | {s.kind.value} | {s.unit or '—'} | {labels} | {across} | {s.help} |")
     return "\n".join(rows) + "\n"

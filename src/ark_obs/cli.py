@@ -1,7 +1,9 @@
 """The ``ark-obs`` command: ``serve`` and ``check-config`` (other subcommands plug in with ``@command``).
 
-    ark-obs serve [--host H] [--port P]     run the HTTP service (uvicorn)
+    ark-obs serve [--host H] [--port P] [--synthetic]   run the HTTP service (uvicorn)
     ark-obs check-config [--env-file F]     report every bad setting at once; exit status 2 if any
+    ark-obs synthetic [--rate R] [...]      the seed's validation loop, with a report (exit 1 on a failure)
+    ark-obs canary-check --prometheus URL   canary vs baseline verdict: exit 0 pass, 1 fail, 2 inconclusive
 
 A subcommand is one decorated function: ``@command(name, help, arg(...), ...)`` above
 ``def run(args) -> int`` registers its parser, its arguments and what it runs.
@@ -22,7 +24,7 @@ from typing import Any, Final, TextIO
 
 from pydantic import ValidationError
 
-from ark_obs import __version__
+from ark_obs import __version__, canary, synthetic
 from ark_obs.settings import Problem, Settings, env_name
 
 log = logging.getLogger("ark_obs.cli")
@@ -185,6 +187,7 @@ def _report(problems: Sequence[Problem], out: TextIO, heading: str) -> None:
     arg("--host", help=f"address to bind (overrides {env_name('host')}; default 127.0.0.1)"),
     arg("--port", type=int, help=f"port to bind (overrides {env_name('port')}; default 9871)"),
     arg("--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default: ./.env)"),
+    arg("--synthetic", action="store_true", help="feed the service with the synthetic loop (1 pass/s)"),
 )
 def serve(args: argparse.Namespace) -> int:
     """Validate the configuration, then serve until SIGTERM or Ctrl-C (both exit 0 once drained)."""
@@ -193,7 +196,16 @@ def serve(args: argparse.Namespace) -> int:
     if settings is None or problems:
         _report(problems, sys.stderr, "ark-obs: refusing to start; fix these settings:")
         return EXIT_BAD_CONFIG
+    if args.synthetic:
+        return run_server(settings, background=[synthetic.background_hook()])
     return run_server(settings)
+
+
+async def _make_default(service: Any) -> None:
+    """Module-level recording (``metrics.increment_counter``, ...) in this process lands on what is served."""
+    from ark_obs import metrics
+
+    metrics.set_collector(service.collector)
 
 
 def run_server(settings: Settings, **app_options: Any) -> int:
@@ -208,7 +220,7 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ark_obs").setLevel(settings.log_level.upper())
     # a long-running server with a big trace store: keep GC pauses out of the scrapes (see the hook)
-    background = [freeze_long_lived_objects, *app_options.pop("background", ())]
+    background = [_make_default, freeze_long_lived_objects, *app_options.pop("background", ())]
     app = create_app(settings, background=background, **app_options)
     config = uvicorn.Config(
         app,
@@ -277,6 +289,13 @@ def check_config(args: argparse.Namespace) -> int:
             value = ",".join(value)
         print(f"  {env_name(name)}={value if value is not None else ''}")
     return EXIT_OK
+
+
+# --- synthetic and canary-check: their modules own their arguments ----------------------------------------
+command("synthetic", synthetic.HELP, *(arg(*flags, **options) for flags, options in synthetic.ARGUMENTS))(
+    synthetic.main
+)
+command("canary-check", canary.HELP, *(arg(*flags, **options) for flags, options in canary.ARGUMENTS))(canary.main)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,6 +50,7 @@ __all__ = [
     "get_collector",
     "increment_counter",
     "record_latency",
+    "set_collector",
     "set_gauge",
 ]
 
@@ -446,6 +447,13 @@ def get_collector() -> MetricsCollector:
             if _default is None:
                 _default = MetricsCollector()
     return _default
+
+
+def set_collector(collector: MetricsCollector) -> None:
+    """Make ``collector`` the process default (``ark-obs serve`` does, so in-process agents record on it)."""
+    global _default
+    with _default_lock:
+        _default = collector
 
 
 def increment_counter(name: str, amount: float = 1, labels: Mapping[str, object] | None = None) -> None:
