@@ -32,3 +32,21 @@ def test_readme_opens_with_the_two_commands() -> None:
     """make run and make test are the first commands a newcomer sees."""
     first_block = README.split("```")[1]
     assert "make run" in first_block and "make test" in first_block
+
+
+def test_readme_configuration_names_every_setting() -> None:
+    """Every ARK_OBS_* setting (service and canary) is in the README with its default."""
+    from ark_obs.canary import CanaryConfig
+    from ark_obs.settings import Settings
+
+    for prefix, cls in (("ARK_OBS_", Settings), ("ARK_OBS_CANARY_", CanaryConfig)):
+        for name in cls.model_fields:
+            row = next((line for line in README.splitlines() if line.startswith(f"| `{prefix}{name.upper()}` |")), None)
+            assert row is not None, f"{prefix}{name.upper()} is not in the README's configuration tables"
+
+
+def test_env_example_and_readme_agree() -> None:
+    """.env.example and the README document the same service settings."""
+    example = (ROOT / ".env.example").read_text()
+    documented = set(re.findall(r"\| `(ARK_OBS_[A-Z_]+)` \|", _between(README, "settings")))
+    assert documented and all(name in example for name in documented)
