@@ -259,3 +259,25 @@ def test_stats_memory_does_not_grow_with_observations() -> None:
     series = next(iter(c.window._series.values()))
     assert len(series.snaps) == c.window.slot_count
     assert c.get_histogram_stats("ark_pass_latency_ms", window_seconds=600).count == 6000
+
+
+def test_drops_are_counted_even_when_every_other_metric_is_capped() -> None:
+    """ark_obs_dropped_total is never capped itself: counting a drop never recurses or raises."""
+    c = MetricsCollector(ticker=False, max_series=1)
+    for name in ("kyle_ingest_rate", "joey_pattern_confidence_avg", "kenny_exec_success_rate"):
+        c.set_gauge(name, math.nan)
+    assert sample(c, "ark_obs_dropped_total", metric="kenny_exec_success_rate", reason="non_finite") == 1.0
+
+
+def test_non_string_label_values_never_share_a_cached_series(collector: MetricsCollector) -> None:
+    """1, 1.0 and True are equal dict keys but different label values: each lands on its own series."""
+    for value in (1, True, "1"):
+        collector.inc_counter("agent_heartbeat_failures_total", labels={"agent": value})
+    assert sample(collector, "agent_heartbeat_failures_total", agent="1") == 2.0
+    assert sample(collector, "agent_heartbeat_failures_total", agent="True") == 1.0
+
+
+def test_negative_infinity_is_bad_data_not_a_decrement(collector: MetricsCollector) -> None:
+    """-inf is dropped like NaN; only a finite negative amount is the programming error."""
+    collector.inc_counter("graveyard_validations_total", -math.inf)
+    assert sample(collector, "ark_obs_dropped_total", metric="graveyard_validations_total", reason="non_finite") == 1.0

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from plugins.multiprocess import Monitor, run_agent
 
 AGENT = """
 import sys
@@ -20,28 +18,15 @@ for i in range(n):
 metrics.set_gauge("kyle_ingest_rate", float(n))
 """
 
-SCRAPER = """
-import json
-from ark_obs import metrics
-c = metrics.get_collector()
-stats = c.get_histogram_stats("ark_pass_latency_ms")
-print(json.dumps({"exposition": c.export_prometheus(), "stats": stats.as_dict()}))
-"""
-
-
-def run(code: str, env: dict[str, str], *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60, check=True
-    )
-    return out.stdout
+STATS = '{"exposition": c.export_prometheus(), "stats": c.get_histogram_stats("ark_pass_latency_ms").as_dict()}'
 
 
 def test_exposition_aggregates_every_agent_process(tmp_path: Path) -> None:
     """Counters and histograms sum across processes; the gauge keeps the most recent write; no family twice."""
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    monitor = Monitor(tmp_path, STATS)
     for n in ("10", "20", "30"):
-        run(AGENT, env, n)
-    result = json.loads(run(SCRAPER, env))
+        run_agent(AGENT, tmp_path, n)
+    result = monitor.result()
     families = list(text_string_to_metric_families(result["exposition"]))
     names = [f.name for f in families]
     assert len(names) == len(set(names)), "a family was emitted twice"
@@ -54,3 +39,41 @@ def test_exposition_aggregates_every_agent_process(tmp_path: Path) -> None:
     assert 100.0 <= stats["p50"] <= 130.0
     # min/max are not shared between processes: they are bounded by the non-empty buckets instead
     assert stats["min"] == 75.0 and stats["max"] == 130.0  # 100.0 lies in (75, 100], 129.0 in (120, 130]
+
+
+def test_a_restarted_monitor_does_not_count_old_files_as_recent(tmp_path: Path) -> None:
+    """Totals in the files before the monitor started (dead agents, an earlier run) are a baseline: the
+    exposition still shows them, but the windowed stats count only what happened since."""
+    run_agent(AGENT, tmp_path, "40")  # before the (re)start
+    monitor = Monitor(tmp_path, STATS)
+    run_agent(AGENT, tmp_path, "5")
+    result = monitor.result()
+    assert "ark_pass_latency_ms_count 45.0" in result["exposition"]
+    assert result["stats"]["count"] == 5
+
+
+STREAM_WATCHER = """
+from prometheus_client.core import GaugeMetricFamily
+
+class Streams:  # what the trace monitor serves when Redis streams are watched
+    def describe(self):
+        return [GaugeMetricFamily("redis_stream_depth", "d", labels=["stream"])]
+
+    def collect(self):
+        family = GaugeMetricFamily("redis_stream_depth", "d", labels=["stream"])
+        family.add_metric(["signals"], 7.0)
+        return [family]
+
+c.registry.prometheus.unregister(c.metric("redis_stream_depth").raw)  # as the trace monitor does
+c.add_collector(Streams())
+"""
+
+
+def test_a_family_served_at_scrape_time_is_not_also_taken_from_the_files(tmp_path: Path) -> None:
+    """An agent that sets redis_stream_depth while the monitor watches streams: one family, the monitor's."""
+    monitor = Monitor(tmp_path, "c.export_prometheus()", setup=STREAM_WATCHER)
+    run_agent(AGENT + '\nmetrics.set_gauge("redis_stream_depth", 99, labels={"stream": "signals"})\n', tmp_path, "1")
+    exposition = monitor.result()
+    names = [f.name for f in text_string_to_metric_families(exposition)]
+    assert names.count("redis_stream_depth") == 1
+    assert 'redis_stream_depth{stream="signals"} 7.0' in exposition

@@ -89,6 +89,7 @@ def test_schema_is_valid_openapi() -> None:
         "/spans",
         "/traceparent/spans",
         "/heartbeats/{agent}",
+        "/canary/analysis",
     }
 
 

@@ -166,6 +166,9 @@ def test_cross_field_problems() -> None:
     """Redis streams need a Redis store; a slice longer than the retention is refused."""
     names = [p.setting for p in Settings(redis_streams="a", slice_seconds=100, retention_seconds=50).problems()]
     assert names == ["ARK_OBS_REDIS_STREAMS", "ARK_OBS_SLICE_SECONDS"]
+    # the window keeps at least two slices: a slice over half the retention is refused too
+    assert [p.setting for p in Settings(slice_seconds=40, retention_seconds=60).problems()] == ["ARK_OBS_SLICE_SECONDS"]
+    assert Settings(slice_seconds=30, retention_seconds=60).problems() == []
 
 
 def test_neighbour_port_warns() -> None:

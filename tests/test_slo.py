@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from bisect import bisect_left
 from decimal import Decimal
 from pathlib import Path
@@ -35,6 +32,7 @@ from ark_obs.slo import (
     load_slo_file,
     parse_duration,
 )
+from plugins.multiprocess import Monitor, run_agent
 
 SLICE = 10.0
 BOUNDS = (*LATENCY_BUCKETS_MS, math.inf)
@@ -434,6 +432,13 @@ def test_ethics_drift_is_a_gauge_comparison(collector: MetricsCollector) -> None
     assert status(collector.check_slos(), "ethics_drift").met
 
 
+def test_a_gauge_is_compared_by_its_decimal_value(collector: MetricsCollector) -> None:
+    """A gauge at 0.1 meets `<= 0.1`: the comparison uses 0.1, not the binary float's expansion."""
+    spec = GaugeSlo(id="g", kind="gauge", metric="kyle_ingest_rate", operator="<=", objective=Decimal("0.1"))
+    collector.set_gauge("kyle_ingest_rate", 0.1)
+    assert SloEngine(collector, [spec], register=False).check().slos[0].status == "met"
+
+
 def test_a_gauge_without_series_is_no_data(collector: MetricsCollector) -> None:
     """A labelled gauge that was never set has no value: no_data, not met."""
     spec = GaugeSlo(
@@ -502,26 +507,13 @@ metrics.increment_counter("watchdog_quarantines_total", labels={"agent": "Joey",
 metrics.set_gauge("ark_ethics_drift", float(sys.argv[2]))
 """
 
-SCRAPER = """
-import json
-from ark_obs import metrics
-c = metrics.get_collector()
-print(json.dumps({"report": c.check_slos().as_dict(), "exposition": c.export_prometheus()}))
-"""
-
 
 def run_agents(tmp_path: Path) -> dict[str, Any]:
-    """Two agent processes record, a third process evaluates and scrapes; its report by SLO name."""
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-
-    def run(code: str, *args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60, check=True
-        ).stdout
-
-    run(AGENT, "100", "0")
-    run(AGENT, "100", "1")
-    result = json.loads(run(SCRAPER))
+    """A monitor process starts, two agent processes record, then the monitor evaluates and scrapes."""
+    monitor = Monitor(tmp_path, '{"report": c.check_slos().as_dict(), "exposition": c.export_prometheus()}')
+    run_agent(AGENT, tmp_path, "100", "0")
+    run_agent(AGENT, tmp_path, "100", "1")
+    result = monitor.result()
     return {"exposition": result["exposition"], **{s["name"]: s for s in result["report"]["slos"]}}
 
 

@@ -360,7 +360,8 @@ def create_app(
         om = wants_openmetrics(accept)
         headers = {"Vary": "Accept, Accept-Encoding"}
         level = GZIP_LEVEL if accepts_gzip(accept_encoding) else None
-        body = await run_in_threadpool(render_exposition, collector.exposition_registry(), om, name, level)
+        # in multiprocess mode building the registry reads the files: off the event loop too
+        body = await run_in_threadpool(lambda: render_exposition(collector.exposition_registry(), om, name, level))
         if level is not None:
             headers["Content-Encoding"] = "gzip"
         return Response(body, media_type=OPENMETRICS_CONTENT_TYPE if om else CONTENT_TYPE_PLAIN_0_0_4, headers=headers)

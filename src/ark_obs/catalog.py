@@ -176,7 +176,7 @@ ARK_AGENT_LAST_HEARTBEAT_TIMESTAMP_SECONDS = gauge(
 )
 ARK_AGENT_UP = gauge(
     "ark_agent_up",
-    "1 while an agent heartbeats within 2 intervals, else 0 (at scrape time).",
+    "1 while an agent heartbeats, 0 once it is silent for 1.5 intervals (read at scrape time).",
     labels=("agent",),
     collected=True,
 )

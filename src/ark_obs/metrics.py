@@ -12,6 +12,7 @@ and behave like prometheus_client's: ``hrm_denials_total.labels(rule_id=..., age
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -127,6 +128,9 @@ class MetricsCollector:
         self._traces: TraceMonitor | None = None
         self._heartbeats: HeartbeatMonitor | None = None
         self._slos: SloEngine | None = None
+        if is_multiprocess():
+            # files of earlier runs persist: their totals are a baseline, not recent events
+            self.window.prime(self._multiprocess_readings())
         if ticker:
             TICKER.add(self)
 
@@ -146,7 +150,9 @@ class MetricsCollector:
             raise MetricTypeError(f"{name} is a {metric.spec.kind}, not a {kind}")
         child = metric.labels(**labels) if labels else metric._unlabelled()
         cache = self._caches[kind]
-        if not isinstance(child, DroppedChild) and len(cache) < _CACHE_FACTOR * self.registry.max_series:
+        # only str label values are cached: 1, 1.0 and True are equal keys but different label values
+        plain = labels is None or all(type(v) is str for v in labels.values())
+        if plain and not isinstance(child, DroppedChild) and len(cache) < _CACHE_FACTOR * self.registry.max_series:
             with contextlib.suppress(TypeError):  # unhashable label values: resolved each time, still correct
                 cache[key] = child
         return child
@@ -325,7 +331,10 @@ class MetricsCollector:
             return HistogramStats(0, 0.0, None, None, None, None, None, None, window)
         values, vmin, vmax = inc
         counts, total_sum = values[:-1], values[-1]
-        count = round(sum(counts))
+        events = math.fsum(counts)  # fractional: the window's start interpolates between snapshots
+        count = round(events)
+        if count == 0:
+            return HistogramStats(0, 0.0, None, None, None, None, None, None, window)
         if vmin == float("inf"):  # multiprocess: bound min/max by the non-empty buckets
             first = next(i for i, c in enumerate(counts) if c > 0)
             last = max(i for i, c in enumerate(counts) if c > 0)
@@ -334,7 +343,7 @@ class MetricsCollector:
         return HistogramStats(
             count=count,
             sum=total_sum,
-            avg=total_sum / count if count else None,
+            avg=total_sum / events,
             p50=histogram_quantile(0.50, counts, bounds, vmin, vmax),
             p95=histogram_quantile(0.95, counts, bounds, vmin, vmax),
             p99=histogram_quantile(0.99, counts, bounds, vmin, vmax),
@@ -424,8 +433,10 @@ class MetricsCollector:
         """The registry to expose: this one, or in multiprocess mode every process' files plus extras."""
         if not is_multiprocess():
             return self.registry.prometheus
-        registry = CollectorRegistry(auto_describe=True)
-        MultiProcessCollector(registry, multiprocess_dir())  # type: ignore[no-untyped-call]
+        # auto_describe off: MultiProcessCollector has no describe(), and registering it would read every file
+        registry = CollectorRegistry(auto_describe=False)
+        served = {m.name for c in self._extra_collectors for m in c.describe()}
+        registry.register(_FilesExcept(multiprocess_dir(), served))
         for collector in self._extra_collectors:
             registry.register(collector)
         return registry
@@ -433,6 +444,23 @@ class MetricsCollector:
     def export_prometheus(self) -> str:
         """The Prometheus text exposition (format 0.0.4) of every metric."""
         return generate_latest(self.exposition_registry()).decode()
+
+
+class _FilesExcept:
+    """The multiprocess files, less the families a scrape-time collector of this process serves.
+
+    An agent process may record a family the monitor also serves (``redis_stream_depth`` when streams are
+    watched): the monitor's value wins, so no family is emitted twice.
+    """
+
+    def __init__(self, path: str | None, served: set[str]) -> None:
+        self._files = MultiProcessCollector(None, path)  # type: ignore[no-untyped-call]
+        self._served = served
+
+    def collect(self) -> Iterator[Any]:
+        for family in self._files.collect():  # type: ignore[no-untyped-call]
+            if family.name not in self._served:
+                yield family
 
 
 _default: MetricsCollector | None = None

@@ -80,7 +80,7 @@ class CounterChild:
         """Add ``amount`` (>= 0); NaN or infinity is dropped and counted."""
         if 0.0 <= amount < INF:
             self._value.inc(amount)
-        elif amount < 0.0:
+        elif -INF < amount < 0.0:
             raise ValueError(f"counters only go up: inc({amount}) is a decrement")
         else:
             self._drop("non_finite")
@@ -146,11 +146,12 @@ class HistogramChild:
         i = bisect_left(self._bounds, value)
         self._sum.inc(value)
         self._buckets[i].inc(1.0)
-        with self._lock:
-            if value < self.vmin:
-                self.vmin = value
-            if value > self.vmax:
-                self.vmax = value
+        if value < self.vmin or value > self.vmax:  # rare after warm-up: lock only for a new extreme
+            with self._lock:
+                if value < self.vmin:
+                    self.vmin = value
+                if value > self.vmax:
+                    self.vmax = value
         if trace_id is None:
             trace_id = TRACE_ID.get()
             if trace_id is None:
@@ -274,7 +275,9 @@ class Metric:
             child = self._children.get(key)
             if child is not None:
                 return child
-            if len(self._children) >= self._registry.max_series:
+            # ark_obs_dropped_total is bounded by metrics x reasons, and capping it would drop its own drops
+            capped = self.spec.name != catalog.ARK_OBS_DROPPED_TOTAL.name
+            if capped and len(self._children) >= self._registry.max_series:
                 return DroppedChild(drop, "cardinality")
             child = self._make_child(key)
             self._children[key] = child

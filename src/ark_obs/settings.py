@@ -273,12 +273,12 @@ class Settings(BaseSettings):
                     "set it to a redis:// URL",
                 )
             )
-        if self.slice_seconds > self.retention_seconds:
+        if 2 * self.slice_seconds > self.retention_seconds:
             out.append(
                 Problem(
                     env_name("slice_seconds"),
-                    f"{self.slice_seconds} s is longer than {env_name('retention_seconds')} "
-                    f"({self.retention_seconds} s)",
+                    f"{self.slice_seconds:g} s: the window keeps at least two slices, so "
+                    f"{env_name('retention_seconds')} ({self.retention_seconds:g} s) must be at least twice as long",
                 )
             )
         return out

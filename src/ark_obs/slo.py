@@ -733,7 +733,7 @@ class SloEngine:
             value = max(values) if agg == "max" else min(values) if agg == "min" else math.fsum(values)
         if value is None:
             status = Status.NO_DATA
-        elif spec.operator.holds(Decimal(value), spec.objective):
+        elif spec.operator.holds(Decimal(repr(value)), spec.objective):  # 0.1 is 0.1, not its binary value
             status = Status.MET
         else:
             status = Status.VIOLATED

@@ -48,9 +48,9 @@ class Delta:
 class _Series:
     """Snapshots of one series, one slot per slice, reset-adjusted so they never decrease."""
 
-    __slots__ = ("first", "last_raw", "maxs", "mins", "offset", "slot_k", "snaps")
+    __slots__ = ("first", "history_known", "last_raw", "maxs", "mins", "offset", "slot_k", "snaps")
 
-    def __init__(self, width: int, slots: int, first: int) -> None:
+    def __init__(self, width: int, slots: int, first: int, history_known: bool = True) -> None:
         self.snaps: list[array[float] | None] = [None] * slots
         self.slot_k = array("q", [-1]) * slots
         self.mins = array("d", [INF]) * slots
@@ -58,6 +58,9 @@ class _Series:
         self.offset = array("d", [0.0]) * width
         self.last_raw = array("d", [0.0]) * width
         self.first = first
+        # False for series already there when the window started (a restart over persistent multiprocess
+        # files): what they hold happened at an unknown time, so it never counts as recent
+        self.history_known = history_known
 
     def adjust(self, raw: Sequence[float], commit: bool) -> list[float]:
         """Return reset-adjusted values; a value that went down restarted from zero (a counter reset)."""
@@ -103,6 +106,19 @@ class Window:
     def due(self, now: float | None = None) -> bool:
         """True when a slice boundary has passed since the last snapshot."""
         return int((self.clock() if now is None else now) // self.slice) > self._k
+
+    def prime(self, readings: Iterable[Reading]) -> None:
+        """Snapshot the series that exist before the window starts; their values become the baseline.
+
+        Prometheus does the same with its first scrape: what a counter held before is not an increase.
+        """
+        with self._lock:
+            for reading in readings:
+                if reading.key not in self._series:
+                    series = _Series(len(reading.values), self._slots, self._k, history_known=False)
+                    series.snaps[self._k % self._slots] = array("d", series.adjust(reading.values, commit=True))
+                    series.slot_k[self._k % self._slots] = self._k
+                    self._series[reading.key] = series
 
     def tick(self, readings: Callable[[], Iterable[Reading]], now: float | None = None) -> bool:
         """Snapshot every series if a slice boundary has passed; return whether it did.
@@ -179,6 +195,9 @@ class Window:
             if j > self._k:
                 return None
             if j < series.first:
+                if not series.history_known:  # it existed before the window started: no increase before
+                    first = series.first % slots
+                    return series.snaps[first] if series.slot_k[first] == series.first else None
                 # before its first snapshot the series did not exist yet (the ticker snapshots every
                 # series at every boundary): zero, as Prometheus assumes for a counter that appears
                 return _zeros(len(current))

@@ -1,0 +1,61 @@
+"""Helpers for multiprocess tests: agent processes record while a long-lived monitor process watches.
+
+The monitor process starts first, as ``ark-obs serve`` would: what the shared files held before it
+started is a baseline, not recent events (Prometheus treats its first scrape the same way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+MONITOR = """
+import json, sys
+from ark_obs import metrics
+c = metrics.get_collector()
+exec(sys.argv[2], {"c": c})
+print("ready", flush=True)
+sys.stdin.readline()
+print(json.dumps(eval(sys.argv[1], {"c": c})), flush=True)
+"""
+
+
+def multiproc_env(path: Path) -> dict[str, str]:
+    """The environment of a process in multiprocess mode over ``path``."""
+    return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(path)}
+
+
+def run_agent(code: str, path: Path, *args: str) -> str:
+    """Run one agent process to completion; its stdout."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=multiproc_env(path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+
+
+class Monitor:
+    """A monitor process holding the default collector ``c``: ``setup`` runs at start, ``result()``
+    evaluates ``expression``."""
+
+    def __init__(self, path: Path, expression: str, setup: str = "") -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", MONITOR, expression, setup],
+            env=multiproc_env(path),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def result(self) -> Any:
+        """Ask the monitor for its answer now."""
+        out, _ = self.proc.communicate("go\n", timeout=60)
+        return json.loads(out)
