@@ -12,15 +12,12 @@ from typing import Annotated, Final, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ark_obs import __version__
-from ark_obs.context import parse_traceparent
+from ark_obs.context import TRACE_ID_PATTERN, ZERO_TRACE_IDS, parse_traceparent
 from ark_obs.settings import NAME_PATTERN
 from ark_obs.traces import TraceReport, TraceStatus
 
-# A trace id is a lowercase UUID (what the seed makes) or a W3C trace-id (32 lowercase hex), not all
-# zeros. The pattern has no look-ahead (pydantic's regex engine has none), so the all-zero ids are
-# excluded with a JSON Schema "not" and a validator: the schema and the checks say the same thing.
-TRACE_ID_PATTERN: Final = r"^([0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
-ZERO_TRACE_IDS: Final = ("0" * 32, "00000000-0000-0000-0000-000000000000")
+# TRACE_ID_PATTERN (from ark_obs.context) has no look-ahead (pydantic's regex engine has none), so the
+# all-zero ids are excluded with a JSON Schema "not" and a validator: the schema and the checks agree.
 _ZERO_IDS: Final = frozenset(ZERO_TRACE_IDS)
 METRIC_NAME_PATTERN: Final = r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$"
 MAX_EXPECTED_AGENTS: Final = 32

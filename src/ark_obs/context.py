@@ -38,7 +38,10 @@ TRACEPARENT_HEADER: Final = "traceparent"
 _ZERO_TRACE_ID: Final = "0" * 32
 _ZERO_UUID: Final = "00000000-0000-0000-0000-000000000000"
 _ZERO_PARENT_ID: Final = "0" * 16
-_TRACE_ID_RE: Final = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
+# A trace id is a lowercase UUID (what the seed makes) or a W3C trace-id (32 lowercase hex), never all zeros.
+TRACE_ID_PATTERN: Final = r"^([0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
+ZERO_TRACE_IDS: Final = (_ZERO_TRACE_ID, _ZERO_UUID)
+_TRACE_ID_RE: Final = re.compile(TRACE_ID_PATTERN.strip("^$"), re.ASCII)
 # version 00 is exactly these four fields; a later version may append "-" and more fields (W3C §3.3)
 _TRACEPARENT_RE: Final = re.compile(
     r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.ASCII | re.DOTALL
