@@ -33,3 +33,17 @@ def row(
         "ok": ok,
         "note": note,
     }
+
+
+def interleaved_ns(fns: dict[str, Callable[[], Any]], number: int = 20_000, rounds: int = 25) -> dict[str, float]:
+    """Best per-call cost (ns) of each function, measured in alternating batches.
+
+    Comparisons on a shared 2-core machine drift with load and CPU frequency; alternating short batches
+    exposes every contender to the same conditions, and the minimum keeps the least disturbed batch.
+    """
+    timers = {name: timeit.Timer(fn) for name, fn in fns.items()}
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            best[name] = min(best[name], timer.timeit(number) / number * 1e9)
+    return best
