@@ -14,7 +14,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "system-deps: installing ${missing_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >/dev/null
+  apt-get install -y -qq "${missing_pkgs[@]}" >/dev/null
   exit 0
 fi
 echo "system-deps: missing ${missing_pkgs[*]}." >&2
