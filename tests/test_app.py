@@ -27,6 +27,7 @@ from ark_obs.metrics import MetricsCollector
 from ark_obs.settings import Settings
 from ark_obs.store_redis import RedisStore
 from ark_obs.traces import TraceMonitor
+from plugins.clock import FakeClock
 
 PIPELINE = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -61,16 +62,6 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     """A client on an app built from default settings (memory store, no token)."""
     async with serve(create_app(settings())) as c:
         yield c
-
-
-class FakeClock:
-    """A settable clock for the collector and the trace monitor."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def manual_collector(clock: FakeClock, ttl: float = 30.0, max_agents: int = 1000) -> MetricsCollector:

@@ -15,14 +15,7 @@ from ark_obs import catalog
 from ark_obs.collector import FAMILIES, SloCollector
 from ark_obs.metrics import MetricsCollector
 from ark_obs.slo import AvailabilitySlo, SloEngine, SloReport
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from plugins.clock import FakeClock as Clock
 
 
 @pytest.fixture

@@ -16,21 +16,9 @@ from ark_obs.heartbeat import HEARTBEAT_METRIC, HeartbeatMonitor, HeartbeatStore
 from ark_obs.metrics import MetricsCollector
 from ark_obs.store_memory import MemoryStore
 from ark_obs.store_redis import RedisStore
+from plugins.clock import FakeClock
 
 T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def sample(collector: MetricsCollector, name: str, **labels: str) -> float | None:

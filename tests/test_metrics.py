@@ -15,14 +15,7 @@ from ark_obs import catalog, metrics
 from ark_obs.context import bind_trace_id
 from ark_obs.metrics import MetricsCollector
 from ark_obs.registry import LabelError, MetricTypeError, UnknownMetricError
-
-
-class Clock:
-    def __init__(self, t: float = 10_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from plugins.clock import FakeClock as Clock
 
 
 @pytest.fixture

@@ -25,22 +25,10 @@ from ark_obs.traces import (
     TraceStatus,
     TraceStore,
 )
+from plugins.clock import FakeClock
 
 PIPELINE = list(DEFAULT_PIPELINE)
 T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def sample(collector: MetricsCollector, name: str, **labels: str) -> float:

@@ -12,16 +12,9 @@ from hypothesis import strategies as st
 
 from ark_obs.catalog import LATENCY_BUCKETS_MS
 from ark_obs.window import Reading, Window, histogram_quantile
+from plugins.clock import FakeClock as Clock
 
 BOUNDS = (*LATENCY_BUCKETS_MS, math.inf)
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_increase_over_window_excludes_older_events() -> None:
