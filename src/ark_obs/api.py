@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ark_obs import __version__
 from ark_obs.context import TRACE_ID_PATTERN, ZERO_TRACE_IDS, parse_traceparent
+from ark_obs.metrics import HistogramStats
 from ark_obs.settings import NAME_PATTERN
 from ark_obs.traces import TraceReport, TraceStatus
 
@@ -147,25 +148,11 @@ class FamilyOut(BaseModel):
     samples: list[SampleOut]
 
 
-class HistogramStatsOut(BaseModel):
-    """Windowed histogram statistics (the seed's get_histogram_stats shape); None on an empty window."""
-
-    count: int
-    sum: float
-    avg: float | None
-    p50: float | None
-    p95: float | None
-    p99: float | None
-    min: float | None
-    max: float | None
-    window_seconds: float
-
-
 class MetricsJson(BaseModel):
     """Every metric family with its samples, plus windowed stats of every histogram (all series)."""
 
     families: list[FamilyOut]
-    histograms: dict[str, HistogramStatsOut]
+    histograms: dict[str, HistogramStats]
 
 
 class SpanOut(BaseModel):

@@ -43,7 +43,6 @@ from ark_obs.api import (
     ErrorOut,
     Health,
     HeartbeatOut,
-    HistogramStatsOut,
     MetricsJson,
     Readiness,
     SpanBatch,
@@ -381,9 +380,7 @@ def create_app(
 
         def build() -> MetricsJson:
             stats = {
-                m.spec.name: HistogramStatsOut(
-                    **collector.get_histogram_stats(m.spec.name, window_seconds=window_seconds).as_dict()
-                )
+                m.spec.name: collector.get_histogram_stats(m.spec.name, window_seconds=window_seconds)
                 for m in collector.registry
                 if m.spec.kind is Kind.HISTOGRAM
             }

@@ -183,7 +183,7 @@ class MetricsCollector:
         if labels:
             if _TRACE_LABEL in labels:
                 trace_id = str(labels[_TRACE_LABEL])
-                labels = {k: v for k, v in labels.items() if k != _TRACE_LABEL}
+                labels = {k: v for k, v in labels.items() if k != _TRACE_LABEL} if len(labels) > 1 else None
             key: Any = (name, *labels.items()) if labels else name
         else:
             key = name

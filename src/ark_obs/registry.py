@@ -221,6 +221,7 @@ class Metric:
         self._registry = registry
         self._children: dict[LabelKey, Child] = {}
         self._lock = threading.Lock()
+        self._label_set = frozenset(spec.labels)
         self._only: Any = None if spec.labels else self._make_child(())
 
     @property
@@ -244,6 +245,8 @@ class Metric:
                     f"{spec.name} takes {len(spec.labels)} label values ({', '.join(spec.labels)}), got {len(values)}"
                 )
             key = tuple(str(v) for v in values)
+        elif named.keys() == self._label_set:  # every label named, none unknown: no validation to do
+            key = tuple(str(named[n]) for n in spec.labels)
         else:
             key = self._key_from_mapping(named)
         child = self._children.get(key)
