@@ -168,7 +168,8 @@ class SpanOut(BaseModel):
 class TraceReportOut(BaseModel):
     """The continuity report: the seed's complete, missing_agents, agents_seen, latency_ms, and more."""
 
-    trace_id: str
+    trace_id: str = Field(description="the canonical id the report answers for (a UUID in its 32-hex W3C form)")
+    requested_id: str = Field(description="the id as it was asked for (either form)")
     status: TraceStatus
     known: bool
     complete: bool
@@ -186,6 +187,7 @@ class TraceReportOut(BaseModel):
         """The response for a monitor's report."""
         return cls(
             trace_id=report.trace_id,
+            requested_id=report.requested_id or report.trace_id,
             status=report.status,
             known=report.known,
             complete=report.complete,

@@ -7,6 +7,8 @@ the context by themselves; ``loop.run_in_executor`` does not, so use ``run_in_ex
 Trace ids come in two accepted forms: a UUID as the seed makes (``str(uuid.uuid4())``, lowercase) and a
 W3C trace-id (32 lowercase hex digits, not all zeros). ``new_trace_id()`` makes the W3C form, so an id
 minted here survives a ``traceparent`` round trip unchanged; ``w3c_trace_id()`` maps either form to it.
+``canonical_trace_id()`` is that mapping at the boundary: every way an id enters ark-obs (spans, lookups,
+exemplars) stores and answers under the W3C form, so both forms of one id are one trace.
 
 >>> header = format_traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
 >>> header
@@ -129,6 +131,23 @@ def w3c_trace_id(trace_id: str) -> str:
     if not is_valid_trace_id(trace_id):
         raise ValueError(f"not a valid trace id: {trace_id!r} (want a lowercase UUID or 32 lowercase hex)")
     return trace_id.replace("-", "")
+
+
+def canonical_trace_id(trace_id: str) -> str:
+    """The one id a trace is stored, looked up and exported under, whatever form it arrived in.
+
+    A valid UUID-form id becomes its W3C form (what ``traceparent`` carries, what ``new_trace_id``
+    makes), so Kyle recording under ``str(uuid4())`` and Joey under the id from the header he received
+    write one trace. Any other string is an id of its own and returned as it is.
+
+    >>> canonical_trace_id("3f2504e0-4f89-41d3-9a0c-0305e82c3301")
+    '3f2504e04f8941d39a0c0305e82c3301'
+    >>> canonical_trace_id("abc-123")
+    'abc-123'
+    """
+    if len(trace_id) == 36 and is_valid_trace_id(trace_id):
+        return trace_id.replace("-", "")
+    return trace_id
 
 
 # --- W3C traceparent ---------------------------------------------------------------------------------

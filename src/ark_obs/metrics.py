@@ -14,14 +14,15 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ark_obs import catalog
+from ark_obs._seeddict import SeedDict
 from ark_obs.catalog import Kind, MetricSpec
 from ark_obs.registry import (
     DEFAULT_MAX_SERIES,
@@ -62,11 +63,11 @@ _TRACE_LABEL: Final = "trace_id"
 _CACHE_FACTOR: Final = 4
 
 
-@dataclass(frozen=True, slots=True)
-class HistogramStats:
+@dataclass(frozen=True, slots=True, eq=False)
+class HistogramStats(SeedDict):
     """Windowed statistics of a histogram; value fields are None when the window is empty.
 
-    Indexable like the seed's dict: ``stats["p95"]``.
+    Typed (``stats.p95``) and the seed's dict: ``stats["p95"]``, ``"p95" in stats``, ``json.dumps(stats)``.
     """
 
     count: int
@@ -78,19 +79,6 @@ class HistogramStats:
     min: float | None
     max: float | None
     window_seconds: float
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def keys(self) -> Iterable[str]:
-        """Field names, so ``dict(stats)`` works."""
-        return self.__dataclass_fields__.keys()
-
-    def as_dict(self) -> dict[str, Any]:
-        """A plain dict (the seed's shape)."""
-        return asdict(self)
 
 
 class MetricsCollector:

@@ -23,7 +23,7 @@ from prometheus_client.samples import Exemplar
 
 from ark_obs import catalog
 from ark_obs.catalog import Kind, MetricSpec
-from ark_obs.context import TRACE_ID
+from ark_obs.context import TRACE_ID, canonical_trace_id
 from ark_obs.window import Reading
 
 log = logging.getLogger("ark_obs")
@@ -159,7 +159,9 @@ class HistogramChild:
         now = time.monotonic()
         if now >= self._ex_due[i] and len(trace_id) <= MAX_TRACE_ID_LENGTH:
             self._ex_due[i] = now + EXEMPLAR_REFRESH_SECONDS
-            self._buckets[i].set_exemplar(Exemplar({"trace_id": trace_id}, value, time.time()))
+            # the exemplar names the trace as /traces/{id} and the trace store know it
+            exemplar_id = canonical_trace_id(trace_id) if len(trace_id) == 36 else trace_id
+            self._buckets[i].set_exemplar(Exemplar({"trace_id": exemplar_id}, value, time.time()))
 
     def reading(self) -> Reading:
         """Cumulative per-bucket counts and the sum, with this slice's min/max."""

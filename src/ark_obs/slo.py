@@ -52,6 +52,7 @@ import operator as op
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from fractions import Fraction
@@ -71,6 +72,7 @@ from pydantic import (
     model_validator,
 )
 
+from ark_obs._seeddict import SeedDict
 from ark_obs.catalog import WATCHDOG_QUARANTINES_TOTAL, Kind
 from ark_obs.registry import ArkObsError, ArkRegistry, UnknownMetricError
 from ark_obs.window import histogram_quantile
@@ -469,56 +471,49 @@ def validate_specs(specs: Iterable[SloSpec], registry: ArkRegistry, retention_se
 
 
 # --- results -----------------------------------------------------------------------------------------
-class SloStatus(BaseModel):
-    """One SLO's evaluation. ``value <operator> objective`` is the statement the SLO makes."""
+@dataclass(frozen=True, slots=True, eq=False)
+class SloStatus(SeedDict):
+    """One SLO's evaluation. ``value <operator> objective`` is the statement the SLO makes.
 
-    model_config = ConfigDict(frozen=True)
+    Typed (``status.met``) and the seed's dict (``status["met"]``, ``json.dumps(status)``).
+    """
 
     name: str
     kind: str
     description: str
-    value: float | None = Field(description="the indicator: p95 (ms), availability, gauge value, ratio")
-    objective: float = Field(description="what value is compared with, in value's unit (400 ms, 0.995)")
+    value: Annotated[float | None, Field(description="the indicator: p95 (ms), availability, gauge value, ratio")]
+    objective: Annotated[float, Field(description="what value is compared with, in value's unit (400 ms, 0.995)")]
     operator: Operator
-    window: str | None = Field(description="the SLO window, e.g. '5m'; None for a gauge")
+    window: Annotated[str | None, Field(description="the SLO window, e.g. '5m'; None for a gauge")]
     window_seconds: float | None
     status: Status
-    met: bool = Field(description="status == 'met' (no_data is never met)")
-    good_events: float | None = Field(description="good events in the window (seconds up for availability)")
+    met: Annotated[bool, Field(description="status == 'met' (no_data is never met)")]
+    good_events: Annotated[float | None, Field(description="good events in the window (seconds up for availability)")]
     total_events: float | None
-    compliance: float | None = Field(description="good_events / total_events")
-    compliance_objective: float | None = Field(description="the share of good events required")
-    error_budget_remaining: float | None = Field(description="1 - burn_rate; negative once overspent")
-    burn_rate: float | None = Field(description="error ratio / (1 - compliance_objective) over the window")
-    burn_rates: dict[str, float] = Field(description="burn rate per short window (5m, 30m, 1h) with data")
+    compliance: Annotated[float | None, Field(description="good_events / total_events")]
+    compliance_objective: Annotated[float | None, Field(description="the share of good events required")]
+    error_budget_remaining: Annotated[float | None, Field(description="1 - burn_rate; negative once overspent")]
+    burn_rate: Annotated[float | None, Field(description="error ratio / (1 - compliance_objective) over the window")]
+    burn_rates: Annotated[dict[str, float], Field(description="burn rate per short window (5m, 30m, 1h) with data")]
     min_events: int | None
 
 
-class SloReport(BaseModel):
+@dataclass(frozen=True, slots=True, eq=False)
+class SloReport(SeedDict):
     """Every SLO's status, in the seed's shape (slos, total, met, violated, violations) and more.
 
-    Indexable like the seed's dict: ``report["violated"]``.
+    Typed (``report.violated``) and the seed's dict: ``report["violated"]``, ``"slos" in report``,
+    ``json.dumps(report)``; each item of ``report["slos"]`` is an ``SloStatus``, itself a dict.
     """
-
-    model_config = ConfigDict(frozen=True)
 
     slos: list[SloStatus]
     total: int
     met: int
     violated: int
     no_data: int
-    violations: list[str] = Field(description="names of the violated SLOs")
-    availability_ratio: dict[str, float] = Field(description="availability per window (5m, 30m, 1h)")
+    violations: Annotated[list[str], Field(description="names of the violated SLOs")]
+    availability_ratio: Annotated[dict[str, float], Field(description="availability per window (5m, 30m, 1h)")]
     evaluated_at: float
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in type(self).model_fields:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON-ready dict (what ``GET /slos`` returns)."""
-        return self.model_dump(mode="json")
 
 
 # --- evaluation --------------------------------------------------------------------------------------
@@ -603,7 +598,7 @@ class SloEngine:
         if availability is not None:
             for name, seconds in self.burn_windows:
                 ratios[name] = _clean(self._availability(availability, seconds, memo)[0])
-        return SloReport.model_construct(
+        return SloReport(
             slos=statuses,
             total=len(statuses),
             met=sum(s.status is Status.MET for s in statuses),
@@ -641,7 +636,7 @@ class SloEngine:
             g, t, _ = self._events(spec, seconds, memo, value=False)
             if t >= min_events and t > 0:
                 burn_rates[name] = _clean(self._burn(g, t, budget))
-        return SloStatus.model_construct(
+        return SloStatus(
             name=spec.id,
             kind=spec.kind,
             description=spec.description,
@@ -737,7 +732,7 @@ class SloEngine:
             status = Status.MET
         else:
             status = Status.VIOLATED
-        return SloStatus.model_construct(
+        return SloStatus(
             name=spec.id,
             kind=spec.kind,
             description=spec.description,

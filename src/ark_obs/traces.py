@@ -29,8 +29,8 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -38,6 +38,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ark_obs import catalog
 from ark_obs._periodic import Periodic
+from ark_obs._seeddict import SeedDict
+from ark_obs.context import canonical_trace_id
 from ark_obs.registry import MAX_LABEL_VALUE_LENGTH
 
 if TYPE_CHECKING:
@@ -119,11 +121,14 @@ class TraceRecord:
         return (max(s.end for s in self.spans) - min(s.start for s in self.spans)) * 1000.0
 
 
-@dataclass(frozen=True, slots=True)
-class TraceReport:
+@dataclass(frozen=True, slots=True, eq=False)
+class TraceReport(SeedDict):
     """The seed's continuity result (``complete``, ``missing_agents``, ``agents_seen``, ``latency_ms``) and more.
 
-    Indexable like the seed's dict, with lists for sequences: ``report["missing_agents"] == []``.
+    Typed (``report.complete``) and the seed's dict, with lists for sequences and spans as dicts:
+    ``report["missing_agents"] == []``, ``report.get("complete")``, ``json.dumps(report)``.
+    ``trace_id`` is the canonical id the report answers for (a UUID's W3C form, see
+    ``ark_obs.context.canonical_trace_id``); ``requested_id`` is the id as it was asked for.
     An unknown trace is never complete: ``known`` is False and every expected agent is missing.
     """
 
@@ -138,34 +143,18 @@ class TraceReport:
     expected_agents: tuple[str, ...] = ()
     span_count: int = 0
     spans: tuple[Span, ...] = field(default=(), repr=False)
+    requested_id: str = ""
+
+    def _seed_items(self) -> dict[str, Any]:
+        items = SeedDict._seed_items(self)
+        items["requested_id"] = self.requested_id or self.trace_id
+        items["known"] = self.known
+        return items
 
     @property
     def known(self) -> bool:
         """Whether the store holds this trace."""
         return self.status in (TraceStatus.IN_FLIGHT, TraceStatus.COMPLETE, TraceStatus.INCOMPLETE)
-
-    def __getitem__(self, key: str) -> Any:
-        if key == "known":
-            return self.known
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return _jsonable(getattr(self, key))
-
-    def keys(self) -> Iterable[str]:
-        """Field names, so ``dict(report)`` works."""
-        return (*self.__dataclass_fields__.keys(), "known")
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (the seed's shape plus the extra fields)."""
-        return {k: self[k] for k in self.keys()}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, StrEnum):
-        return str(value)
-    if isinstance(value, tuple):
-        return [asdict(v) if isinstance(v, Span) else v for v in value]
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,13 +283,22 @@ def _missing_and_order(agents: Sequence[str], expected: Sequence[str]) -> tuple[
 
 
 def build_report(
-    trace_id: str, record: TraceRecord | None, expected: Sequence[str], status: TraceStatus | None = None
+    trace_id: str,
+    record: TraceRecord | None,
+    expected: Sequence[str],
+    status: TraceStatus | None = None,
+    requested_id: str = "",
 ) -> TraceReport:
-    """The report on ``record`` against ``expected`` agents (``record`` None: unknown or unavailable)."""
+    """The report on ``record`` against ``expected`` agents (``record`` None: unknown or unavailable).
+
+    ``trace_id`` is the canonical id; ``requested_id`` the form it was asked for (default: the same).
+    """
     expected = tuple(dict.fromkeys(expected))
+    requested_id = requested_id or trace_id
     if record is None or not record.spans:
         return TraceReport(
             trace_id=trace_id,
+            requested_id=requested_id,
             status=status or TraceStatus.UNKNOWN,
             complete=False,
             missing_agents=expected,
@@ -322,6 +320,7 @@ def build_report(
         expected_agents=expected,
         span_count=record.span_count,
         spans=record.spans,
+        requested_id=requested_id,
     )
 
 
@@ -496,6 +495,8 @@ class TraceMonitor:
             if checked is None:
                 return
             trace_id, agent = checked
+        if len(trace_id) == 36:  # the UUID form of an id is stored under its W3C form: one trace
+            trace_id = canonical_trace_id(trace_id)
         try:
             self._add(trace_id, agent, start, end, ok, now)
         except Exception as exc:  # a store bug must not reach the agent
@@ -527,14 +528,19 @@ class TraceMonitor:
 
     # queries ---------------------------------------------------------------------------------------------
     def validate(self, trace_id: str, expected_agents: Sequence[str] | None = None) -> TraceReport:
-        """Which agents saw ``trace_id``, which of ``expected_agents`` (default: the pipeline) are missing."""
+        """Which agents saw ``trace_id``, which of ``expected_agents`` (default: the pipeline) are missing.
+
+        Either form of a UUID id finds the trace; the report's ``trace_id`` is the canonical one.
+        """
         expected = self.pipeline if expected_agents is None else tuple(expected_agents)
+        requested = str(trace_id)
+        canonical = canonical_trace_id(requested)
         try:
             self.store.flush()  # this process' own spans count, even when the store batches writes
-            record = self.store.get(str(trace_id))
+            record = self.store.get(canonical)
         except StoreUnavailable:
-            return build_report(str(trace_id), None, expected, TraceStatus.UNAVAILABLE)
-        return build_report(str(trace_id), record, expected)
+            return build_report(canonical, None, expected, TraceStatus.UNAVAILABLE, requested)
+        return build_report(canonical, record, expected, requested_id=requested)
 
     def recent_incomplete(self, limit: int = 20) -> list[TraceReport]:
         """The most recently expired incomplete traces (newest first), against the pipeline; [] if unavailable."""
