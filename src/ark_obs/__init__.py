@@ -4,6 +4,17 @@
 >>> metrics.increment_counter("graveyard_validations_total")
 """
 
+import os
+
+import prometheus_client
+
+# ``*_created`` series double the series of every counter and histogram in the text format and carry
+# nothing the ARK rules or dashboards read. prometheus_client switches them per process only (no
+# per-registry option), and reads its environment variable at import: an explicit
+# PROMETHEUS_DISABLE_CREATED_SERIES=false keeps them, anything else (unset included) drops them.
+if "PROMETHEUS_DISABLE_CREATED_SERIES" not in os.environ:
+    prometheus_client.disable_created_metrics()
+
 from ark_obs import metrics
 from ark_obs.context import bind_trace_id, current_trace_id
 from ark_obs.instrumentation import MetricsContext, instrument_agent_method, with_trace_id

@@ -51,10 +51,17 @@ def _family(spec: MetricSpec) -> GaugeMetricFamily:
 
 
 class SloCollector:
-    """A prometheus_client collector that evaluates an SloEngine at each scrape."""
+    """A prometheus_client collector that evaluates an SloEngine at each scrape.
 
-    def __init__(self, engine: SloEngine) -> None:
+    Every MetricsCollector has one from its construction (``attach_default``): the first scrape of any
+    collector shows the SLO families, whether or not anybody called ``check_slos()`` before.
+    """
+
+    def __init__(self, engine: SloEngine | None, owner: MetricsCollector | None = None) -> None:
         self.engine = engine
+        # without an engine yet, the owner's default engine is built at the first scrape (lazily: building
+        # it validates the SLO specs, which a collector with a custom catalogue may not satisfy)
+        self._owner = None if owner is None else weakref.ref(owner)
         self._failed = False
 
     @classmethod
@@ -69,6 +76,30 @@ class SloCollector:
         _ATTACHED[collector] = scrape
         return scrape
 
+    @classmethod
+    def attach_default(cls, collector: MetricsCollector) -> SloCollector:
+        """Register a collector that evaluates ``collector.slos`` (built at the first scrape if needed)."""
+        existing = _ATTACHED.get(collector)
+        if existing is not None:
+            return existing
+        scrape = cls(None, collector)
+        collector.add_collector(scrape)
+        _ATTACHED[collector] = scrape
+        return scrape
+
+    def _engine(self) -> SloEngine | None:
+        if self.engine is not None:
+            return self.engine
+        owner = None if self._owner is None else self._owner()
+        if owner is None:
+            return None
+        from ark_obs.slo import SloConfigError
+
+        try:
+            return owner.slos  # builds the default engine, which points this collector at itself
+        except SloConfigError:
+            return None  # a catalogue without the default SLOs' metrics: no default SLOs to show
+
     def describe(self) -> list[Metric]:
         """The families, without samples: registering does not evaluate any SLO."""
         return [_family(spec) for spec in FAMILIES]
@@ -76,7 +107,10 @@ class SloCollector:
     def collect(self) -> Iterator[Metric]:
         """Evaluate every SLO and yield its families."""
         try:
-            report = self.engine.check()
+            engine = self._engine()
+            if engine is None:
+                return
+            report = engine.check()
         except Exception:
             # one broken SLO must not take the whole /metrics page down with it
             if not self._failed:

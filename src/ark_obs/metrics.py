@@ -121,6 +121,10 @@ class MetricsCollector:
             self.window.prime(self._multiprocess_readings())
         if ticker:
             TICKER.add(self)
+        from ark_obs.collector import SloCollector
+
+        # the scrape-time SLO families are there from the first scrape, not after a first check_slos()
+        SloCollector.attach_default(self)
 
     # declaration -------------------------------------------------------------------------------------
     def declare(self, spec: MetricSpec) -> Metric:

@@ -538,6 +538,31 @@ def _opt(x: float | None) -> float | None:
     return None if x is None else _clean(x)
 
 
+def _shown(value: float | None, operator: Operator, objective: Decimal, status: Status) -> float | None:
+    """``value`` as reported: rounded for reading, but never on the other side of the objective from the verdict.
+
+    p95 of events a few ulps above a 400 ms threshold rounds to 400.0, which reads as met next to
+    "violated"; then the unrounded value is shown, or the nearest float on the verdict's side when the
+    interpolation itself landed on the threshold (the verdict counts events exactly, the value does not).
+    """
+    if value is None:
+        return None
+    shown = _clean(value)
+    met = status is Status.MET
+    if status is Status.NO_DATA or operator.holds(Decimal(repr(shown)), objective) == met:
+        return shown
+    if operator.holds(Decimal(repr(value)), objective) == met:
+        return value
+    target = float(objective)
+    if met:  # only <=, >= and == can be met by a value the float arithmetic put across the line
+        return target
+    if operator in (Operator.LE, Operator.LT, Operator.EQ):
+        return math.nextafter(target, math.inf)
+    if operator in (Operator.GE, Operator.GT):
+        return math.nextafter(target, -math.inf)
+    return value
+
+
 class SloEngine:
     """Evaluates SLO specs on a MetricsCollector's window and exposes them at scrape time.
 
@@ -640,7 +665,7 @@ class SloEngine:
             name=spec.id,
             kind=spec.kind,
             description=spec.description,
-            value=_opt(value),
+            value=_shown(value, _operator(spec), _objective(spec), status),
             objective=float(_objective(spec)),
             operator=_operator(spec),
             window=format_duration(window),
@@ -649,7 +674,7 @@ class SloEngine:
             met=status is Status.MET,
             good_events=_clean(good),
             total_events=_clean(total),
-            compliance=_opt(compliance),
+            compliance=_shown(compliance, Operator.GE, budget, status),
             compliance_objective=float(budget),
             error_budget_remaining=None if burn is None else _clean(1.0 - burn),
             burn_rate=burn,
@@ -736,7 +761,7 @@ class SloEngine:
             name=spec.id,
             kind=spec.kind,
             description=spec.description,
-            value=_opt(value),
+            value=_shown(value, spec.operator, spec.objective, status),
             objective=float(spec.objective),
             operator=spec.operator,
             window=None,
