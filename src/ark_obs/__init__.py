@@ -13,7 +13,7 @@ import prometheus_client
 # per-registry option), and reads its environment variable at import: an explicit
 # PROMETHEUS_DISABLE_CREATED_SERIES=false keeps them, anything else (unset included) drops them.
 if "PROMETHEUS_DISABLE_CREATED_SERIES" not in os.environ:
-    prometheus_client.disable_created_metrics()
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 from ark_obs import metrics
 from ark_obs.context import bind_trace_id, current_trace_id

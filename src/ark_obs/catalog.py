@@ -220,6 +220,21 @@ ARK_AVAILABILITY_RATIO = gauge(
     collected=True,
 )
 
+# --- restart-proof availability input, read at scrape time (see ark_obs.collector.ProcessQuarantines) ---
+ARK_OBS_START_TIME_SECONDS = gauge(
+    "ark_obs_start_time_seconds",
+    "Unix time the exporting process started; boot names the process in ark_watchdog_quarantines_process_total.",
+    labels=("boot",),
+    collected=True,
+)
+ARK_WATCHDOG_QUARANTINES_PROCESS_TOTAL = counter(
+    "ark_watchdog_quarantines_process_total",
+    "Watchdog quarantines of every agent and reason since the exporting process started (0 from its "
+    "first scrape); a restart starts a new boot series instead of resetting this one.",
+    labels=("boot",),
+    collected=True,
+)
+
 SEED_METRICS: Final[tuple[MetricSpec, ...]] = (
     ARK_PASS_LATENCY_MS,
     HRM_EVAL_LATENCY_MS,
@@ -258,6 +273,8 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ARK_SLO_BURN_RATE,
     ARK_SLO_EVENTS,
     ARK_AVAILABILITY_RATIO,
+    ARK_OBS_START_TIME_SECONDS,
+    ARK_WATCHDOG_QUARANTINES_PROCESS_TOTAL,
 )
 
 

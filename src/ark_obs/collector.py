@@ -9,16 +9,21 @@ runs the SLO engine once and yields (names and help from the catalogue's ARK_SLO
 - ``ark_slo_events{slo,kind="good"|"total"}``, ``ark_availability_ratio{window}``
 
 A value that is unknown (no events) is left out rather than exported as NaN.
+
+``ProcessQuarantines`` adds the restart-proof input of the availability rules:
+``ark_watchdog_quarantines_process_total{boot}`` and ``ark_obs_start_time_seconds{boot}``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ark_obs import catalog
 from ark_obs.catalog import MetricSpec
@@ -27,7 +32,7 @@ if TYPE_CHECKING:
     from ark_obs.metrics import MetricsCollector
     from ark_obs.slo import SloEngine, SloReport
 
-__all__ = ["FAMILIES", "SloCollector"]
+__all__ = ["FAMILIES", "ProcessQuarantines", "SloCollector"]
 
 log = logging.getLogger("ark_obs")
 
@@ -140,3 +145,46 @@ def families(report: SloReport) -> Iterator[Metric]:
     for window, ratio in report.availability_ratio.items():
         availability.add_metric([window], ratio)
     yield from (value, objective, met, budget, burn, events, availability)
+
+
+class ProcessQuarantines:
+    """Watchdog quarantines since this process started, as one series per process: restart-proof input.
+
+    ``watchdog_quarantines_total{agent,reason}`` loses quarantines to ``increase()`` across restarts: a
+    free-text label set is born at 1 (its first quarantine is no increase), and one that dies with its
+    process and is born again at the same value shows no change at all. This collector exports, from
+    the first scrape, ``ark_watchdog_quarantines_process_total{boot}`` (every agent and reason summed,
+    0 until the first quarantine, monotone) and ``ark_obs_start_time_seconds{boot}``; ``boot`` is new
+    with every process, so a restart is a new series, never a reset, and the shipped rules count a
+    series born inside the window from 0 (deploy/prometheus/rules/ark-slo.rules.yml).
+
+    In multiprocess mode the files of earlier runs may persist: their total at start is the baseline,
+    so the series still counts only what happened since this process started.
+    """
+
+    def __init__(self, collector: MetricsCollector, started: float | None = None) -> None:
+        self._collector = collector
+        self.started = time.time() if started is None else started
+        self.boot = f"{self.started:.6f}"
+        self._baseline = self._total()
+
+    def _total(self) -> float:
+        name = catalog.WATCHDOG_QUARANTINES_TOTAL.name
+        return math.fsum(r.values[0] for r in self._collector.readings(name))
+
+    def describe(self) -> list[Metric]:
+        """The two families, without reading any counter."""
+        spec = catalog.ARK_WATCHDOG_QUARANTINES_PROCESS_TOTAL
+        return [
+            _family(catalog.ARK_OBS_START_TIME_SECONDS),
+            CounterMetricFamily(spec.name, spec.help, labels=spec.labels),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        """This process' start time and its quarantines so far."""
+        start = _family(catalog.ARK_OBS_START_TIME_SECONDS)
+        start.add_metric([self.boot], self.started)
+        spec = catalog.ARK_WATCHDOG_QUARANTINES_PROCESS_TOTAL
+        total = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+        total.add_metric([self.boot], max(0.0, self._total() - self._baseline))
+        yield from (start, total)

@@ -121,10 +121,15 @@ class MetricsCollector:
             self.window.prime(self._multiprocess_readings())
         if ticker:
             TICKER.add(self)
-        from ark_obs.collector import SloCollector
+        from ark_obs.collector import ProcessQuarantines, SloCollector
 
         # the scrape-time SLO families are there from the first scrape, not after a first check_slos()
         SloCollector.attach_default(self)
+        if catalog.WATCHDOG_QUARANTINES_TOTAL.name in self.registry:
+            self.process_quarantines: ProcessQuarantines | None = ProcessQuarantines(self)
+            self.add_collector(self.process_quarantines)
+        else:
+            self.process_quarantines = None
 
     # declaration -------------------------------------------------------------------------------------
     def declare(self, spec: MetricSpec) -> Metric:
