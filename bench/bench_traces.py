@@ -66,9 +66,22 @@ def _throughput(traces: int = 50_000, rounds: int = 5) -> list[dict[str, Any]]:
             for agent in AGENTS:
                 record(trace_id, agent)
 
-    fns: dict[str, Callable[[], None]] = {"bare": bare, "monitor": monitor, "collector": collector_api}
+    def monitor_uuid() -> None:
+        m = _monitor()
+        record = m.record_span
+        for trace_id in uuid_ids:
+            for agent in AGENTS:
+                record(trace_id, agent)
+
+    fns: dict[str, Callable[[], None]] = {
+        "bare": bare,
+        "monitor": monitor,
+        "collector": collector_api,
+        "monitor_uuid": monitor_uuid,
+    }
     best = dict.fromkeys(fns, float("inf"))
     ids = _ids(traces)
+    uuid_ids = [str(uuid.uuid4()) for _ in range(traces)]  # the seed's form, stored under its 32-hex form
     spans = traces * len(AGENTS)
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -95,6 +108,14 @@ def _throughput(traces: int = 50_000, rounds: int = 5) -> list[dict[str, Any]]:
             best["bare"],
             None,
             f"{1e9 / best['collector']:,.0f} spans/s",
+        ),
+        row(
+            "memory store: TraceMonitor.record_span, UUID-form ids",
+            best["monitor_uuid"],
+            "ns/span",
+            best["monitor"],
+            None,
+            "ratio to 32-hex ids: the cost of mapping the seed's UUID form to the canonical id",
         ),
     ]
 

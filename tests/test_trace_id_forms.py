@@ -49,8 +49,9 @@ def test_canonical_form_is_the_w3c_form_and_other_ids_are_untouched() -> None:
     assert canonical_trace_id(DASHED) == HEX
     assert canonical_trace_id(HEX) == HEX
     assert canonical_trace_id("abc-123") == "abc-123"
-    # 36 characters but not a lowercase UUID: an id of its own, not rewritten
-    assert canonical_trace_id("3F2504E0-4F89-41D3-9A0C-0305E82C3301") == "3F2504E0-4F89-41D3-9A0C-0305E82C3301"
+    # 36 characters but not shaped like a UUID (a fifth dash): an id of its own, not rewritten
+    assert canonical_trace_id("3f2504e0-4f89-41d3-9a0c-0305e82c330-") == "3f2504e0-4f89-41d3-9a0c-0305e82c330-"
+    assert canonical_trace_id("3f2504e0x4f89-41d3-9a0c-0305e82c3301") == "3f2504e0x4f89-41d3-9a0c-0305e82c3301"
 
 
 def test_five_agents_alternating_forms_in_process_make_one_trace(monitor: TraceMonitor) -> None:

@@ -59,6 +59,8 @@ os.register_at_fork(after_in_child=_id_pool.clear)
 # Ids already found valid: the same id is checked at every hop of a trace within a process.
 _KNOWN_VALID_MAX: Final = 4096
 _known_valid: set[str] = set()
+# UUID-form ids already mapped to their W3C form (every span of a trace after the first one hits)
+_canonical: dict[str, str] = {}
 
 
 def current_trace_id() -> str | None:
@@ -136,17 +138,30 @@ def w3c_trace_id(trace_id: str) -> str:
 def canonical_trace_id(trace_id: str) -> str:
     """The one id a trace is stored, looked up and exported under, whatever form it arrived in.
 
-    A valid UUID-form id becomes its W3C form (what ``traceparent`` carries, what ``new_trace_id``
-    makes), so Kyle recording under ``str(uuid4())`` and Joey under the id from the header he received
-    write one trace. Any other string is an id of its own and returned as it is.
+    A UUID-form id becomes its W3C form (what ``traceparent`` carries, what ``new_trace_id`` makes), so
+    Kyle recording under ``str(uuid4())`` and Joey under the id from the header he received write one
+    trace. Any other string is an id of its own and returned as it is.
 
     >>> canonical_trace_id("3f2504e0-4f89-41d3-9a0c-0305e82c3301")
     '3f2504e04f8941d39a0c0305e82c3301'
     >>> canonical_trace_id("abc-123")
     'abc-123'
     """
-    if len(trace_id) == 36 and is_valid_trace_id(trace_id):
-        return trace_id.replace("-", "")
+    if len(trace_id) != 36:
+        return trace_id
+    canonical = _canonical.get(trace_id)
+    if canonical is not None:
+        return canonical  # the same str object at every hop: its hash is computed once
+    # UUID-shaped: dashes at 8, 13, 18 and 23 and nowhere else. The digits are not checked (a regex or a
+    # character-set test costs more than the whole mapping): an id of that shape and the same id without
+    # its dashes name one trace whatever its characters are.
+    if trace_id[8] == trace_id[13] == trace_id[18] == trace_id[23] == "-":
+        digits = trace_id.replace("-", "")
+        if len(digits) == 32:
+            if len(_canonical) >= _KNOWN_VALID_MAX:
+                _canonical.clear()
+            _canonical[trace_id] = digits
+            return digits
     return trace_id
 
 

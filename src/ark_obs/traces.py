@@ -39,7 +39,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from ark_obs import catalog
 from ark_obs._periodic import Periodic
 from ark_obs._seeddict import SeedDict
-from ark_obs.context import canonical_trace_id
+from ark_obs.context import _canonical, canonical_trace_id
 from ark_obs.registry import MAX_LABEL_VALUE_LENGTH
 
 if TYPE_CHECKING:
@@ -496,7 +496,7 @@ class TraceMonitor:
                 return
             trace_id, agent = checked
         if len(trace_id) == 36:  # the UUID form of an id is stored under its W3C form: one trace
-            trace_id = canonical_trace_id(trace_id)
+            trace_id = _canonical.get(trace_id) or canonical_trace_id(trace_id)
         try:
             self._add(trace_id, agent, start, end, ok, now)
         except Exception as exc:  # a store bug must not reach the agent
