@@ -314,3 +314,29 @@ def test_healthy_http_fed_service_says_not_reported_and_names_trace_latency(heal
     met, violated, no_data, _ = slo_tile(dom)
     assert violated == 0 and met >= 2 and no_data >= 1  # no decision or HRM latency arrives over HTTP
     assert "none silent or quarantined" in dom
+
+
+# --- /status.json without a browser ---------------------------------------------------------------------------
+async def test_status_json_counts_over_one_window_and_says_what_is_not_reported() -> None:
+    """Counters nothing reported are null (not 0); once the Watchdog reports, every agent has a count (0 for one
+    never quarantined) and the window's increase per agent and in total agree; the period and observed time
+    are stated."""
+    from ark_obs.metrics import MetricsCollector
+    from ark_obs.status_page import snapshot
+
+    collector = MetricsCollector(ticker=False)
+    started = collector.clock()
+    before = snapshot(collector, started)
+    assert before.period.denials is None and before.period.quarantines is None
+    assert before.window_seconds == 300 and 0 <= before.observed_seconds <= 1
+    assert all(a.quarantines_in_window is None for a in before.agents)
+
+    for _ in range(3):
+        collector.inc_counter("watchdog_quarantines_total", labels={"agent": "Kenny", "reason": "error_burst"})
+    collector.inc_counter("hrm_denials_total", labels={"rule_id": "GY-001", "agent": "Kenny"})
+    after = snapshot(collector, started)
+    kenny = next(a for a in after.agents if a.agent == "Kenny")
+    assert after.period.quarantines == 3 == kenny.quarantines_in_window == kenny.quarantines_total
+    assert after.period.denials == 1
+    joey = next(a for a in after.agents if a.agent == "Joey")  # the Watchdog reports: Joey had none
+    assert joey.quarantines_in_window == 0 and joey.quarantines_total == 0

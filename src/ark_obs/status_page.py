@@ -54,9 +54,10 @@ class AgentOut(BaseModel):
     last_beat: float | None = Field(description="Unix time (s) of its last heartbeat")
     silent_seconds: float | None
     quarantines_in_window: float | None = Field(
-        description="Watchdog quarantines of this agent over window_seconds (None: no quarantine ever reported)"
+        description="Watchdog quarantines of this agent over window_seconds (None: no quarantine of any agent"
+        " was ever reported to this service, so it cannot know)"
     )
-    quarantines_total: float | None = Field(description="since this service started (None: never reported)")
+    quarantines_total: float | None = Field(description="since this service started (None: as above)")
 
 
 class BucketOut(BaseModel):
@@ -186,7 +187,8 @@ def _agents(collector: MetricsCollector, pipeline: tuple[str, ...], window: floa
     out = []
     for agent in (*pipeline, *sorted((set(states) | set(totals)) - set(pipeline))):
         s = states.get(agent)
-        reported = agent in totals
+        # once the Watchdog reports any quarantine, an agent without a series has had none
+        mine = (_increase(collector, quarantine, window, {"agent": agent}) or 0.0) if agent in totals else 0.0
         out.append(
             AgentOut(
                 agent=agent,
@@ -194,8 +196,8 @@ def _agents(collector: MetricsCollector, pipeline: tuple[str, ...], window: floa
                 in_pipeline=agent in pipeline,
                 last_beat=None if s is None else s.last_beat,
                 silent_seconds=None if s is None else round(s.silent_seconds, 3),
-                quarantines_in_window=_increase(collector, quarantine, window, {"agent": agent}) if reported else None,
-                quarantines_total=totals.get(agent),
+                quarantines_in_window=mine if totals else None,
+                quarantines_total=totals.get(agent, 0.0) if totals else None,
             )
         )
     return out
