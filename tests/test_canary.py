@@ -736,13 +736,14 @@ def test_cli_exit_status_inconclusive(world: World, capsys: pytest.CaptureFixtur
 
 
 def test_cli_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
-    """Bad selectors and durations are argparse errors (exit 2); a bad URL is reported, exit 2."""
+    """Bad selectors and durations are argparse errors (exit 2); a bad URL is reported under --prometheus, exit 2."""
     for argv in (("--prometheus", "http://x", "--canary", 'pod="x"'), ("--prometheus", "http://x", "--step", "1x")):
         with pytest.raises(SystemExit) as exc:
             parse(*argv)
         assert exc.value.code == 2
     assert canary.main(parse("--prometheus", "ftp://127.0.0.1")) == 2
-    assert "prometheus_url" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--prometheus: must be an http:// or https:// URL" in err and "prometheus_url" not in err
 
 
 def test_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

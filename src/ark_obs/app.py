@@ -31,7 +31,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ark_obs import __version__, canary, catalog, status_page
+from ark_obs import __version__, canary, catalog, docs_ui, status_page
 from ark_obs.api import (
     EXPECTED_PATTERN,
     MAX_EXPECTED_AGENTS,
@@ -298,7 +298,10 @@ def create_app(
         version=__version__,
         summary="Observability of the ARK pipeline: metrics, SLOs, trace continuity and heartbeats.",
         lifespan=lifespan,
+        docs_url=None,  # docs_ui serves it without a CDN
+        redoc_url=None,  # ReDoc is CDN-only
     )
+    docs_ui.mount(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.state.service = service
     generate_openapi = app.openapi

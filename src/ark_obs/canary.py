@@ -1009,7 +1009,8 @@ def _selector_arg(text: str) -> str:
 # (flags, add_argument options): cli.py turns each into its ``arg(...)``. Defaults are None so that the
 # ARK_OBS_CANARY_* environment (CanaryConfig) applies unless an option is given.
 ARGUMENTS: Final[tuple[tuple[tuple[str, ...], dict[str, Any]], ...]] = (
-    (("--prometheus",), {"required": True, "metavar": "URL", "help": "Prometheus base URL, e.g. http://127.0.0.1:9090"}),
+    (("--prometheus",), {"metavar": "URL",
+                         "help": "Prometheus base URL (default $ARK_OBS_CANARY_PROMETHEUS_URL, else http://127.0.0.1:9090)"}),
     (("--canary",), {"type": _selector_arg, "metavar": "SELECTOR",
                      "help": 'the canary: a track value or matcher (default track="canary")'}),
     (("--baseline",), {"type": _selector_arg, "metavar": "SELECTOR",
@@ -1048,6 +1049,27 @@ _OPTION_FIELDS: Final = {
 }
 
 
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``: ``env_name("min_decisions") == "ARK_OBS_CANARY_MIN_DECISIONS"``."""
+    return f"ARK_OBS_CANARY_{field.upper()}"
+
+
+def _option_or_env(args: argparse.Namespace, field: str) -> str:
+    """How the user set ``field``: the option given (``--min-decisions``), else its environment variable."""
+    for option, name in _OPTION_FIELDS.items():
+        if name == field and getattr(args, option, None) is not None:
+            return "--" + option.replace("_", "-")
+    return env_name(field)
+
+
+def _problem(args: argparse.Namespace, error: Any) -> str:
+    """One validation error, named as the user set it, with the value they gave."""
+    where = _option_or_env(args, str(error["loc"][0])) if error["loc"] else "?"
+    message: str = error["msg"].removeprefix("Value error, ")
+    given = repr(error.get("input"))
+    return f"{where}: {message}" + ("" if given in message else f" (got {given})")
+
+
 def config_from_args(args: argparse.Namespace) -> CanaryConfig:
     """The configuration: ``ARK_OBS_CANARY_*`` and ``.env``, overridden by the options given."""
     overrides = {field: getattr(args, option) for option, field in _OPTION_FIELDS.items()}
@@ -1059,7 +1081,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(args, e) for e in exc.errors())
         print(f"ark-obs canary-check: {problems}", file=sys.stderr)
         return EXIT_STATUS[Verdict.INCONCLUSIVE]
     result = asyncio.run(analyze(config))

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -93,22 +95,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_CLOSED_PIPE: Final = 141  # what a shell reports for a command ended by SIGPIPE, as `yes | head` does
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ark-obs`` script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    status: int = args.run(args)
+    try:
+        status: int = args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`ark-obs check-config | head -3`): stop quietly, and keep the
+        # interpreter's final flush of stdout from printing a second error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
     return status
 
 
 # --- configuration problems -----------------------------------------------------------------------
-def _field_problems(exc: ValidationError) -> list[Problem]:
+def _field_problems(exc: ValidationError, name: Callable[[str], str] = env_name) -> list[Problem]:
+    """One Problem per field error, named by ``name(field)`` (its environment variable, or the flag used)."""
     problems = []
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else "?"
         msg = err["msg"].removeprefix("Value error, ")
         shown = "" if field == "ingest_token" else f" (got {err.get('input')!r})"
-        problems.append(Problem(env_name(field), msg + shown))
+        problems.append(Problem(name(field), msg + shown))
     return problems
+
+
+def canary_problems(env_file: Path | None) -> list[Problem]:
+    """Every bad ``ARK_OBS_CANARY_*`` setting: the service builds its canary analysis from them at start."""
+    try:
+        canary.CanaryConfig(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        return _field_problems(exc, canary.env_name)
+    return []
 
 
 def slo_problems(settings: Settings) -> list[Problem]:
@@ -165,13 +187,35 @@ def _window_errors(settings: Settings) -> list[str]:
     return out
 
 
-def load_settings(env_file: Path | None = Path(".env"), **overrides: Any) -> tuple[Settings | None, list[Problem]]:
-    """Settings from the environment, ``env_file`` and ``overrides``, with every problem found."""
+def load_settings(
+    env_file: Path | None = Path(".env"), flags: dict[str, str] | None = None, **overrides: Any
+) -> tuple[Settings | None, list[Problem]]:
+    """Settings from the environment, ``env_file`` and ``overrides``, with every problem found, the canary
+    analysis' settings included. ``flags`` maps an overridden field to the option that set it (``--port``),
+    which then names its problems instead of the environment variable the user did not touch."""
+    named = flags or {}
+
+    def name(field: str) -> str:
+        return named.get(field) or env_name(field)
+
+    canary_found = canary_problems(env_file)
     try:
         settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
-        return None, _field_problems(exc)
-    return settings, [*settings.problems(), *slo_problems(settings)]
+        return None, [*_field_problems(exc, name), *canary_found]
+    found = [*settings.problems(), *slo_problems(settings), *canary_found]
+    by_env = {env_name(field): flag for field, flag in named.items()}
+    return settings, [Problem(by_env.get(p.setting, p.setting), p.why) for p in found]
+
+
+def _env_file(given: Path | None) -> tuple[Path | None, list[Problem]]:
+    """The dotenv file to read: ``--env-file`` must exist; the default ./.env is read when it does."""
+    if given is None:
+        default = Path(".env")
+        return (default if default.is_file() else None), []
+    if not given.is_file():
+        return None, [Problem("--env-file", f"no such file: {str(given)!r}")]
+    return given, []
 
 
 def _report(problems: Sequence[Problem], out: TextIO, heading: str) -> None:
@@ -186,13 +230,15 @@ def _report(problems: Sequence[Problem], out: TextIO, heading: str) -> None:
     "Run the ark-obs HTTP service.",
     arg("--host", help=f"address to bind (overrides {env_name('host')}; default 127.0.0.1)"),
     arg("--port", type=int, help=f"port to bind (overrides {env_name('port')}; default 9871)"),
-    arg("--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default: ./.env)"),
+    arg("--env-file", type=Path, help="dotenv file to read (default: ./.env if it exists)"),
     arg("--synthetic", action="store_true", help="feed the service with the synthetic loop (1 pass/s)"),
 )
 def serve(args: argparse.Namespace) -> int:
     """Validate the configuration, then serve until SIGTERM or Ctrl-C (both exit 0 once drained)."""
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings, problems = load_settings(args.env_file, **overrides)
+    env_file, missing = _env_file(args.env_file)
+    settings, problems = load_settings(env_file, {k: f"--{k}" for k in overrides}, **overrides)
+    problems = [*missing, *problems]
     if settings is None or problems:
         _report(problems, sys.stderr, "ark-obs: refusing to start; fix these settings:")
         return EXIT_BAD_CONFIG
@@ -234,6 +280,12 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     )
     server = uvicorn.Server(config)
     base = settings.bind_url
+    try:
+        # bound before the banner: a port in use is reported instead of URLs nobody answers at
+        sock = _bind(settings.host, settings.port)
+    except OSError as exc:
+        log.error("ark-obs cannot listen on %s: %s", settings.bind_url, exc.strerror or exc)
+        return EXIT_FAILED
     log.info(
         "ark-obs %s on %s: %s/metrics  %s/slos  %s/traces?status=incomplete  %s/readyz  %s/docs "
         "(trace store: %s; writes %s)",
@@ -255,26 +307,42 @@ def run_server(settings: Settings, **app_options: Any) -> int:
 
     previous = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run()
+        server.run(sockets=[sock])
     except SystemExit as exc:  # uvicorn exits 3 when it cannot bind or start: ours is 1
         log.error("ark-obs could not start on %s (uvicorn exit status %s)", settings.bind_url, exc.code)
         return EXIT_FAILED
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        sock.close()
     return EXIT_OK if server.started or stopped else EXIT_FAILED
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` as uvicorn binds one (address reuse on); OSError when it cannot."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 # --- check-config -------------------------------------------------------------------------------------
 @command(
     "check-config",
-    "Validate the configuration (environment, .env file, SLO file); exit status 2 on any problem.",
-    arg("--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default: ./.env)"),
+    "Validate the configuration (environment, .env file, SLO file, canary analysis); exit status 2 on any problem.",
+    arg("--env-file", type=Path, help="dotenv file to read (default: ./.env if it exists)"),
 )
 def check_config(args: argparse.Namespace) -> int:
     """Print every problem at once (exit 2) or the effective settings (exit 0)."""
-    env_file = args.env_file if args.env_file.exists() else None
+    env_file, missing = _env_file(args.env_file)
     settings, problems = load_settings(env_file)
+    problems = [*missing, *problems]
     if settings is None or problems:
         _report(problems, sys.stderr, f"ark-obs: {len(problems)} configuration problem(s):")
         return EXIT_BAD_CONFIG
@@ -288,6 +356,9 @@ def check_config(args: argparse.Namespace) -> int:
         elif isinstance(value, tuple):
             value = ",".join(value)
         print(f"  {env_name(name)}={value if value is not None else ''}")
+    analysis = canary.CanaryConfig(_env_file=env_file)  # type: ignore[call-arg]
+    for name in canary.CanaryConfig.model_fields:
+        print(f"  {canary.env_name(name)}={getattr(analysis, name)}")
     return EXIT_OK
 
 

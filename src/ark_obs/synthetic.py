@@ -1377,25 +1377,27 @@ def _latency(text: str) -> tuple[str, LatencyModel]:
         raise argparse.ArgumentTypeError(f"--latency {text!r}: {exc}") from None
 
 
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text}: a share is between 0 and 1")
+def _number(text: str, holds: Callable[[float], bool], what: str) -> float:
+    """``text`` as a float for which ``holds``; argparse prefixes the option: ``argument --rate: must be ...``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and holds(value)):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
     return value
+
+
+def _share(text: str) -> float:
+    return _number(text, lambda v: 0 <= v <= 1, "a share between 0 and 1")
 
 
 def _positive(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text}: must be a positive number")
-    return value
+    return _number(text, lambda v: v > 0, "a positive number")
 
 
 def _scale(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{text}: must be a number >= 0")
-    return value
+    return _number(text, lambda v: v >= 0, "a number >= 0")
 
 
 # (flags, add_argument options): cli.py turns each into its ``arg(...)``
