@@ -262,7 +262,8 @@ def default_plan(
 
     The SLOs are watched first: the injections spend error budget on purpose (a quarantine counts as
     5 s of downtime against availability's 1.5 s budget in 5 min), so watching after them would fail
-    a healthy deployment.
+    a healthy deployment. The revisions are watched before Kenny's errors too: a quarantined Kenny
+    writes no state, so a window during his quarantine would prove nothing.
     """
     return Plan(
         sources=sources or Sources(),
@@ -271,6 +272,11 @@ def default_plan(
                 name="every SLO met",
                 expect=SlosMet(kind="slos_met", duration=watch_seconds),
                 deadline=watch_seconds + DEFAULT_DEADLINE_SECONDS,
+            ),
+            Step(
+                name="state revisions contiguous",
+                expect=CounterIncrease(kind="counter_increase", metric="ark_state_revision_anomalies_total", at_most=0),
+                deadline=5.0,
             ),
             Step(
                 name="known-bad actions denied",
@@ -291,11 +297,6 @@ def default_plan(
                 inject=SyntheticInject(synthetic=f"kill:{killed_agent}"),
                 expect=AgentSilent(kind="agent_silent", agent=killed_agent, within_heartbeats=2.0),
                 deadline=DEFAULT_DEADLINE_SECONDS,
-            ),
-            Step(
-                name="state revisions contiguous",
-                expect=CounterIncrease(kind="counter_increase", metric="ark_state_revision_anomalies_total", at_most=0),
-                deadline=5.0,
             ),
         ),
     )
