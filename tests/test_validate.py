@@ -12,8 +12,9 @@ import pytest
 
 from ark_obs.cli import main
 from ark_obs.validate import (
-    Injector,
+    EvidenceUnavailable,
     InjectionFailed,
+    Injector,
     Plan,
     PlanError,
     Readers,
@@ -184,7 +185,7 @@ expect = { kind = "telepathy" }
 
 
 def test_plan_file_runs_with_durations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A TOML plan (durations as text, a synthetic injection) runs with --synthetic and prints JSON naming the failure."""
+    """A TOML plan (text durations, a synthetic injection) runs with --synthetic; JSON names the failed step."""
     plan = tmp_path / "plan.toml"
     plan.write_text(
         """
@@ -234,6 +235,6 @@ async def test_readers_sum_counter_series_by_label_subset() -> None:
         assert await reader.counter("watchdog_quarantines", {}) == 4
         assert await reader.agent_up("Kyle") is True and await reader.agent_up("Nobody") is None
         assert await reader.heartbeat_interval() == HEARTBEAT_S
-        httpx_error = ArkObsReader(httpx.AsyncClient(timeout=0.2), "http://127.0.0.1:9")
-        with pytest.raises(Exception, match="127.0.0.1:9"):
-            await httpx_error.counter("hrm_denials_total", {})
+        async with httpx.AsyncClient(timeout=0.2) as other:
+            with pytest.raises(EvidenceUnavailable, match=r"127\.0\.0\.1:9/metrics"):
+                await ArkObsReader(other, "http://127.0.0.1:9").counter("hrm_denials_total", {})
