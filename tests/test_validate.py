@@ -238,3 +238,46 @@ async def test_readers_sum_counter_series_by_label_subset() -> None:
         async with httpx.AsyncClient(timeout=0.2) as other:
             with pytest.raises(EvidenceUnavailable, match=r"127\.0\.0\.1:9/metrics"):
                 await ArkObsReader(other, "http://127.0.0.1:9").counter("hrm_denials_total", {})
+
+
+ROLLOUT_HOOKS = Path(__file__).resolve().parent.parent / "deploy/rollouts/validate"
+
+
+def test_shipped_plan_loads_and_covers_the_seed_checklist() -> None:
+    """deploy/rollouts/validate/post-deploy.toml is a valid plan with a 30 min SLO watch and every checklist item."""
+    plan = load_plan(ROLLOUT_HOOKS / "post-deploy.toml")
+    kinds = [s.expect.kind for s in plan.steps]
+    assert {"slos_met", "counter_increase", "agent_silent", "alert_firing", "alert_received", "promql"} <= set(kinds)
+    (watch,) = [s.expect for s in plan.steps if s.expect.kind == "slos_met"]
+    assert watch.duration == 1800.0  # type: ignore[union-attr]
+    assert not plan.synthetic and plan.sources.prometheus and plan.sources.alertmanager
+
+
+def test_rollout_hooks_run_validate_with_the_plan() -> None:
+    """The Argo job and the Flagger webhook run `ark-obs validate --plan ...` (parsed by the real CLI parser);
+    the Argo Rollout's last canary step is that analysis, so a failed validation aborts the rollout."""
+    import shlex
+
+    import yaml
+
+    from ark_obs.cli import build_parser
+
+    argo = list(yaml.safe_load_all((ROLLOUT_HOOKS / "argo-post-promotion.yaml").read_text()))
+    template = next(d for d in argo if d["kind"] == "AnalysisTemplate")
+    (metric,) = template["spec"]["metrics"]
+    assert metric["count"] == 1 and metric["failureLimit"] == 0
+    (container,) = metric["provider"]["job"]["spec"]["template"]["spec"]["containers"]
+    args_default = {a["name"]: a["value"] for a in template["spec"]["args"]}
+    argv = [c.replace("{{args.plan}}", args_default["plan"]) for c in container["command"]]
+    assert argv[0] == "ark-obs"
+    parsed = build_parser().parse_args(argv[1:])
+    assert parsed.command == "validate" and str(parsed.plan) == "/etc/ark-obs/post-deploy.toml"
+    rollout = next(d for d in argo if d["kind"] == "Rollout")
+    last = rollout["spec"]["strategy"]["canary"]["steps"][-1]
+    assert last["analysis"]["templates"][0]["templateName"] == template["metadata"]["name"]
+
+    (flagger,) = yaml.safe_load_all((ROLLOUT_HOOKS / "flagger-post-rollout.yaml").read_text())
+    (hook,) = flagger["spec"]["analysis"]["webhooks"]
+    assert hook["type"] == "post-rollout"
+    argv = shlex.split(hook["metadata"]["cmd"])
+    assert argv[0] == "ark-obs" and build_parser().parse_args(argv[1:]).command == "validate"
