@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -10,7 +12,16 @@ from ark_obs.app import create_app
 from ark_obs.instrumentation import track_state_operation
 from ark_obs.metrics import MetricsCollector
 from ark_obs.settings import Settings
-from ark_obs.state_revisions import MAX_KEY_LENGTH, AnomalyKind, MemoryRevisions, RevisionChecker
+from ark_obs.state_revisions import (
+    MAX_KEY_LENGTH,
+    AnomalyKind,
+    MemoryRevisions,
+    RedisRevisions,
+    RevisionChecker,
+    backend_for,
+)
+from ark_obs.store_memory import MemoryStore
+from ark_obs.store_redis import make_client
 from plugins.clock import FakeClock
 
 
@@ -144,6 +155,68 @@ async def test_get_state_anomalies_lists_recent_ones_with_keys() -> None:
             assert (await client.get("/state/anomalies", params={"limit": 0})).status_code == 422
             metrics = (await client.get("/metrics")).text
             assert 'ark_state_revision_anomalies_total{agent="Kenny",kind="gap"} 1.0' in metrics
+    finally:
+        for monitor in app.state.service.owned:
+            monitor.close()
+
+
+def redis_checker(url: str, **kw: Any) -> tuple[MetricsCollector, RevisionChecker]:
+    """A collector (one 'process') whose revision map is the shared Redis one."""
+    c = MetricsCollector(ticker=False)
+    c.revisions = RevisionChecker(c.registry, backend=RedisRevisions(make_client(url), **kw))
+    return c, c.revisions
+
+
+def test_redis_map_checks_writers_in_several_processes_together(redis_url: str) -> None:
+    """Two collectors on one Redis: revision 1 written by one and 3 by the other is a gap, counted where seen."""
+    a, checker_a = redis_checker(redis_url)
+    b, checker_b = redis_checker(redis_url)
+    assert checker_a.backend.backend == "redis"
+    assert checker_a.observe("Kenny", "position:AAPL", 1) is None
+    assert checker_b.observe("Kenny", "position:AAPL", 2) is None  # contiguous across processes
+    assert checker_a.observe("Kenny", "position:AAPL", 4) is AnomalyKind.GAP
+    assert checker_b.observe("Kenny", "position:AAPL", 3) is AnomalyKind.REGRESSION  # 4 is the highest
+    assert checker_b.observe("Kenny", "position:AAPL", 5) is None
+    assert anomalies(a, "Kenny", "gap") == 1 and anomalies(b, "Kenny", "regression") == 1
+
+
+def test_redis_map_is_bounded_and_counts_evictions(redis_url: str) -> None:
+    """max_keys=2 in Redis: the least recently written key is forgotten and counted."""
+    clock = FakeClock()
+    c = MetricsCollector(ticker=False)
+    backend = RedisRevisions(make_client(redis_url), max_keys=2, clock=clock)
+    checker = c.revisions = RevisionChecker(c.registry, backend=backend)
+    for key, revision in (("a", 1), ("b", 1), ("a", 2), ("c", 1)):  # c pushes b out: a was written later
+        clock.advance(1)
+        checker.observe("Kenny", key, revision)
+    assert len(checker.backend) == 2
+    assert dropped(c, "key_evicted") == 1
+    assert checker.observe("Kenny", "a", 4) is AnomalyKind.GAP  # a was kept
+    assert checker.observe("Kenny", "b", 7) is None  # b was forgotten: a first sighting again
+
+
+def test_redis_outage_drops_and_counts_never_raises(redis_server: Any, redis_url: str) -> None:
+    """With Redis down, a revision is dropped and counted as store_unavailable; the agent's call returns."""
+    c, checker = redis_checker(redis_url)
+    checker.observe("Kenny", "k", 1)
+    redis_server.stop()
+    try:
+        track_state_operation("write", "Kenny", 1.0, key="k", revision=5, collector=c)
+        assert dropped(c, "store_unavailable") == 1
+        assert anomalies(c, "Kenny", "gap") == 0
+    finally:
+        redis_server.start()
+
+
+async def test_service_on_redis_uses_the_shared_map(redis_url: str) -> None:
+    """ARK_OBS_TRACE_STORE=redis://...: the service checks revisions in Redis, as GET /state/anomalies says."""
+    app = create_app(Settings(trace_store=redis_url))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ark-obs") as client:
+            body = (await client.get("/state/anomalies")).json()
+        assert body["backend"] == "redis"
+        assert backend_for(app.state.service.collector.traces.store).backend == "redis"
+        assert backend_for(MemoryStore()).backend == "memory"
     finally:
         for monitor in app.state.service.owned:
             monitor.close()

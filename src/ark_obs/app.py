@@ -66,7 +66,7 @@ from ark_obs.heartbeat import HEARTBEAT_METRIC, HeartbeatMonitor
 from ark_obs.metrics import MetricsCollector
 from ark_obs.settings import NAME_PATTERN, Settings
 from ark_obs.slo import SloEngine, SloReport, load_slo_file
-from ark_obs.state_revisions import AnomalyList, RevisionChecker
+from ark_obs.state_revisions import AnomalyList, RevisionChecker, backend_for
 from ark_obs.traces import SPAN_METRIC, StoreUnavailable, TraceMonitor, TraceStatus
 
 __all__ = ["BackgroundHook", "Service", "build_collector", "create_app", "freeze_long_lived_objects"]
@@ -119,6 +119,7 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
     collector.slos = SloEngine(collector, specs)
     collector.revisions = RevisionChecker(
         collector.registry,
+        backend=backend_for(traces.store, settings.state_revision_max_keys),
         max_keys=settings.state_revision_max_keys,
         recent_max=settings.state_revision_recent_max,
         clock=collector.clock,

@@ -398,9 +398,11 @@ class MetricsCollector:
     def revisions(self) -> RevisionChecker:
         """State revision continuity (ark_obs.state_revisions), in memory unless replaced."""
         if self._revisions is None:
-            from ark_obs.state_revisions import RevisionChecker
+            from ark_obs.state_revisions import RevisionChecker, backend_for
 
-            self._revisions = RevisionChecker(self.registry, clock=self.clock)
+            # with a shared (Redis) trace store, revisions are checked across processes too
+            store = self._traces.store if self._traces is not None else None
+            self._revisions = RevisionChecker(self.registry, backend=backend_for(store), clock=self.clock)
         return self._revisions
 
     @revisions.setter

@@ -15,8 +15,11 @@ Anomalies are counted in ``ark_state_revision_anomalies_total{agent,kind}``; the
 The first revision seen of a key is taken as it is (a checker that starts late has no history).
 
 The last revision per key lives in a ``RevisionBackend``: ``MemoryRevisions`` (this process, a bounded
-LRU map; a key pushed out is forgotten and counted in ``ark_obs_dropped_total``). The checker depends on
-the registry's metrics only, not on the collector that composes them.
+LRU map) or ``RedisRevisions`` (the shared trace store's Redis, so writers in several processes and
+hosts are checked together: one atomic Lua call per write, a hash of revisions and a sorted set of keys
+by last write, trimmed to ``max_keys``). A key pushed out is forgotten and counted in
+``ark_obs_dropped_total``. The checker depends on the registry's metrics only, not on the collector
+that composes them.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ __all__ = [
     "AnomalyKind",
     "AnomalyList",
     "MemoryRevisions",
+    "RedisRevisions",
     "RevisionAnomaly",
     "RevisionBackend",
     "RevisionChecker",
+    "backend_for",
 ]
 
 log = logging.getLogger("ark_obs.state_revisions")
@@ -104,6 +109,9 @@ class AnomalyList(BaseModel):
 class RevisionBackend(Protocol):
     """Where the highest revision per key is kept."""
 
+    # called with the number of keys pushed out of the bounded map (the checker counts them)
+    on_evicted: Callable[[int], None] | None
+
     @property
     def backend(self) -> str: ...
 
@@ -125,7 +133,7 @@ class MemoryRevisions:
         self.max_keys = max_keys
         self._last: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
-        self._on_evicted = on_evicted
+        self.on_evicted = on_evicted
 
     def advance(self, key: str, revision: int) -> int | None:
         """Keep ``max(last, revision)`` for ``key``; return the last revision before, None if unknown."""
@@ -141,12 +149,92 @@ class MemoryRevisions:
                 self._last.move_to_end(key)
                 if revision > last:
                     self._last[key] = revision
-        if evicted and self._on_evicted is not None:
-            self._on_evicted(evicted)
+        if evicted and self.on_evicted is not None:
+            self.on_evicted(evicted)
         return last
 
     def __len__(self) -> int:
         return len(self._last)
+
+
+class RevisionStoreUnavailable(Exception):
+    """The shared revision map could not be read or written."""
+
+
+# KEYS: the revisions hash, the keys-by-last-write sorted set. ARGV: key, revision, now, max_keys.
+# Returns {previous revision or -1, keys evicted}. Keeps max(previous, revision), as MemoryRevisions.
+_ADVANCE_LUA: Final = """
+local prev = redis.call('HGET', KEYS[1], ARGV[1])
+local rev = tonumber(ARGV[2])
+if (not prev) or rev > tonumber(prev) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if over > 0 then
+  local old = redis.call('ZRANGE', KEYS[2], 0, over - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+  redis.call('HDEL', KEYS[1], unpack(old))
+else
+  over = 0
+end
+return {prev or '-1', over}
+"""
+
+
+class RedisRevisions:
+    """The last revision per key in Redis (under the trace store's prefix), shared by every process.
+
+    Each write costs one round trip within the client's socket timeout (the trace store's 250 ms read
+    timeout); a Redis failure raises ``RevisionStoreUnavailable``, which the checker counts and drops.
+    """
+
+    backend: Final = "redis"
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = "ark:obs:",
+        max_keys: int = DEFAULT_MAX_KEYS,
+        on_evicted: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, got {max_keys}")
+        self.client = client
+        self.max_keys = max_keys
+        self._keys = [prefix + "rev", prefix + "revkeys"]
+        self._script = client.register_script(_ADVANCE_LUA)
+        self.on_evicted = on_evicted
+        self._clock = clock
+
+    def advance(self, key: str, revision: int) -> int | None:
+        """Keep ``max(last, revision)`` for ``key``; return the last revision before, None if unknown."""
+        from redis.exceptions import RedisError
+
+        try:
+            previous, evicted = self._script(keys=self._keys, args=[key, revision, self._clock(), self.max_keys])
+        except (RedisError, OSError) as exc:
+            raise RevisionStoreUnavailable(repr(exc)) from exc
+        if int(evicted) and self.on_evicted is not None:
+            self.on_evicted(int(evicted))
+        last = int(previous)
+        return None if last < 0 else last
+
+    def __len__(self) -> int:
+        from redis.exceptions import RedisError
+
+        try:
+            return int(self.client.hlen(self._keys[0]))
+        except (RedisError, OSError):
+            return -1
+
+
+def backend_for(store: object, max_keys: int = DEFAULT_MAX_KEYS) -> RevisionBackend:
+    """The revision map matching a trace store: Redis for a shared (Redis) store, else this process' memory."""
+    client = getattr(store, "client", None)
+    if getattr(store, "shared", False) and client is not None:
+        return RedisRevisions(client, prefix=getattr(store, "prefix", "ark:obs:"), max_keys=max_keys)
+    return MemoryRevisions(max_keys)
 
 
 def classify(previous: int, revision: int) -> AnomalyKind | None:
@@ -180,9 +268,11 @@ class RevisionChecker:
         self._anomalies: Any = registry.get(catalog.ARK_STATE_REVISION_ANOMALIES_TOTAL.name)
         dropped = registry.get(catalog.ARK_OBS_DROPPED_TOTAL.name)
         self._dropped = {
-            reason: dropped.labels(REVISION_METRIC, reason) for reason in ("key_evicted", "invalid_revision")
+            reason: dropped.labels(REVISION_METRIC, reason)
+            for reason in ("key_evicted", "invalid_revision", "store_unavailable")
         }
-        self.backend: RevisionBackend = backend or MemoryRevisions(max_keys, self._dropped["key_evicted"].inc)
+        self.backend: RevisionBackend = backend if backend is not None else MemoryRevisions(max_keys)
+        self.backend.on_evicted = self._dropped["key_evicted"].inc
         self.max_keys = getattr(self.backend, "max_keys", max_keys)
         self.recent_max = recent_max
         self._recent: deque[RevisionAnomaly] = deque(maxlen=recent_max)
@@ -191,7 +281,8 @@ class RevisionChecker:
     def observe(self, agent: str, key: str, revision: int) -> AnomalyKind | None:
         """Check ``revision`` of ``key`` written by ``agent``; the anomaly found, or None.
 
-        A negative revision or an over-long key is runtime data gone bad: dropped, counted, logged once.
+        A negative revision, an empty or over-long key, or an unreachable shared map: dropped, counted,
+        logged at debug level (never raised into the agent).
         A revision that is not an int is a programming error and raises ``TypeError``.
         """
         if type(revision) is not int:
@@ -202,7 +293,12 @@ class RevisionChecker:
             self._dropped["invalid_revision"].inc()
             log.debug("ark-obs: dropped state revision %r of key %.64r (negative, empty or long key)", revision, key)
             return None
-        previous = self.backend.advance(key, revision)
+        try:
+            previous = self.backend.advance(key, revision)
+        except RevisionStoreUnavailable as exc:
+            self._dropped["store_unavailable"].inc()
+            log.debug("ark-obs: state revision of %.64r not checked: %s", key, exc)
+            return None
         if previous is None:
             return None
         kind = classify(previous, revision)
