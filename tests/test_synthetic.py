@@ -82,6 +82,7 @@ def test_short_run_meets_every_criterion_and_records_through_the_decorators() ->
         "p95 <= 400 ms",
         "every injected violation denied",
         "every trace complete",
+        "state revisions contiguous",
     ]
     n = report.passes
     assert n == 100 and report.achieved_rate >= 50 and report.traces_complete == n
@@ -353,3 +354,25 @@ def test_command_latency_option_sets_one_agent() -> None:
     assert config.latency("HRM") == LatencyModel(80.0, 0.5)
     assert config.latency("Kyle") == DEFAULT_LATENCIES["Kyle"]
     assert config.duration_seconds is None  # 0 = until stopped
+
+
+def test_state_writes_are_contiguous_without_faults() -> None:
+    """Kenny writes position:SYMBOL with each key's next revision: no anomaly, the criterion holds."""
+    config = SyntheticConfig(rate=100, duration_seconds=1, latency_scale=0, bad_share=0, seed=4,
+                             heartbeat_interval_seconds=FAST)  # fmt: skip
+    report, c = run(config)
+    assert criterion(report, "state revisions contiguous").passed
+    assert c.get_histogram_stats("state_write_latency_ms", {"operation": "write", "agent": "Kenny"}).count == 100
+    assert c.revisions.recent() == []
+
+
+def test_skip_revision_fault_is_detected_as_gaps() -> None:
+    """--fault skip-revision: every 10th write skips a revision; each is counted as a gap and listed by key."""
+    config = SyntheticConfig(rate=100, duration_seconds=1, latency_scale=0, bad_share=0, seed=4,
+                             faults=(Fault.parse("skip-revision"),), heartbeat_interval_seconds=FAST)  # fmt: skip
+    report, c = run(config)
+    assert report.passed, [c for c in report.criteria if not c.passed]
+    assert criterion(report, "revision gaps detected").passed
+    assert sample(c, "ark_state_revision_anomalies_total", agent="Kenny", kind="gap") == 10
+    assert {a.kind for a in c.revisions.recent()} == {"gap"}
+    assert all(a.key.startswith("position:") and a.revision == a.previous + 2 for a in c.revisions.recent())

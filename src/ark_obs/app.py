@@ -66,6 +66,7 @@ from ark_obs.heartbeat import HEARTBEAT_METRIC, HeartbeatMonitor
 from ark_obs.metrics import MetricsCollector
 from ark_obs.settings import NAME_PATTERN, Settings
 from ark_obs.slo import SloEngine, SloReport, load_slo_file
+from ark_obs.state_revisions import AnomalyList, RevisionChecker, backend_for
 from ark_obs.traces import SPAN_METRIC, StoreUnavailable, TraceMonitor, TraceStatus
 
 __all__ = ["BackgroundHook", "Service", "build_collector", "create_app", "freeze_long_lived_objects"]
@@ -116,6 +117,13 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
     collector.heartbeats = heartbeats
     specs = None if settings.slo_file is None else load_slo_file(settings.slo_file, collector.registry)
     collector.slos = SloEngine(collector, specs)
+    collector.revisions = RevisionChecker(
+        collector.registry,
+        backend=backend_for(traces.store, settings.state_revision_max_keys),
+        max_keys=settings.state_revision_max_keys,
+        recent_max=settings.state_revision_recent_max,
+        clock=collector.clock,
+    )
     return collector, (heartbeats, traces)
 
 
@@ -569,6 +577,13 @@ def create_app(
         if refused:
             raise HTTPException(503, f"heartbeat not recorded ({refused[0]})", headers={"Retry-After": "1"})
         return HeartbeatOut(agent=agent, at=collector.clock())
+
+    @app.get("/state/anomalies", response_model=AnomalyList, summary="Recent state revision anomalies")
+    async def state_anomalies(
+        limit: Annotated[int | None, Query(ge=1, le=100_000, description="Most anomalies to list.")] = None,
+    ) -> AnomalyList:
+        """The most recent state revisions that broke their key's history (gap, regression, duplicate), newest first."""
+        return collector.revisions.listing(limit)
 
     # the live status page at / and its data at /status.json: no Grafana needed to see the pipeline
     app.include_router(status_page.router(collector))

@@ -186,6 +186,13 @@ ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS = gauge(
     collected=True,
 )
 
+# --- state history ------------------------------------------------------------------------------------
+ARK_STATE_REVISION_ANOMALIES_TOTAL = counter(
+    "ark_state_revision_anomalies_total",
+    "State revisions that did not follow their key's last one: gap, regression or duplicate (ark_obs.state_revisions).",
+    labels=("agent", "kind"),
+)
+
 # --- SLOs, evaluated at scrape time ------------------------------------------------------------------
 ARK_SLO_VALUE = gauge("ark_slo_value", "Current value of an SLO's indicator.", labels=("slo",), collected=True)
 ARK_SLO_OBJECTIVE = gauge("ark_slo_objective", "An SLO's objective.", labels=("slo",), collected=True)
@@ -266,6 +273,7 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ARK_AGENT_LAST_HEARTBEAT_TIMESTAMP_SECONDS,
     ARK_AGENT_UP,
     ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS,
+    ARK_STATE_REVISION_ANOMALIES_TOTAL,
     ARK_SLO_VALUE,
     ARK_SLO_OBJECTIVE,
     ARK_SLO_MET,

@@ -4,6 +4,7 @@
     ark-obs check-config [--env-file F]     report every bad setting at once; exit status 2 if any
     ark-obs synthetic [--rate R] [...]      the seed's validation loop, with a report (exit 1 on a failure)
     ark-obs canary-check --prometheus URL   canary vs baseline verdict: exit 0 pass, 1 fail, 2 inconclusive
+    ark-obs validate --synthetic | --plan F post-deploy validation: exit 0 pass, 1 a step failed, 2 inconclusive
 
 A subcommand is one decorated function: ``@command(name, help, arg(...), ...)`` above
 ``def run(args) -> int`` registers its parser, its arguments and what it runs.
@@ -28,6 +29,7 @@ from pydantic import ValidationError
 
 from ark_obs import __version__, canary, synthetic
 from ark_obs.settings import Problem, Settings, env_name
+from ark_obs.validate import command as validate_command
 
 log = logging.getLogger("ark_obs.cli")
 
@@ -367,6 +369,9 @@ command("synthetic", synthetic.HELP, *(arg(*flags, **options) for flags, options
     synthetic.main
 )
 command("canary-check", canary.HELP, *(arg(*flags, **options) for flags, options in canary.ARGUMENTS))(canary.main)
+command("validate", validate_command.HELP, *(arg(*f, **o) for f, o in validate_command.ARGUMENTS))(
+    validate_command.main
+)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,6 +41,7 @@ from ark_obs.window import TICKER, Clock, Reading, Window, histogram_quantile
 if TYPE_CHECKING:
     from ark_obs.heartbeat import HeartbeatMonitor
     from ark_obs.slo import SloEngine, SloReport
+    from ark_obs.state_revisions import RevisionChecker
     from ark_obs.traces import TraceMonitor, TraceReport
 
 __all__ = [
@@ -116,6 +117,7 @@ class MetricsCollector:
         self._traces: TraceMonitor | None = None
         self._heartbeats: HeartbeatMonitor | None = None
         self._slos: SloEngine | None = None
+        self._revisions: RevisionChecker | None = None
         if is_multiprocess():
             # files of earlier runs persist: their totals are a baseline, not recent events
             self.window.prime(self._multiprocess_readings())
@@ -388,6 +390,21 @@ class MetricsCollector:
     @slos.setter
     def slos(self, engine: SloEngine) -> None:
         self._slos = engine
+
+    @property
+    def revisions(self) -> RevisionChecker:
+        """State revision continuity (ark_obs.state_revisions), in memory unless replaced."""
+        if self._revisions is None:
+            from ark_obs.state_revisions import RevisionChecker, backend_for
+
+            # with a shared (Redis) trace store, revisions are checked across processes too
+            store = self._traces.store if self._traces is not None else None
+            self._revisions = RevisionChecker(self.registry, backend=backend_for(store), clock=self.clock)
+        return self._revisions
+
+    @revisions.setter
+    def revisions(self, checker: RevisionChecker) -> None:
+        self._revisions = checker
 
     def record_trace_span(
         self,

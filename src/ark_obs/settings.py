@@ -164,6 +164,18 @@ class Settings(BaseSettings):
     )
     log_level: LogLevel = Field(default="info", description="Log level of the service.")
 
+    # state history (ark_obs.state_revisions) -------------------------------------------------------
+    state_revision_max_keys: int = Field(
+        default=100_000,
+        ge=1,
+        le=100_000_000,
+        description="State keys whose last revision is kept for the continuity check; the least recently "
+        "written is forgotten beyond (counted in ark_obs_dropped_total).",
+    )
+    state_revision_recent_max: int = Field(
+        default=100, ge=1, le=100_000, description="Revision anomalies GET /state/anomalies keeps (newest)."
+    )
+
     # validators ------------------------------------------------------------------------------------
     @field_validator("pipeline", "redis_streams", mode="before")
     @classmethod

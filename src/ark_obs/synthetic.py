@@ -26,6 +26,10 @@ Faults (``--fault``, repeatable) and what the report then expects:
   missed heartbeat.
 - ``drop:AGENT``: AGENT's span is lost for ``--drop-share`` of the passes (default 0.1): those traces
   must be reported incomplete with exactly AGENT missing, and every other trace complete.
+- ``skip-revision``: Kenny's state manager skips a revision on every ``SKIP_REVISION_EVERY``-th write
+  (Kenny writes ``position:SYMBOL`` after each execution, with ``track_state_operation(..., key=,
+  revision=)``). Without it every key's revisions must be contiguous; with it the revision checker must
+  have counted a gap.
 
 The report judges the run against the seed's validation criteria, plus one per injected fault:
 
@@ -71,7 +75,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from ark_obs import catalog
-from ark_obs.instrumentation import instrument_agent_method, with_trace_id
+from ark_obs.instrumentation import instrument_agent_method, track_state_operation, with_trace_id
 from ark_obs.metrics import MetricsCollector
 
 if TYPE_CHECKING:
@@ -86,6 +90,7 @@ __all__ = [
     "Criterion",
     "InjectedFault",
     "LatencyModel",
+    "PipelineControls",
     "SilenceResult",
     "SyntheticConfig",
     "SyntheticHandle",
@@ -116,6 +121,7 @@ SCHEDULING_SLACK_SECONDS: Final = 0.1  # a GC pause or a busy neighbour is not f
 MAX_HTTP_BATCH: Final = 5_000
 HTTP_FLUSH_SECONDS: Final = 0.1
 MAX_HTTP_CHECKS_PER_SECOND: Final = 200  # traces validated over HTTP (a random sample beyond this)
+SKIP_REVISION_EVERY: Final = 10  # --fault skip-revision: every 10th state write skips a revision
 HELP: Final = "Drive simulated, instrumented agents through the pipeline and check the seed's criteria."
 
 
@@ -163,12 +169,12 @@ DEFAULT_LATENCIES: Final[Mapping[str, LatencyModel]] = {
     "Aletheia": LatencyModel(10.0),
 }
 
-FaultKind = Literal["kenny-errors", "silence", "drop"]
+FaultKind = Literal["kenny-errors", "silence", "drop", "skip-revision"]
 
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """An injected fault: ``kenny-errors``, ``silence:AGENT`` or ``drop:AGENT``."""
+    """An injected fault: ``kenny-errors``, ``skip-revision``, ``silence:AGENT`` or ``drop:AGENT``."""
 
     kind: FaultKind
     agent: str = "Kenny"
@@ -177,16 +183,16 @@ class Fault:
     def parse(cls, text: str, pipeline: Sequence[str] = PIPELINE) -> Fault:
         """Parse the ``--fault`` syntax; unknown kinds and agents raise ValueError naming the choices."""
         kind, _, agent = text.strip().partition(":")
-        if kind == "kenny-errors" and not agent:
-            return cls("kenny-errors", "Kenny")
+        if kind in ("kenny-errors", "skip-revision") and not agent:
+            return cls(kind, "Kenny")  # type: ignore[arg-type]
         if kind in ("silence", "drop") and agent:
             if agent not in pipeline:
                 raise ValueError(f"--fault {text}: unknown agent {agent!r}; agents: {', '.join(pipeline)}")
             return cls(kind, agent)  # type: ignore[arg-type]
-        raise ValueError(f"--fault {text!r}: expected kenny-errors, silence:AGENT or drop:AGENT")
+        raise ValueError(f"--fault {text!r}: expected kenny-errors, silence:AGENT or drop:AGENT, or skip-revision")
 
     def __str__(self) -> str:
-        return "kenny-errors" if self.kind == "kenny-errors" else f"{self.kind}:{self.agent}"
+        return self.kind if self.kind in ("kenny-errors", "skip-revision") else f"{self.kind}:{self.agent}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -595,6 +601,7 @@ class RunState:
         self.unexpected_missing: Counter[str] = Counter()
         self.example_trace_id: str | None = None
         self.silent: set[str] = set()
+        self.revision_anomalies = 0
 
     def unexpected_error(self, where: str, exc: BaseException) -> None:
         """Count an error nothing injected (kinds beyond MAX_ERROR_KINDS are lumped together)."""
@@ -633,9 +640,10 @@ class RunState:
 class Watchdog:
     """The simulated ARK Watchdog: quarantines an agent after consecutive errors, for a while."""
 
-    def __init__(self, collector: MetricsCollector, state: RunState) -> None:
+    def __init__(self, collector: MetricsCollector, state: RunState, controls: PipelineControls | None = None) -> None:
         self._quarantines = collector.metric(catalog.WATCHDOG_QUARANTINES_TOTAL.name)
         self._state = state
+        self._controls = controls or PipelineControls()
         self._errors: Counter[str] = Counter()
         self._until: dict[str, float] = {}
 
@@ -647,7 +655,7 @@ class Watchdog:
     def failure(self, agent: str, reason: str) -> None:
         """An agent failed; the third failure in a row quarantines it."""
         self._errors[agent] += 1
-        if self._errors[agent] >= QUARANTINE_AFTER_ERRORS:
+        if self._errors[agent] >= QUARANTINE_AFTER_ERRORS and not self._controls.watchdog_off:
             self._errors[agent] = 0
             self._until[agent] = time.monotonic() + QUARANTINE_SECONDS
             self._quarantines.labels(agent, reason).inc()
@@ -659,6 +667,25 @@ class Watchdog:
 
 
 # --- the agents -----------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class PipelineControls:
+    """Switches a running pipeline reads at every pass: the injections and faults ``ark-obs validate`` flips.
+
+    Mutable on purpose: a validation step turns Kenny's errors on while the loop runs. The faults that
+    break a safeguard (``hrm_allows``, ``watchdog_off``) exist to prove that validation notices.
+    """
+
+    kenny_errors: bool = False
+    skip_revision: bool = False
+    hrm_allows: bool = False  # HRM approves every action: known-bad ones get through
+    watchdog_off: bool = False  # the Watchdog never quarantines
+
+    @classmethod
+    def from_config(cls, config: SyntheticConfig) -> PipelineControls:
+        """The switches ``config``'s faults set."""
+        return cls(kenny_errors=config.has("kenny-errors"), skip_revision=config.has("skip-revision"))
+
+
 @dataclass(frozen=True, slots=True)
 class AgentContext:
     """What every simulated agent shares in a run."""
@@ -667,6 +694,7 @@ class AgentContext:
     config: SyntheticConfig
     target: Target
     rng: random.Random
+    controls: PipelineControls = field(default_factory=PipelineControls)
 
 
 class Agent:
@@ -771,7 +799,9 @@ class Hrm(Agent):
     async def _evaluate(self, action: Action, trace_id: str | None = None) -> Verdict:
         at, started = time.time(), perf_counter()
         await self._work()
-        violations = tuple(r.rule_id for r in self.rules if r.violated_by(action))
+        violations = (
+            () if self.ctx.controls.hrm_allows else tuple(r.rule_id for r in self.rules if r.violated_by(action))
+        )
         for rule_id in violations:
             self._denials.labels(rule_id, action.agent).inc()
         self._record_span(str(trace_id), action.signal, at, started, True)
@@ -793,7 +823,9 @@ class Kenny(Agent):
     def __init__(self, ctx: AgentContext) -> None:
         super().__init__(ctx)
         self.execute = self._instrument(self._execute, *self._default_metrics())
-        self._fail = ctx.config.has("kenny-errors")
+        self._controls = ctx.controls
+        self._revisions: dict[str, int] = {}
+        self._writes = 0
         self._outcomes: deque[bool] = deque(maxlen=100)
         self._successes = 0
         self._rate = ctx.collector.metric(catalog.KENNY_EXEC_SUCCESS_RATE.name)
@@ -806,14 +838,27 @@ class Kenny(Agent):
             if not verdict.approved:  # a denied action is acknowledged, never executed
                 ok = True
                 return Execution(verdict, "denied")
-            if self._fail:
+            if self._controls.kenny_errors:
                 self._executed(False)
                 raise InjectedFault("injected fault: Kenny's execution was rejected")
             self._executed(True)
+            self._write_position(verdict.action.symbol)
             ok = True
             return Execution(verdict, "executed")
         finally:
             self._record_span(str(trace_id), verdict.action.signal, at, started, ok)
+
+    def _write_position(self, symbol: str) -> None:
+        # the Mutable Core write after an execution: the key's next revision (or one further, as injected)
+        started = perf_counter()
+        key = f"position:{symbol}"
+        self._writes += 1
+        skip = self._controls.skip_revision and self._writes % SKIP_REVISION_EVERY == 0
+        revision = self._revisions[key] = self._revisions.get(key, 0) + (2 if skip else 1)
+        track_state_operation(
+            "write", self.name, (perf_counter() - started) * 1000.0, key=key, revision=revision,
+            collector=self.ctx.collector,
+        )  # fmt: skip
 
     def _executed(self, ok: bool) -> None:
         outcomes = self._outcomes
@@ -861,7 +906,7 @@ class Pipeline:
         self.kyle, self.joey, self.hrm = Kyle(ctx), Joey(ctx), Hrm(ctx)
         self.kenny, self.aletheia = Kenny(ctx), Aletheia(ctx)
         self.agents: tuple[Agent, ...] = (self.kyle, self.joey, self.hrm, self.kenny, self.aletheia)
-        self.watchdog = Watchdog(ctx.collector, state)
+        self.watchdog = Watchdog(ctx.collector, state, ctx.controls)
         self._drop_agents = ctx.config.fault_agents("drop")
         # the pass's decorator mints and binds the trace id, and observes ark_pass_latency_ms with it
         self.run_pass = instrument_agent_method(
@@ -934,7 +979,8 @@ async def run_loop(
     else:
         target = HttpTarget(config.target, config.token or os.environ.get("ARK_OBS_INGEST_TOKEN"), state.unexpected)
     rng = random.Random(config.seed)
-    pipeline = Pipeline(AgentContext(collector, config, target, rng), state)
+    pipeline = Pipeline(AgentContext(collector, config, target, rng, PipelineControls.from_config(config)), state)
+    anomalies_before = revision_anomalies(collector, "Kenny")
     silence = {
         agent: _SilenceWatch(agent, config.heartbeat_interval_seconds) for agent in config.fault_agents("silence")
     }
@@ -1044,7 +1090,16 @@ async def run_loop(
         await target.aclose()
         if on_progress is not None:
             on_progress(state)
+    state.revision_anomalies = revision_anomalies(collector, "Kenny") - anomalies_before
     return _report(config, state, collector, tuple(w.result() for w in silence.values()), target.name)
+
+
+def revision_anomalies(collector: MetricsCollector, agent: str) -> int:
+    """How many state revision anomalies ``agent``'s writes have caused on ``collector``."""
+    from ark_obs.state_revisions import AnomalyKind
+
+    metric = collector.metric(catalog.ARK_STATE_REVISION_ANOMALIES_TOTAL.name)
+    return int(sum(metric.labels(agent, kind.value).get() for kind in AnomalyKind))
 
 
 def in_process_collector(config: SyntheticConfig) -> MetricsCollector:
@@ -1206,6 +1261,16 @@ def _report(
                 ),
             )
         )
+    if config.has("skip-revision"):
+        criteria.append(
+            Criterion("revision gaps detected", state.revision_anomalies > 0,
+                      f"{state.revision_anomalies} anomalies counted after injected skips")
+        )  # fmt: skip
+    else:
+        criteria.append(
+            Criterion("state revisions contiguous", state.revision_anomalies == 0,
+                      f"{state.revision_anomalies} anomalies in Kenny's state writes")
+        )  # fmt: skip
     if config.has("kenny-errors"):
         n = state.quarantines["Kenny"]
         criteria.append(Criterion("Watchdog quarantined Kenny", n > 0, f"{n} quarantine(s) after injected errors"))
@@ -1408,7 +1473,7 @@ ARGUMENTS: Final[tuple[tuple[tuple[str, ...], dict[str, Any]], ...]] = (
     (("--bad-share",), {"type": _share, "default": 0.05,
                         "help": "share of passes carrying a known-bad action HRM must deny (default 0.05)"}),
     (("--fault",), {"type": _fault, "action": "append", "default": [], "metavar": "FAULT",
-                    "help": "inject a fault (repeatable): kenny-errors, silence:AGENT, drop:AGENT"}),
+                    "help": "inject a fault (repeatable): kenny-errors, skip-revision, silence:AGENT, drop:AGENT"}),
     (("--drop-share",), {"type": _share, "default": 0.1,
                          "help": "share of passes whose span a drop:AGENT fault loses (default 0.1)"}),
     (("--target",), {"default": "in-process",
