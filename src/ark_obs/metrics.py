@@ -36,11 +36,11 @@ from ark_obs.registry import (
     is_multiprocess,
     multiprocess_dir,
 )
+from ark_obs.slo import ProcessQuarantines, SloCollector, SloEngine, SloReport
 from ark_obs.window import TICKER, Clock, Reading, Window, histogram_quantile
 
 if TYPE_CHECKING:
     from ark_obs.heartbeat import HeartbeatMonitor
-    from ark_obs.slo import SloEngine, SloReport
     from ark_obs.state_revisions import RevisionChecker
     from ark_obs.traces import TraceMonitor, TraceReport
 
@@ -123,8 +123,6 @@ class MetricsCollector:
             self.window.prime(self._multiprocess_readings())
         if ticker:
             TICKER.add(self)
-        from ark_obs.collector import ProcessQuarantines, SloCollector
-
         # the scrape-time SLO families are there from the first scrape, not after a first check_slos()
         SloCollector.attach_default(self)
         if catalog.WATCHDOG_QUARANTINES_TOTAL.name in self.registry:
@@ -382,8 +380,6 @@ class MetricsCollector:
     def slos(self) -> SloEngine:
         """The SLO engine (ark_obs.slo), with the seed's four SLOs unless replaced."""
         if self._slos is None:
-            from ark_obs.slo import SloEngine
-
             self._slos = SloEngine(self)
         return self._slos
 
