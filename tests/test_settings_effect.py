@@ -446,10 +446,10 @@ async def _store_timeout(env: Env) -> None:
     slow_url = f"redis://127.0.0.1:{slow.port}/{url.rsplit('/', 1)[1]}"
     try:
         async with env.app(trace_store=slow_url, redis_streams=STREAM, store_timeout_seconds="3") as c:
-            r = await c.post("/spans", json={"spans": [{"trace_id": TRACE, "agent": "Kyle"}]})
-            assert r.status_code == 200, r.text
             text = (await c.get("/metrics", params={"name[]": "redis_stream_depth"})).text
             assert sample_values(text, "redis_stream_depth", stream=STREAM) == [2.0], text
+            r = await c.post("/spans", json={"spans": [{"trace_id": TRACE, "agent": "Kyle"}]})
+            assert r.status_code == 200, r.text
         async with env.app(trace_store=slow_url, store_timeout_seconds="0.1") as c:
             r = await c.post("/spans", json={"spans": [{"trace_id": OTHER, "agent": "Kyle"}]})
             assert r.status_code == 503, r.text
