@@ -73,11 +73,20 @@ class Env:
         return self.request.getfixturevalue(name)
 
     @asynccontextmanager
-    async def app(self, **env: str) -> AsyncIterator[httpx.AsyncClient]:
-        """The in-process service configured the way ``serve`` is: environment -> load_settings -> create_app."""
-        for name, value in env.items():
-            self.monkeypatch.setenv(env_name(name), value)
-        settings, problems = load_settings(Path(".env"))  # the working directory has no .env
+    async def app(self, dotenv: bool = False, **env: str) -> AsyncIterator[httpx.AsyncClient]:
+        """The in-process service configured the way ``serve`` is: environment -> load_settings -> create_app.
+
+        ``dotenv``: write the variables to ./.env (which ``serve`` reads too) instead of the process
+        environment, for settings the trace monitor would also read from ``os.environ`` by itself: only
+        there does dropping them from the service's wiring change what the service does.
+        """
+        if dotenv:
+            lines = [f"{env_name(name)}={value}" for name, value in env.items()]
+            (self.tmp_path / ".env").write_text("\n".join(lines) + "\n")
+        else:
+            for name, value in env.items():
+                self.monkeypatch.setenv(env_name(name), value)
+        settings, problems = load_settings(Path(".env"))
         assert settings is not None and problems == [], problems
         app = create_app(settings)
         try:
@@ -324,8 +333,8 @@ async def _max_series(env: Env) -> None:
 
 @case("trace_ttl_seconds")
 async def _trace_ttl(env: Env) -> None:
-    """ARK_OBS_TRACE_TTL_SECONDS=0.2: a trace missing agents is listed as incomplete within seconds."""
-    async with env.app(trace_ttl_seconds="0.2") as c:
+    """ARK_OBS_TRACE_TTL_SECONDS=0.2 (in .env): a trace missing agents is listed as incomplete within seconds."""
+    async with env.app(dotenv=True, trace_ttl_seconds="0.2") as c:
         spans = [{"trace_id": TRACE, "agent": a} for a in ("Kyle", "Joey")]
         assert (await c.post("/spans", json={"spans": spans})).status_code == 200
 
@@ -338,8 +347,8 @@ async def _trace_ttl(env: Env) -> None:
 
 @case("max_in_flight_traces")
 async def _max_in_flight(env: Env) -> None:
-    """ARK_OBS_MAX_IN_FLIGHT_TRACES=2: a third open trace evicts the oldest (counted as capacity)."""
-    async with env.app(max_in_flight_traces="2") as c:
+    """ARK_OBS_MAX_IN_FLIGHT_TRACES=2 (in .env): a third open trace evicts the oldest (counted as capacity)."""
+    async with env.app(dotenv=True, max_in_flight_traces="2") as c:
         for trace_id in (TRACE, OTHER, THIRD):
             assert (await c.post(f"/traces/{trace_id}/spans", json={"agent": "Kyle"})).status_code == 200
         text = (await c.get("/metrics")).text
@@ -351,8 +360,9 @@ async def _max_in_flight(env: Env) -> None:
 
 @case("pipeline")
 async def _pipeline(env: Env) -> None:
-    """ARK_OBS_PIPELINE=Alpha,Beta: a trace through Alpha and Beta is complete (the seed's five are not asked)."""
-    async with env.app(pipeline="Alpha, Beta") as c:
+    """ARK_OBS_PIPELINE=Alpha,Beta (in .env): a trace through Alpha and Beta is complete (the seed's five
+    are not asked)."""
+    async with env.app(dotenv=True, pipeline="Alpha, Beta") as c:
         spans = [{"trace_id": TRACE, "agent": a} for a in ("Alpha", "Beta")]
         assert (await c.post("/spans", json={"spans": spans})).status_code == 200
         report = (await c.get(f"/traces/{TRACE}")).json()
