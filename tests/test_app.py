@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -620,16 +621,18 @@ def test_every_route_has_a_response_model() -> None:
 
 
 # --- lifecycle -------------------------------------------------------------------------------------
-async def test_background_hooks_start_and_are_cancelled() -> None:
+async def test_background_hooks_start_and_are_cancelled(caplog: pytest.LogCaptureFixture) -> None:
     """A background hook runs once the app is up, sees the service, and is cancelled at shutdown;
-    a failing hook is logged without taking the app down."""
+    a failing hook is logged (its name and its exception, at ERROR) without taking the app down."""
     events: list[str] = []
+    beat = asyncio.Event()
 
     async def ticker(service: Service) -> None:
         events.append(f"start {service.settings.port}")
         try:
             while True:
                 service.collector.record_heartbeat("Synthetic")
+                beat.set()
                 await asyncio.sleep(0.01)
         except asyncio.CancelledError:
             events.append("cancelled")
@@ -638,13 +641,24 @@ async def test_background_hooks_start_and_are_cancelled() -> None:
     async def broken(service: Service) -> None:
         raise RuntimeError("hook failed")
 
+    def failure_logged() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "ark_obs.app" and "background hook" in r.getMessage()]
+
+    caplog.set_level(logging.ERROR, logger="ark_obs.app")
     app = create_app(settings(), background=[ticker, broken])
     async with serve(app) as c:
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(beat.wait(), 10)
+        deadline = time.monotonic() + 10
+        while not failure_logged() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         assert (await c.get("/healthz")).status_code == 200
         fams = families((await c.get("/metrics", params={"name[]": "ark_agent_up"})).text)
         assert fams["ark_agent_up"].samples[0].labels == {"agent": "Synthetic"}
     assert events == ["start 9871", "cancelled"]
+    (record,) = failure_logged()
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == "background hook broken failed"
+    assert record.exc_info is not None and repr(record.exc_info[1]) == "RuntimeError('hook failed')"
 
 
 async def test_shutdown_flushes_buffered_spans(redis_url: str) -> None:
