@@ -195,7 +195,9 @@ async def _shutdown_timeout(env: Env) -> None:
     wait_healthy(proc, log, url)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         # headers and a 10-byte start of a 1,000-byte body: the request stays in flight
-        sock.sendall(b"POST /spans HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+        sock.sendall(
+            b"POST /spans HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        )
         sock.sendall(b'{"spans": ')
         # a later request answered means the server has read the earlier one's headers
         assert httpx.get(url + "/healthz", timeout=10).status_code == 200
@@ -244,7 +246,8 @@ async def _slo_file(env: Env) -> None:
     """ARK_OBS_SLO_FILE: /slos evaluates that file's SLOs instead of the four defaults."""
     path = env.tmp_path / "slos.yaml"
     path.write_text(
-        "slos:\n  - id: fast_hrm\n    kind: latency\n    metric: hrm_eval_latency_ms\n    threshold: 100\n    window: 1m\n"
+        "slos:\n  - id: fast_hrm\n    kind: latency\n    metric: hrm_eval_latency_ms\n"
+        "    threshold: 100\n    window: 1m\n"
     )
     async with env.app(slo_file=str(path)) as c:
         body = (await c.get("/slos")).json()
@@ -264,6 +267,7 @@ async def _ingest_token(env: Env) -> None:
 async def _max_body_bytes(env: Env) -> None:
     """ARK_OBS_MAX_BODY_BYTES=2048: a body over 2,048 bytes gets 413 naming the limit; one under it is read."""
     async with env.app(max_body_bytes="2048") as c:
+
         def body(n: int) -> bytes:
             return json.dumps({"spans": [{"trace_id": TRACE, "agent": "Kyle", "duration_ms": 1.5}] * n}).encode()
 
