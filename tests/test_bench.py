@@ -7,9 +7,8 @@ import types
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import bench.__main__ as bench_main
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
