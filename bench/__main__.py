@@ -65,5 +65,6 @@ def main(argv: list[str]) -> int:
         console.print(f"  {line}", markup=False, highlight=False)
     return 1
 
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
