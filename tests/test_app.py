@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -221,25 +222,28 @@ async def test_metrics_name_filter_rejects_non_metric_names(client: httpx.AsyncC
 
 
 async def test_metrics_exposition_does_not_block_the_loop() -> None:
-    """A slow exposition runs in a worker thread: /healthz answers while a 0.5 s scrape is in progress."""
+    """A slow exposition runs in a worker thread: /healthz answers while a scrape is stuck collecting."""
+    collecting, release = threading.Event(), threading.Event()
 
     class Slow:
         def describe(self) -> list[Any]:
             return []
 
         def collect(self) -> Any:
-            time.sleep(0.5)
+            collecting.set()
+            release.wait(10)  # held until the test has its /healthz answer
             yield GaugeMetricFamily("slow_gauge", "A collector that takes its time.", value=1)
 
     collector = manual_collector(FakeClock())
     collector.add_collector(Slow())
     async with serve(create_app(settings(), collector)) as c:
         scrape = asyncio.create_task(c.get("/metrics"))
-        await asyncio.sleep(0.05)
-        started = time.perf_counter()
-        assert (await c.get("/healthz")).status_code == 200
-        assert time.perf_counter() - started < 0.25
-        assert not scrape.done()
+        assert await asyncio.to_thread(collecting.wait, 10), "the scrape never started collecting"
+        try:
+            assert (await c.get("/healthz")).status_code == 200
+            assert not scrape.done() and not release.is_set()  # answered while the scrape was still held
+        finally:
+            release.set()
         assert "slow_gauge 1.0" in (await scrape).text
 
 
