@@ -40,7 +40,7 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 
 def test_readme_configuration_names_every_setting() -> None:
-    """Every ARK_OBS_* setting (service and canary) is in the README with its default."""
+    """Every ARK_OBS_* setting (service and canary) has a row in the README (its default: the test below)."""
     from ark_obs.canary import CanaryConfig
     from ark_obs.settings import Settings
 
