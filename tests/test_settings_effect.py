@@ -68,6 +68,7 @@ class Env:
     monkeypatch: pytest.MonkeyPatch
     tmp_path: Path
     processes: list[subprocess.Popen[bytes]]
+    service: Any = None  # what the last in-process app serves (ark_obs.app.Service)
 
     def fixture(self, name: str) -> Any:
         return self.request.getfixturevalue(name)
@@ -89,6 +90,7 @@ class Env:
         settings, problems = load_settings(Path(".env"))
         assert settings is not None and problems == [], problems
         app = create_app(settings)
+        self.service = app.state.service
         try:
             async with app.router.lifespan_context(app):
                 transport = httpx.ASGITransport(app=app)
@@ -307,8 +309,7 @@ async def _slice_seconds(env: Env) -> None:
     half the retention is refused by the settings check ``serve`` runs."""
     async with env.app(slice_seconds="2.5") as c:
         assert (await c.get("/healthz")).status_code == 200
-        served = c._transport.app.state.service.collector  # type: ignore[attr-defined]
-        assert served.window.slice == 2.5
+        assert env.service.collector.window.slice == 2.5
     env.monkeypatch.setenv(env_name("slice_seconds"), "2000")
     _, problems = load_settings(Path(".env"))
     assert [p.setting for p in problems] == ["ARK_OBS_SLICE_SECONDS"]
