@@ -6,15 +6,18 @@ import asyncio
 import logging
 import math
 import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from ark_obs import catalog, metrics
+from ark_obs import catalog, metrics, registry
 from ark_obs.context import bind_trace_id
 from ark_obs.metrics import MetricsCollector
-from ark_obs.registry import LabelError, MetricTypeError, UnknownMetricError
+from ark_obs.registry import EXEMPLAR_REFRESH_SECONDS, LabelError, MetricTypeError, UnknownMetricError
 from plugins.clock import FakeClock as Clock
 
 
@@ -169,6 +172,55 @@ def test_bound_trace_id_is_the_exemplar(collector: MetricsCollector) -> None:
         collector.observe_histogram("hrm_eval_latency_ms", 80.0)
     text = openmetrics_latest(collector.registry.prometheus).decode()
     assert 'trace_id="4bf92f3577b34da6a3ce929d0e0e4736"' in text
+
+
+def bucket_exemplars(c: MetricsCollector, family: str) -> dict[str, tuple[str, float]]:
+    """``le`` -> (trace id, observed value) of every bucket of ``family`` that carries an exemplar."""
+    text = openmetrics_latest(c.registry.prometheus).decode()
+    (fam,) = [f for f in parse_openmetrics(text) if f.name == family]
+    return {
+        s.labels["le"]: (s.exemplar.labels["trace_id"], s.exemplar.value)
+        for s in fam.samples
+        if s.name == f"{family}_bucket" and s.exemplar is not None
+    }
+
+
+@pytest.fixture
+def exemplar_clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The clock the exemplar refresh reads (the registry's ``time.monotonic``), moved by the test."""
+    clock = Clock(5_000.0)
+    monkeypatch.setattr(registry, "time", SimpleNamespace(monotonic=clock, time=time.time))
+    return clock
+
+
+def test_exemplar_is_refreshed_once_per_interval_per_bucket(collector: MetricsCollector, exemplar_clock: Clock) -> None:
+    """A bucket's exemplar is kept for EXEMPLAR_REFRESH_SECONDS (newer traces in that bucket do not
+    replace it), then the first observation at or after the interval replaces it with its own trace
+    id and value; each bucket has its own interval."""
+    assert EXEMPLAR_REFRESH_SECONDS == 1.0  # the README's "at most once a second per bucket"
+    observe = collector.observe_histogram
+    observe("ark_pass_latency_ms", 285.3, labels={"trace_id": "trace-a"})
+    assert bucket_exemplars(collector, "ark_pass_latency_ms") == {"300.0": ("trace-a", 285.3)}
+
+    exemplar_clock.advance(EXEMPLAR_REFRESH_SECONDS - 0.001)
+    observe("ark_pass_latency_ms", 290.0, labels={"trace_id": "trace-b"})  # too soon: not more often
+    assert bucket_exemplars(collector, "ark_pass_latency_ms") == {"300.0": ("trace-a", 285.3)}
+
+    exemplar_clock.advance(0.001)  # the interval has passed: the next trace becomes the exemplar
+    observe("ark_pass_latency_ms", 295.0, labels={"trace_id": "trace-c"})
+    assert bucket_exemplars(collector, "ark_pass_latency_ms") == {"300.0": ("trace-c", 295.0)}
+
+    # same instant: this bucket was just refreshed, another bucket takes its first exemplar at once
+    observe("ark_pass_latency_ms", 296.0, labels={"trace_id": "trace-d"})
+    observe("ark_pass_latency_ms", 40.0, labels={"trace_id": "trace-e"})
+    ex = bucket_exemplars(collector, "ark_pass_latency_ms")
+    assert ex["300.0"] == ("trace-c", 295.0)
+    assert [v for k, v in ex.items() if k != "300.0"] == [("trace-e", 40.0)]
+
+    exemplar_clock.advance(10 * EXEMPLAR_REFRESH_SECONDS)  # long after: still refreshed, not kept forever
+    with bind_trace_id("4bf92f3577b34da6a3ce929d0e0e4736"):
+        observe("ark_pass_latency_ms", 299.0)
+    assert bucket_exemplars(collector, "ark_pass_latency_ms")["300.0"] == ("4bf92f3577b34da6a3ce929d0e0e4736", 299.0)
 
 
 def test_ten_threads_count_exactly(collector: MetricsCollector) -> None:

@@ -1,17 +1,21 @@
 """schemathesis over the app's OpenAPI schema: no input makes a 5xx or a response that breaks the schema.
 
-Bounded (a few dozen examples per operation, a couple of thousand requests in all) so it runs in
-well under a minute; both the open app and one with an ingest token are explored.
+Bounded (``ARK_OBS_SCHEMA_EXAMPLES`` examples per operation, 12 by default) so it runs in well under
+a minute; both the open app and one with an ingest token are explored.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from openapi_spec_validator import OpenAPIV31SpecValidator, validate
+from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+from referencing.exceptions import Unresolvable
 from schemathesis.config import SchemathesisConfig
 from schemathesis.config._checks import (
     NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES,
@@ -71,10 +75,16 @@ def test_guarded_app_with_token_conforms(case: Any) -> None:
 
 
 def test_schema_is_valid_openapi() -> None:
-    """The schema lists every endpoint and carries this app's batch limit."""
-    schema = _open.openapi()
-    assert schema["components"]["schemas"]["SpanBatch"]["properties"]["spans"]["maxItems"] == 20
-    paths = set(schema["paths"])
+    """Both apps' schemas are valid OpenAPI 3.1 (openapi-spec-validator: structure, every $ref resolves,
+    parameters, responses), list every endpoint, and carry the app's own batch limit."""
+    for app in (_open, _guarded):
+        schema = app.openapi()
+        assert schema["openapi"].startswith("3.1.")
+        validate(schema, cls=OpenAPIV31SpecValidator)  # raises on the first problem, naming it
+    assert _open.openapi()["components"]["schemas"]["SpanBatch"]["properties"]["spans"]["maxItems"] == 20
+    assert _guarded.openapi()["components"]["schemas"]["SpanBatch"]["properties"]["spans"]["maxItems"] == 10_000
+    paths = set(_open.openapi()["paths"])
+    assert paths == set(_guarded.openapi()["paths"])
     assert paths == {
         "/",
         "/status.json",
@@ -92,6 +102,19 @@ def test_schema_is_valid_openapi() -> None:
         "/canary/analysis",
         "/state/anomalies",
     }
+
+
+def test_schema_validator_catches_a_broken_schema() -> None:
+    """The validator the test above relies on rejects a dangling $ref and a response without a description."""
+    schema = copy.deepcopy(_open.openapi())
+    ok = schema["paths"]["/slos"]["get"]["responses"]["200"]
+    ok["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/NoSuchModel"}
+    with pytest.raises(Unresolvable, match="NoSuchModel"):
+        validate(schema, cls=OpenAPIV31SpecValidator)
+    schema = copy.deepcopy(_open.openapi())
+    del schema["paths"]["/healthz"]["get"]["responses"]["200"]["description"]
+    with pytest.raises(OpenAPIValidationError, match="description"):
+        validate(schema, cls=OpenAPIV31SpecValidator)
 
 
 @pytest.fixture(autouse=True, scope="module")

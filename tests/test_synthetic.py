@@ -171,8 +171,11 @@ def test_dropped_spans_make_exactly_the_injected_traces_incomplete() -> None:
     assert report.passed, [c for c in report.criteria if not c.passed]
     assert 10 <= report.traces_incomplete_expected <= 60
     assert report.traces_complete + report.traces_incomplete_expected == report.passes
-    time.sleep(0.3)
-    c.traces.sweep()
+    deadline = time.monotonic() + 10  # every trace is finalized once its 0.2 s TTL has passed
+    while (sample(c, "ark_traces_incomplete_total", missing_agent="Kenny") or 0) < report.traces_incomplete_expected:
+        assert time.monotonic() < deadline, "the dropped traces never expired"
+        time.sleep(0.02)
+        c.traces.sweep()
     assert sample(c, "ark_traces_incomplete_total", missing_agent="Kenny") == report.traces_incomplete_expected
     assert sample(c, "ark_traces_complete_total") == report.traces_complete
 
@@ -302,7 +305,10 @@ def test_start_background_runs_until_stopped() -> None:
     deadline = time.monotonic() + 5
     while handle.first_trace_id is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.3)
+    first = str(handle.first_trace_id)
+    while not c.validate_trace_continuity(first)["complete"]:  # the loop keeps going: the first pass ends
+        assert time.monotonic() < deadline, "the first pass never completed"
+        time.sleep(0.01)
     report = handle.stop()
     assert not handle.running
     assert report is not None and report.passes > 0 and report.unexpected_errors == 0

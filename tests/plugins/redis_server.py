@@ -8,7 +8,6 @@ makes sure it runs, empties its database and yields its URL. Without the binary 
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from plugins.ci import missing_dependency
 
 INSTALL_HINT = "redis-server not found: install it with `sudo apt-get install -y redis-server`"
 
@@ -108,9 +109,7 @@ def redis_binary() -> str:
     """The redis-server path, or skip (fail under CI=true) with the install command."""
     binary = shutil.which("redis-server")
     if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
+        missing_dependency(INSTALL_HINT)
     return binary
 
 
