@@ -375,6 +375,34 @@ async def _pipeline(env: Env) -> None:
     assert report["missing_agents"] == []
 
 
+@case("state_revision_max_keys")
+async def _state_revision_max_keys(env: Env) -> None:
+    """ARK_OBS_STATE_REVISION_MAX_KEYS=2: a third key pushes the least recently written one out of the map,
+    so its next revision after a gap is no longer seen as one; the bound is on /state/anomalies."""
+    async with env.app(state_revision_max_keys="2") as c:
+        revisions = env.service.collector.revisions
+        for key in ("a", "b", "c"):  # "a" is pushed out by "c"
+            assert revisions.observe("Kenny", key, 1) is None
+        assert revisions.observe("Kenny", "a", 5) is None  # a gap only a map that still held "a" could see
+        assert revisions.observe("Kenny", "c", 3) == "gap"
+        listing = (await c.get("/state/anomalies")).json()
+    assert listing["max_keys"] == 2 and listing["tracked_keys"] == 2
+    assert [a["key"] for a in listing["anomalies"]] == ["c"]
+
+
+@case("state_revision_recent_max")
+async def _state_revision_recent_max(env: Env) -> None:
+    """ARK_OBS_STATE_REVISION_RECENT_MAX=2: /state/anomalies keeps only the 2 most recent anomalies."""
+    async with env.app(state_revision_recent_max="2") as c:
+        revisions = env.service.collector.revisions
+        for key in ("a", "b", "c"):
+            revisions.observe("Kenny", key, 1)
+            assert revisions.observe("Kenny", key, 3) == "gap"
+        listing = (await c.get("/state/anomalies")).json()
+    assert listing["recent_max"] == 2
+    assert [a["key"] for a in listing["anomalies"]] == ["c", "b"]
+
+
 @case("heartbeat_interval_seconds")
 async def _heartbeat_interval(env: Env) -> None:
     """ARK_OBS_HEARTBEAT_INTERVAL_SECONDS=0.2: exported as the interval, and a beat goes stale after 1.5 of them."""
