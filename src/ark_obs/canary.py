@@ -53,6 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from ark_obs import catalog
+from ark_obs._redact import redact_url, scrub
 
 __all__ = [
     "ARGUMENTS",
@@ -247,7 +248,7 @@ class CanaryConfig(BaseSettings):
         value = value.strip().rstrip("/")
         parsed = httpx.URL(value)
         if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(f"must be an http:// or https:// URL, not {value!r}")
+            raise ValueError(f"must be an http:// or https:// URL, not {redact_url(value)!r}")
         return value
 
 
@@ -440,6 +441,7 @@ class PrometheusClient:
 
     def __init__(self, url: str, timeout: float, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
+        self.shown = redact_url(self.url)  # what messages name: no credential
         self._http = httpx.AsyncClient(
             base_url=self.url, timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False
         )
@@ -455,18 +457,20 @@ class PrometheusClient:
             # POST keeps long PromQL out of the URL; both endpoints accept form-encoded POSTs.
             response = await self._http.post(path, data=dict(params))
         except httpx.TimeoutException as exc:
-            raise PrometheusError(f"no answer from {self.url} within the timeout ({type(exc).__name__})") from exc
+            raise PrometheusError(f"no answer from {self.shown} within the timeout ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
-            raise PrometheusError(f"{self.url} is unreachable: {exc or type(exc).__name__}") from exc
+            why = scrub(str(exc) or type(exc).__name__, self.url)
+            raise PrometheusError(f"{self.shown} is unreachable: {why}") from None
         try:
             body = response.json()
         except ValueError:
             raise PrometheusError(
-                f"{self.url}{path} answered HTTP {response.status_code} without JSON: is this Prometheus?"
+                f"{self.shown}{path} answered HTTP {response.status_code} without JSON: is this Prometheus?"
             ) from None
         if not isinstance(body, dict) or body.get("status") != "success" or not isinstance(body.get("data"), dict):
             error = body.get("error") if isinstance(body, dict) else None
-            raise PrometheusError(f"HTTP {response.status_code}: {error or 'not a Prometheus API answer'}")
+            why = scrub(str(error or "not a Prometheus API answer"), self.url)
+            raise PrometheusError(f"HTTP {response.status_code}: {why}")
         data: dict[str, Any] = body["data"]
         return data
 
@@ -825,7 +829,7 @@ async def analyze(
         checks,
         canary=c,
         baseline=b,
-        prometheus=config.prometheus_url,
+        prometheus=redact_url(config.prometheus_url),
         evaluated_at=at,
         duration_seconds=time.perf_counter() - started,
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from typing import Any, Final, TextIO
 from pydantic import ValidationError
 
 from ark_obs import __version__, canary, synthetic
+from ark_obs._redact import redact_url
 from ark_obs.settings import Problem, Settings, env_name
 
 log = logging.getLogger("ark_obs.cli")
@@ -106,7 +106,8 @@ def _field_problems(exc: ValidationError) -> list[Problem]:
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else "?"
         msg = err["msg"].removeprefix("Value error, ")
-        shown = "" if field == "ingest_token" else f" (got {err.get('input')!r})"
+        given = err.get("input")
+        shown = "" if field == "ingest_token" else f" (got {redact_url(given) if isinstance(given, str) else given!r})"
         problems.append(Problem(env_name(field), msg + shown))
     return problems
 
@@ -244,7 +245,7 @@ def run_server(settings: Settings, **app_options: Any) -> int:
         base,
         base,
         base,
-        re.sub(r"//[^@/]*@", "//***@", settings.trace_store),  # never log a password
+        redact_url(settings.trace_store),
         "need the bearer token" if settings.token else "are open",
     )
     stopped: list[int] = []
@@ -287,6 +288,8 @@ def check_config(args: argparse.Namespace) -> int:
             value = "(set)" if value is not None else "(unset: writes are open)"
         elif isinstance(value, tuple):
             value = ",".join(value)
+        elif isinstance(value, str):
+            value = redact_url(value)
         print(f"  {env_name(name)}={value if value is not None else ''}")
     return EXIT_OK
 

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ark_obs._redact import redact_url
+
 ENV_PREFIX: Final = "ARK_OBS_"
 DEFAULT_HOST: Final = "127.0.0.1"
 # 9871 collides with none of Prometheus (9090), Alertmanager (9093), Grafana (3000) or node_exporter
@@ -192,18 +194,22 @@ class Settings(BaseSettings):
         value = value.strip()
         if value == "memory":
             return value
-        parts = urlsplit(value)
+        shown = redact_url(value)  # the message reaches check-config and the serve log
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            raise ValueError(f"{shown!r} is not a valid URL") from None
         if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"must be 'memory' or a redis://, rediss:// or unix:// URL, not {value!r}")
+            raise ValueError(f"must be 'memory' or a redis://, rediss:// or unix:// URL, not {shown!r}")
         if parts.scheme != "unix" and not parts.hostname:
-            raise ValueError(f"{value!r} has no host (e.g. redis://127.0.0.1:6379/0)")
+            raise ValueError(f"{shown!r} has no host (e.g. redis://127.0.0.1:6379/0)")
         try:
             _ = parts.port
-        except ValueError as exc:
-            raise ValueError(f"{value!r} has an invalid port") from exc
+        except ValueError:
+            raise ValueError(f"{shown!r} has an invalid port") from None
         db = parts.path.lstrip("/")
         if parts.scheme != "unix" and db and not db.isdigit():
-            raise ValueError(f"{value!r}: the database after the last '/' must be a number")
+            raise ValueError(f"{shown!r}: the database after the last '/' must be a number")
         return value
 
     @field_validator("slo_file")

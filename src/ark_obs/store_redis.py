@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ark_obs._periodic import Periodic
+from ark_obs._redact import redact_url, scrub
 from ark_obs.store_memory import MemoryStore
 from ark_obs.traces import (
     NullSink,
@@ -437,15 +438,17 @@ class RedisStore:
             self._failed(exc)
             return
         if not self._healthy:
-            log.warning("ark-obs trace store %s is reachable again", self.url or "redis")
+            log.warning("ark-obs trace store %s is reachable again", redact_url(self.url or "redis"))
         self._healthy, self._detail = True, ""
         self._next_probe = time.monotonic() + self._retry_seconds
 
     def _failed(self, exc: BaseException) -> None:
+        # the detail reaches logs, /readyz and the dropped counter's log line: no credential in it
+        why = scrub(repr(exc), self.url, secrets=_client_secrets(self.client))
         if self._healthy:
-            log.warning("ark-obs trace store %s is unavailable: %r", self.url or "redis", exc)
+            log.warning("ark-obs trace store %s is unavailable: %s", redact_url(self.url or "redis"), why)
         self._healthy = False
-        self._detail = f"redis unavailable: {exc!r}"
+        self._detail = f"redis unavailable: {why}"
         self._next_probe = time.monotonic() + self._retry_seconds
 
     def _check(self) -> None:
@@ -555,6 +558,12 @@ class RedisStore:
         self._call(forget)
 
 
+def _client_secrets(client: redis.Redis) -> list[str | None]:
+    """The password a client authenticates with (for ``scrub``)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    return [kwargs.get("password")]
+
+
 def _flush_at_exit(ref: weakref.ref[RedisStore]) -> None:
     store = ref()
     if store is not None and store._worker is not None:
@@ -604,7 +613,10 @@ class StreamDepths:
             self._retry_at = time.monotonic() + self._retry_seconds
             if not self._logged:
                 self._logged = True
-                log.warning("ark-obs could not read Redis stream lengths: %r (logged once)", exc)
+                log.warning(
+                    "ark-obs could not read Redis stream lengths: %s (logged once)",
+                    scrub(repr(exc), secrets=_client_secrets(self.client)),
+                )
             return None
         return {s: int(n) for s, n in zip(self.streams, lengths, strict=True) if isinstance(n, int)}
 
@@ -624,4 +636,4 @@ def open_store(url: str, **kw: Any) -> TraceStore:
         return MemoryStore()
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore.from_url(spec, **kw)
-    raise ValueError(f"unknown trace store {url!r}: use 'memory' or 'redis://host:port/db'")
+    raise ValueError(f"unknown trace store {redact_url(url)!r}: use 'memory' or 'redis://host:port/db'")
