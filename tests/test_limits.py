@@ -15,9 +15,7 @@ import httpx
 import pytest
 
 from plugins.redis_server import RedisServer, redis_binary
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_service import Server  # noqa: E402 - the service fixture's process wrapper
+from test_service import Server
 
 PASSWORD = "hunter2-Very-Secret-pw"
 TOKEN = "tok-0123456789abcdef-SECRET"
@@ -144,4 +142,3 @@ def test_canary_errors_never_show_prometheus_credentials() -> None:
     assert result.verdict.value == "inconclusive"
     assert PROM_PASSWORD not in text and "admin" not in text
     assert "http://***@127.0.0.1:9" in text
-
