@@ -328,8 +328,9 @@ async def test_slos_from_file(tmp_path: Any) -> None:
 # --- traces ----------------------------------------------------------------------------------------
 async def test_trace_report_complete(client: httpx.AsyncClient) -> None:
     """Spans posted one by one make a complete trace whose report lists the agents in order."""
+    t0 = time.time() - 10  # span times must be recent: within the trace TTL
     for i, agent in enumerate(PIPELINE):
-        r = await client.post(f"/traces/{TRACE}/spans", json={"agent": agent, "at": 1000.0 + i, "duration_ms": 100})
+        r = await client.post(f"/traces/{TRACE}/spans", json={"agent": agent, "at": t0 + i, "duration_ms": 100})
         assert r.status_code == 200 and r.json() == {"accepted": 1}
     r = await client.get(f"/traces/{TRACE}")
     assert r.status_code == 200

@@ -252,3 +252,101 @@ def generate_latest_openmetrics(c: Any) -> str:
     from prometheus_client.openmetrics.exposition import generate_latest
 
     return generate_latest(c.exposition_registry()).decode()
+
+
+# --- span times, 422 bodies: against a real service ----------------------------------------------------
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One ``ark-obs serve`` (memory store, TTL 300 s, clock skew 60 s) for the tests below."""
+    server = Server(tmp_path_factory.mktemp("service"), {"ARK_OBS_MAX_CLOCK_SKEW_SECONDS": "60"})
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.terminate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("span", "field"),
+    [
+        ({"at": 0}, "at"),  # the epoch: a latency of 1.8e12 ms
+        ({"at": "now-3600"}, "at"),  # older than the trace TTL
+        ({"at": "now+3600"}, "at"),  # an hour in the future
+        ({"at": "now", "duration_ms": 7_200_000}, "duration_ms"),  # ends two hours from now
+        ({"duration_ms": 3_600_000}, "duration_ms"),  # started an hour ago (ends now)
+    ],
+)
+def test_implausible_span_times_are_422_naming_the_field(service: Server, span: dict[str, Any], field: str) -> None:
+    """A span outside [now - trace TTL, now + clock skew] is refused with 422 naming the field, on every
+    write endpoint, and nothing is recorded."""
+    now = time.time()
+    if isinstance(span.get("at"), str):
+        span = {**span, "at": now + float(span["at"].removeprefix("now") or 0)}
+    trace = os.urandom(16).hex()
+    single = httpx.post(f"{service.url}/traces/{trace}/spans", json={"agent": "Kyle", **span}, timeout=10)
+    batch = httpx.post(
+        f"{service.url}/spans",
+        json={"spans": [{"trace_id": trace, "agent": "Joey"}, {"trace_id": trace, "agent": "Kyle", **span}]},
+        timeout=10,
+    )
+    assert single.status_code == 422 and single.json()["detail"][0]["loc"] == ["body", field], single.text
+    assert batch.status_code == 422 and batch.json()["detail"][0]["loc"] == ["body", "spans", 1, field], batch.text
+    assert single.json()["detail"][0]["type"] == "implausible_time"
+    assert httpx.get(f"{service.url}/traces/{trace}", timeout=10).status_code == 404
+    ok = httpx.post(f"{service.url}/traces/{trace}/spans", json={"agent": "Kyle", "at": now - 1}, timeout=10)
+    assert ok.status_code == 200
+
+
+def test_implausible_span_times_are_dropped_and_counted_in_process() -> None:
+    """In an agent, record_span drops a span older than the TTL or beyond the clock skew, counts it
+    (reason implausible_time) and never raises; spans within the allowance complete the trace."""
+    from ark_obs.traces import TraceMonitor
+    from plugins.clock import FakeClock
+
+    clock = FakeClock(1_700_000_000.0)
+    c = MetricsCollector(clock=clock, ticker=False)
+    monitor = TraceMonitor(c, "memory", pipeline=("Kyle", "Joey"), ttl_seconds=300, background=False)
+    monitor.record_span("t", "Kyle", at=0.0)
+    monitor.record_span("t", "Kyle", at=clock() + 3600)
+    monitor.record_span("t", "Kyle", duration_ms=3_600_000)
+    monitor.record_span("t", "Joey", at=clock() - 299, duration_ms=10)  # recent enough
+    assert _dropped(c, "trace_span", "implausible_time") == 3
+    assert monitor.validate("t").missing_agents == ("Kyle",)
+    monitor.record_span("t", "Kyle", at=clock() + 59)  # within the skew allowance
+    assert monitor.validate("t").complete
+    monitor.close()
+
+
+@pytest.mark.slow
+def test_422_is_bounded_whatever_the_input(service: Server) -> None:
+    """25,000 invalid spans (a body just under 1 MiB) get a 422 listing at most 20 errors plus the total, in a
+    few KiB; an over-long field name is cut short."""
+    spans = [{"trace_id": "x", "agent": "Kyle"}] * 25_000
+    r = httpx.post(f"{service.url}/spans", json={"spans": spans}, timeout=60)
+    assert r.status_code == 422
+    body = r.json()
+    assert len(body["detail"]) == 20 and body["total"] == 25_000
+    assert len(r.content) < 10_000
+    long_key = httpx.post(
+        f"{service.url}/traces/{'a' * 32}/spans", json={"agent": "Kyle", "x" * 100_000: 1}, timeout=10
+    )
+    assert long_key.status_code == 422 and len(long_key.content) < 2_000
+    assert long_key.json()["total"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "body",
+    [b'{"agent": "Ky\xffle"}', b'{"agent": "Kyle", "at": ' + b"9" * 5000 + b"}", b"[" * 100_000 + b"]" * 100_000],
+    ids=["not-utf8", "huge-integer", "deep-nesting"],
+)
+def test_unreadable_bodies_get_the_documented_422(service: Server, body: bytes) -> None:
+    """Bodies json.loads cannot take get the 422 shape {detail: [{loc, msg, type}], total}, not a bare 400."""
+    r = httpx.post(
+        f"{service.url}/traces/{'b' * 32}/spans", content=body, headers={"Content-Type": "application/json"}, timeout=10
+    )
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail[0]["loc"][0] == "body" and detail[0]["type"] in ("json_invalid", "int_parsing", "float_type")
+    assert r.json()["total"] >= 1

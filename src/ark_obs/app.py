@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ark_obs import __version__, canary, catalog, status_page
@@ -110,6 +112,7 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
         streams=settings.redis_streams,
         stream_timeout=settings.store_timeout_seconds,
         store_timeout=settings.store_timeout_seconds,
+        clock_skew_seconds=settings.max_clock_skew_seconds,
     )
     collector.traces = traces
     heartbeats = HeartbeatMonitor(collector, settings.heartbeat_interval_seconds, sweep=True)
@@ -252,6 +255,30 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+BODY_PARSE_ERROR: Final = "There was an error parsing the body"  # FastAPI's detail for a body json.loads refused
+MAX_VALIDATION_ERRORS: Final = 20  # errors listed in a 422; "total" counts them all
+MAX_ERROR_TEXT: Final = 200  # characters of one message or location part in a 422
+
+
+def _short(value: object) -> object:
+    if isinstance(value, str) and len(value) > MAX_ERROR_TEXT:
+        return value[:MAX_ERROR_TEXT] + "..."
+    return value
+
+
+def validation_response(errors: Sequence[Any], total: int) -> JSONResponse:
+    """The documented 422: ``{"detail": [{loc, msg, type}, ...], "total": n}``, bounded in size."""
+    detail = [
+        {
+            "loc": [_short(part) for part in e.get("loc", ())][:16],
+            "msg": _short(str(e.get("msg", ""))),
+            "type": _short(str(e.get("type", ""))),
+        }
+        for e in errors
+    ]
+    return JSONResponse({"detail": detail, "total": total}, status_code=422)
+
+
 # --- the app ------------------------------------------------------------------------------------------
 def create_app(
     settings: Settings | None = None,
@@ -317,7 +344,6 @@ def create_app(
     )
     write_responses: dict[int | str, dict[str, Any]] = {
         **auth_responses,
-        400: {"model": ErrorOut, "description": "The body could not be read."},
         413: {"model": ErrorOut, "description": "The body or the batch is too large."},
         503: {
             "model": ErrorOut,
@@ -327,9 +353,20 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's default echoes each bad input back, which may be most of a 1 MiB body.
-        errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
-        return JSONResponse({"detail": errors}, status_code=422)
+        # FastAPI's default echoes each bad input back, which may be most of a 1 MiB body; a body of
+        # half a million bad spans would make a 70 MB answer. The first MAX_VALIDATION_ERRORS, each cut
+        # short, and how many there were: the answer stays a few KiB whatever the input.
+        all_errors = exc.errors()
+        return validation_response(all_errors[:MAX_VALIDATION_ERRORS], len(all_errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers a body json.loads cannot take (not UTF-8, an integer of 5,000 digits, nesting
+        # deeper than the recursion limit) with a bare 400; it gets the documented 422 instead
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR and exc.__cause__ is not None:
+            why = f"the body is not readable JSON: {type(exc.__cause__).__name__}"
+            return validation_response([{"loc": ("body",), "msg": why, "type": "json_invalid"}], 1)
+        return await http_exception_handler(request, exc)
 
     # --- scrape -------------------------------------------------------------------------------------
     @app.get(
@@ -483,6 +520,26 @@ def create_app(
         if not health.healthy or dropped_spans.get() != drops_before:
             raise StoreUnavailable(health.detail or "spans were dropped")
 
+    def refuse_implausible_times(spans: Sequence[SpanIn], where: tuple[str | int, ...]) -> None:
+        """422 naming each span whose times are outside [now - trace TTL, now + clock skew]."""
+        now = collector.clock()
+        errors = []
+        for i, span in enumerate(spans):
+            if span.at is None and span.duration_ms is None:
+                continue
+            if span.at is None:
+                start, end, field = now - span.duration_ms / 1000.0, now, "duration_ms"  # type: ignore[operator]
+            else:
+                start, end, field = span.at, span.at + (span.duration_ms or 0.0) / 1000.0, "at"
+                if end > now + traces.clock_skew_seconds and start <= now + traces.clock_skew_seconds:
+                    field = "duration_ms"
+            why = traces.implausible(start, end, now)
+            if why:
+                loc = (*where, i, field) if where[-1] == "spans" else (*where, field)
+                errors.append({"loc": loc, "msg": why, "type": "implausible_time"})
+        if errors:
+            raise RequestValidationError(errors)
+
     async def store_or_503(spans: list[tuple[str, str, float | None, float | None, bool]]) -> Accepted:
         try:
             await run_in_threadpool(store, spans)
@@ -502,6 +559,7 @@ def create_app(
         span: SpanIn,
     ) -> Accepted:
         """Record that ``span.agent`` processed the trace."""
+        refuse_implausible_times([span], ("body",))
         return await store_or_503([(trace_id, span.agent, span.at, span.duration_ms, span.ok)])
 
     @app.post(
@@ -521,6 +579,7 @@ def create_app(
 
         For agents that propagate W3C trace context: forward the header you received, no trace id needed.
         """
+        refuse_implausible_times([span], ("body",))
         return await store_or_503([(traceparent, span.agent, span.at, span.duration_ms, span.ok)])
 
     @app.post(
@@ -537,6 +596,7 @@ def create_app(
         """
         if len(batch.spans) > settings.max_batch_spans:
             raise HTTPException(413, f"{len(batch.spans)} spans in one batch; the limit is {settings.max_batch_spans}")
+        refuse_implausible_times(batch.spans, ("body", "spans"))
         return await store_or_503([(s.trace_id, s.agent, s.at, s.duration_ms, s.ok) for s in batch.spans])
 
     @app.post(

@@ -965,7 +965,6 @@ def router(config: CanaryConfig | None = None) -> APIRouter:
         responses={
             412: {"model": CanaryAnalysis, "description": "fail: a tripwire or burn rate says roll back."},
             409: {"model": CanaryAnalysis, "description": "inconclusive: no verdict (the reason says why)."},
-            400: {"description": "The body could not be read (not JSON)."},
         },
     )
     async def post_analysis(

@@ -139,6 +139,12 @@ ARK_AGENT_ERRORS_TOTAL = counter(
 ARK_TRACEPARENT_INVALID_TOTAL = counter(
     "ark_traceparent_invalid_total", "Malformed incoming trace ids or traceparent headers that were replaced."
 )
+ARK_OBS_CONNECTIONS_CLOSED_TOTAL = counter(
+    "ark_obs_connections_closed_total",
+    "Connections the service closed because no complete request came in time, by reason "
+    "(idle, slow_headers, slow_body).",
+    labels=("reason",),
+)
 
 ARK_AGENT_CANCELLATIONS_TOTAL = counter(
     "ark_agent_cancellations_total",

@@ -23,7 +23,7 @@ from typing import Any, Final, TextIO
 
 from pydantic import ValidationError
 
-from ark_obs import __version__, canary, synthetic
+from ark_obs import __version__, canary, catalog, synthetic
 from ark_obs._redact import redact_url
 from ark_obs.settings import Problem, Settings, env_name
 
@@ -209,6 +209,15 @@ async def _make_default(service: Any) -> None:
     metrics.set_collector(service.collector)
 
 
+async def _guard_event_loop(service: Any) -> None:
+    """Resource exhaustion reported by the event loop (EMFILE on accept) is logged once per interval."""
+    import asyncio
+
+    from ark_obs.connections import quiet_resource_errors
+
+    quiet_resource_errors(asyncio.get_running_loop())
+
+
 def run_server(settings: Settings, **app_options: Any) -> int:
     """Serve ``create_app(settings, **app_options)`` with uvicorn until SIGTERM or SIGINT.
 
@@ -217,12 +226,15 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     import uvicorn
 
     from ark_obs.app import create_app, freeze_long_lived_objects
+    from ark_obs.connections import guarded_protocol
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ark_obs").setLevel(settings.log_level.upper())
     # a long-running server with a big trace store: keep GC pauses out of the scrapes (see the hook)
     background = [_make_default, freeze_long_lived_objects, *app_options.pop("background", ())]
+    background.insert(0, _guard_event_loop)
     app = create_app(settings, background=background, **app_options)
+    closed = app.state.service.collector.metric(catalog.ARK_OBS_CONNECTIONS_CLOSED_TOTAL.name)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -232,6 +244,12 @@ def run_server(settings: Settings, **app_options: Any) -> int:
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         server_header=False,
+        # connections: see ark_obs.connections and the README's "Limits"
+        http=guarded_protocol(
+            settings.header_timeout_seconds, settings.body_timeout_seconds, lambda why: closed.labels(why).inc()
+        ),
+        timeout_keep_alive=settings.keepalive_timeout_seconds,
+        limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
     base = settings.bind_url

@@ -143,6 +143,13 @@ class Settings(BaseSettings):
     max_in_flight_traces: int = Field(
         default=100_000, ge=1, le=100_000_000, description="Most traces held in flight; older ones are evicted."
     )
+    max_clock_skew_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How far in the future a span may end; spans older than TRACE_TTL_SECONDS or later "
+        "are refused (422) or dropped (implausible_time).",
+    )
     pipeline: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_PIPELINE,
         description="Comma-separated agents every trace must pass, in order.",
@@ -163,6 +170,29 @@ class Settings(BaseSettings):
     )
     shutdown_timeout_seconds: int = Field(
         default=10, ge=1, le=600, description="On SIGTERM, longest wait for in-flight requests to finish."
+    )
+    keepalive_timeout_seconds: int = Field(
+        default=5, ge=1, le=600, description="An idle kept-alive connection is closed after this long."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="A request's headers must arrive within this long of the connection (or its first byte); "
+        "else the connection is closed.",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A request's body must arrive within this long of its headers; else the connection is closed.",
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=8,
+        le=100_000,
+        description="Open connections (or running requests) past which new requests get 503; keep it below "
+        "the file descriptor limit (ulimit -n).",
     )
     log_level: LogLevel = Field(default="info", description="Log level of the service.")
 

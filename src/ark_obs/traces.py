@@ -51,6 +51,10 @@ DEFAULT_TTL_SECONDS: Final = 300.0
 DEFAULT_MAX_IN_FLIGHT: Final = 100_000
 DEFAULT_RECENT_MAX: Final = 100
 DEFAULT_SWEEP_SECONDS: Final = 1.0
+# Hosts synchronised by NTP are within milliseconds; a minute covers a badly drifting one. A span further
+# in the future, or older than the TTL (its trace would already be finalized), is a broken clock or a unit
+# mistake (``at: 0``, milliseconds for seconds) that would poison ark_trace_latency_ms.
+DEFAULT_CLOCK_SKEW_SECONDS: Final = 60.0
 MAX_TRACE_ID_LENGTH: Final = MAX_LABEL_VALUE_LENGTH
 # ``metric`` label of spans dropped in ark_obs_dropped_total (a span is not itself a metric)
 SPAN_METRIC: Final = "trace_span"
@@ -400,6 +404,7 @@ class TraceMonitor:
         streams_url: str | None = None,
         stream_timeout: float = 0.25,
         store_timeout: float | None = None,
+        clock_skew_seconds: float = DEFAULT_CLOCK_SKEW_SECONDS,
     ) -> None:
         self.collector = collector
         self.settings = TraceSettings(
@@ -411,6 +416,7 @@ class TraceMonitor:
             int(recent_max),
         )
         self._clock = collector.clock
+        self.clock_skew_seconds = float(clock_skew_seconds)
         self._owns_store = store is None or isinstance(store, str)
         if store is None or isinstance(store, str):
             from ark_obs.store_redis import open_store
@@ -483,8 +489,15 @@ class TraceMonitor:
             else:
                 start = at
                 end = at if duration_ms is None else at + duration_ms / 1000.0
-            # x - x is 0.0 for every finite float, NaN for NaN and infinities
-            bad_time = not (start <= end and start - start == 0.0 and end - end == 0.0)
+            # x - x is 0.0 for every finite float, NaN for NaN and infinities; the chained comparison
+            # also refuses times outside [now - ttl, now + clock skew]
+            bad_time = not (
+                start <= end
+                and start - start == 0.0
+                and end - end == 0.0
+                and now - self.settings.ttl_seconds <= start
+                and end <= now + self.clock_skew_seconds
+            )
         if (
             bad_time
             or type(trace_id) is not str
@@ -492,7 +505,7 @@ class TraceMonitor:
             or not 0 < len(trace_id) <= MAX_TRACE_ID_LENGTH
             or not 0 < len(agent) <= MAX_LABEL_VALUE_LENGTH
         ):
-            checked = self._check(trace_id, agent, start, end, duration_ms)
+            checked = self._check(trace_id, agent, start, end, duration_ms, now)
             if checked is None:
                 return
             trace_id, agent = checked
@@ -503,7 +516,7 @@ class TraceMonitor:
             self.on_dropped(1, repr(exc))
 
     def _check(
-        self, trace_id: object, agent: object, start: float, end: float, duration_ms: float | None
+        self, trace_id: object, agent: object, start: float, end: float, duration_ms: float | None, now: float
     ) -> tuple[str, str] | None:
         """The slow path of ``record_span``: coerce, raise on programming errors, drop bad data."""
         if isinstance(trace_id, uuid.UUID):
@@ -523,7 +536,25 @@ class TraceMonitor:
         if not (math.isfinite(start) and math.isfinite(end)):
             registry.drop(SPAN_METRIC, "non_finite", "span time or duration is not finite")
             return None
+        why = self.implausible(start, end, now)
+        if why:
+            registry.drop(SPAN_METRIC, "implausible_time", why)
+            return None
         return trace_id, agent
+
+    def implausible(self, start: float, end: float, now: float) -> str:
+        """Why a span from ``start`` to ``end`` cannot be right at ``now`` ('' when it can)."""
+        if start < now - self.settings.ttl_seconds:
+            return (
+                f"the span starts {now - start:.0f} s ago, before the trace TTL "
+                f"({self.settings.ttl_seconds:g} s): a clock or unit error"
+            )
+        if end > now + self.clock_skew_seconds:
+            return (
+                f"the span ends {end - now:.0f} s in the future, beyond the clock-skew allowance "
+                f"({self.clock_skew_seconds:g} s)"
+            )
+        return ""
 
     # queries ---------------------------------------------------------------------------------------------
     def validate(self, trace_id: str, expected_agents: Sequence[str] | None = None) -> TraceReport:
