@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -350,3 +351,85 @@ def test_unreadable_bodies_get_the_documented_422(service: Server, body: bytes) 
     detail = r.json()["detail"]
     assert detail[0]["loc"][0] == "body" and detail[0]["type"] in ("json_invalid", "int_parsing", "float_type")
     assert r.json()["total"] >= 1
+
+
+# --- connections -------------------------------------------------------------------------------------
+def _closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    """True once the server closes ``sock`` (recv returns b'' or the connection is reset)."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def _connection_closures(server: Server) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for family in httpx.get(server.url + "/metrics/json", timeout=10).json()["families"]:
+        if family["name"] == "ark_obs_connections_closed":
+            for s in family["samples"]:
+                if s["name"].endswith("_total"):
+                    out[s["labels"]["reason"]] = float(s["value"])
+    return out
+
+
+@pytest.mark.slow
+def test_connections_that_never_finish_a_request_are_closed(tmp_path: Path) -> None:
+    """Idle, half-sent headers and half-sent bodies are closed after their deadline, counted by reason,
+    and logged once per interval; /healthz answers meanwhile."""
+    server = Server(
+        tmp_path,
+        {
+            "ARK_OBS_HEADER_TIMEOUT_SECONDS": "1",
+            "ARK_OBS_BODY_TIMEOUT_SECONDS": "2",
+            "ARK_OBS_KEEPALIVE_TIMEOUT_SECONDS": "1",
+        },
+    )
+    try:
+        server.wait_healthy()
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        headers = socket.create_connection(("127.0.0.1", server.port))
+        headers.sendall(b"POST /spans HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        body = socket.create_connection(("127.0.0.1", server.port))
+        body.sendall(
+            b"POST /spans HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        started = time.monotonic()
+        assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
+        assert all(_closed_by_server(s, 10) for s in idle)
+        assert _closed_by_server(headers, 10)
+        assert _closed_by_server(body, 10)
+        assert time.monotonic() - started < 10
+        closures = _connection_closures(server)
+    finally:
+        server.terminate()
+    assert closures.get("idle", 0) >= 3  # the /healthz polls' own connections may add more
+    assert closures.get("slow_headers") == 1 and closures.get("slow_body") == 1
+    log = server.output()
+    assert log.count("closed a connection (idle") == 1, log  # three closures, one line
+    assert "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_connection_cap_answers_503_and_recovers(tmp_path: Path) -> None:
+    """Past ARK_OBS_MAX_CONNECTIONS open connections a request gets 503; once they close, 200 again."""
+    server = Server(tmp_path, {"ARK_OBS_MAX_CONNECTIONS": "8", "ARK_OBS_HEADER_TIMEOUT_SECONDS": "2"})
+    try:
+        server.wait_healthy()
+        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(10)]
+        capped = httpx.get(server.url + "/healthz", timeout=5)
+        for s in held:
+            s.close()
+
+        def healthy() -> bool:
+            return httpx.get(server.url + "/healthz", timeout=5).status_code == 200
+
+        _poll(healthy, "/healthz to answer 200 again")
+    finally:
+        server.terminate()
+    assert capped.status_code == 503
