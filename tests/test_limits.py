@@ -433,3 +433,35 @@ def test_connection_cap_answers_503_and_recovers(tmp_path: Path) -> None:
     finally:
         server.terminate()
     assert capped.status_code == 503
+
+
+# --- HEAD, the public-address refusal ---------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/readyz", "/metrics", "/metrics/json", "/slos", "/traces", f"/traces/{'c' * 32}", "/"]
+)
+def test_head_works_wherever_get_does(service: Server, path: str) -> None:
+    """HEAD answers with GET's status and headers and no body (load balancers and uptime checks use it)."""
+    got = httpx.get(service.url + path, timeout=10)
+    head = httpx.head(service.url + path, timeout=10)
+    assert head.status_code == got.status_code and head.content == b""
+    assert head.headers.get("content-type") == got.headers.get("content-type")
+
+
+def test_write_endpoints_are_exactly_the_token_protected_routes() -> None:
+    """settings.WRITE_ENDPOINTS, named by the public-address refusal, lists every route that needs the token."""
+    from fastapi.routing import APIRoute
+
+    from ark_obs.app import create_app
+    from ark_obs.settings import WRITE_ENDPOINTS, Settings
+
+    app = create_app(Settings(ingest_token=TOKEN))
+    protected = {
+        f"{method} {route.path}"
+        for route in app.routes
+        if isinstance(route, APIRoute) and any(d.call.__name__ == "require_token" for d in route.dependant.dependencies)
+        for method in route.methods or ()
+    }
+    assert protected == set(WRITE_ENDPOINTS)
+    problems = Settings(host="0.0.0.0").problems()
+    assert problems and all(endpoint in str(problems[0]) for endpoint in WRITE_ENDPOINTS)

@@ -279,6 +279,30 @@ def validation_response(errors: Sequence[Any], total: int) -> JSONResponse:
     return JSONResponse({"detail": detail, "total": total}, status_code=422)
 
 
+class HeadAsGet:
+    """ASGI middleware: ``HEAD`` is answered like ``GET``, headers and status, without the body.
+
+    Load balancers and uptime checks probe with HEAD; FastAPI routes declared with ``get`` answer it 405.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headless(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headless)
+
+
 # --- the app ------------------------------------------------------------------------------------------
 def create_app(
     settings: Settings | None = None,
@@ -327,6 +351,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     app.state.service = service
     generate_openapi = app.openapi
 

@@ -33,6 +33,14 @@ MIN_TOKEN_LENGTH: Final = 16
 # Ports of the neighbouring services: binding there works, but a scrape config would point at the wrong thing.
 WELL_KNOWN_PORTS: Final = {9090: "Prometheus", 9093: "Alertmanager", 3000: "Grafana", 9100: "node_exporter"}
 
+# Every endpoint that needs the bearer token; tests/test_limits.py checks it against the app's routes.
+WRITE_ENDPOINTS: Final = (
+    "POST /spans",
+    "POST /traces/{trace_id}/spans",
+    "POST /traceparent/spans",
+    "POST /heartbeats/{agent}",
+)
+
 # Agent and stream names become label values: a conservative charset, and short.
 NAME_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$"
 _NAME_RE: Final = re.compile(NAME_PATTERN)
@@ -294,8 +302,8 @@ class Settings(BaseSettings):
             out.append(
                 Problem(
                     env_name("host"),
-                    f"{self.host} is not a loopback address and the write endpoints (POST /spans, "
-                    f"/traces/{{id}}/spans, /heartbeats/{{agent}}) would be open to anyone who can reach "
+                    f"{self.host} is not a loopback address and the write endpoints "
+                    f"({', '.join(WRITE_ENDPOINTS)}) would be open to anyone who can reach "
                     f"it. Set {env_name('ingest_token')} to a secret of at least {MIN_TOKEN_LENGTH} "
                     f"characters, bind {DEFAULT_HOST}, or set {env_name('allow_open_ingest')}=true to "
                     "accept this on purpose.",
