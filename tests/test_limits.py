@@ -465,3 +465,51 @@ def test_write_endpoints_are_exactly_the_token_protected_routes() -> None:
     assert protected == set(WRITE_ENDPOINTS)
     problems = Settings(host="0.0.0.0").problems()
     assert problems and all(endpoint in str(problems[0]) for endpoint in WRITE_ENDPOINTS)
+
+
+# --- bounds on one trace --------------------------------------------------------------------------------
+@pytest.fixture(params=["memory", "redis"])
+def trace_store_url(request: pytest.FixtureRequest) -> str:
+    """Each trace store: the embedded one and a real redis-server."""
+    return "memory" if request.param == "memory" else str(request.getfixturevalue("redis_url"))
+
+
+def test_one_trace_holds_at_most_max_agents(trace_store_url: str) -> None:
+    """Past max_agents_per_trace distinct agents, spans of new agents are dropped and counted
+    (trace_full) in both stores; known agents still record; the report stays that small."""
+    from ark_obs.traces import TraceMonitor
+
+    c = MetricsCollector(ticker=False)
+    monitor = TraceMonitor(c, trace_store_url, pipeline=("Kyle", "Joey"), max_agents_per_trace=8, sweep=False)
+    try:
+        for i in range(40):
+            monitor.record_span("big", f"fake{i}")
+        monitor.record_span("big", "fake0", ok=False)  # a known agent: still recorded
+        monitor.store.flush()
+        report = monitor.validate("big")
+    finally:
+        monitor.close()
+    assert len(report.agents_seen) == 8
+    assert _dropped(c, "trace_span", "trace_full") == 32
+    assert _dropped(c, "trace_span", "store_unavailable") == 0
+
+
+@pytest.mark.slow
+def test_a_trace_flood_over_http_stays_small(service: Server) -> None:
+    """1,000 agent names posted to one trace: the report lists 32 (the default cap), the rest are
+    counted as trace_full, and the report is a few KiB."""
+    trace = os.urandom(16).hex()
+    spans = [{"trace_id": trace, "agent": f"a{i}"} for i in range(1000)]
+    assert httpx.post(service.url + "/spans", json={"spans": spans}, timeout=30).status_code == 200
+    report = httpx.get(f"{service.url}/traces/{trace}", timeout=10)
+    assert report.status_code == 200 and len(report.json()["spans"]) == 32
+    assert len(report.content) < 16_000
+    families = httpx.get(service.url + "/metrics/json", timeout=10).json()["families"]
+    dropped = {
+        s["labels"]["reason"]: s["value"]
+        for f in families
+        if f["name"] == "ark_obs_dropped"
+        for s in f["samples"]
+        if s["labels"].get("metric") == "trace_span" and s["name"].endswith("_total")
+    }
+    assert dropped.get("trace_full", 0) >= 968

@@ -113,6 +113,7 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
         stream_timeout=settings.store_timeout_seconds,
         store_timeout=settings.store_timeout_seconds,
         clock_skew_seconds=settings.max_clock_skew_seconds,
+        max_agents_per_trace=settings.max_agents_per_trace,
     )
     collector.traces = traces
     heartbeats = HeartbeatMonitor(collector, settings.heartbeat_interval_seconds, sweep=True)

@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         description="How far in the future a span may end; spans older than TRACE_TTL_SECONDS or later "
         "are refused (422) or dropped (implausible_time).",
     )
+    max_agents_per_trace: int = Field(
+        default=32,
+        ge=1,
+        le=10_000,
+        description="Distinct agents one trace may hold; spans of further agents are dropped and counted (trace_full).",
+    )
     pipeline: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_PIPELINE,
         description="Comma-separated agents every trace must pass, in order.",
@@ -315,6 +321,14 @@ class Settings(BaseSettings):
                     env_name("redis_streams"),
                     f"stream depths are read from Redis, but {env_name('trace_store')} is 'memory'; "
                     "set it to a redis:// URL",
+                )
+            )
+        if self.max_agents_per_trace < len(self.pipeline):
+            out.append(
+                Problem(
+                    env_name("max_agents_per_trace"),
+                    f"{self.max_agents_per_trace} cannot hold the {len(self.pipeline)} agents of "
+                    f"{env_name('pipeline')}",
                 )
             )
         if 2 * self.slice_seconds > self.retention_seconds:

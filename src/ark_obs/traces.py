@@ -55,6 +55,9 @@ DEFAULT_SWEEP_SECONDS: Final = 1.0
 # in the future, or older than the TTL (its trace would already be finalized), is a broken clock or a unit
 # mistake (``at: 0``, milliseconds for seconds) that would poison ark_trace_latency_ms.
 DEFAULT_CLOCK_SKEW_SECONDS: Final = 60.0
+# Distinct agents one trace may hold: the pipeline's five, retries under other names, the Watchdog, with
+# room to spare. Without a cap one trace id took 104,000 agent names and a 12 MB report.
+DEFAULT_MAX_AGENTS_PER_TRACE: Final = 32
 MAX_TRACE_ID_LENGTH: Final = MAX_LABEL_VALUE_LENGTH
 # ``metric`` label of spans dropped in ark_obs_dropped_total (a span is not itself a metric)
 SPAN_METRIC: Final = "trace_span"
@@ -64,6 +67,7 @@ ENV_STORE: Final = "ARK_OBS_TRACE_STORE"
 ENV_PIPELINE: Final = "ARK_OBS_PIPELINE"
 ENV_TTL: Final = "ARK_OBS_TRACE_TTL_SECONDS"
 ENV_MAX_IN_FLIGHT: Final = "ARK_OBS_MAX_IN_FLIGHT_TRACES"
+ENV_MAX_AGENTS: Final = "ARK_OBS_MAX_AGENTS_PER_TRACE"
 
 
 class StoreUnavailable(Exception):
@@ -189,6 +193,7 @@ class TraceSettings:
     ttl_seconds: float = DEFAULT_TTL_SECONDS
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     recent_max: int = DEFAULT_RECENT_MAX
+    max_agents: int = DEFAULT_MAX_AGENTS_PER_TRACE
 
     def __post_init__(self) -> None:
         if not self.pipeline:
@@ -199,6 +204,8 @@ class TraceSettings:
             raise ValueError(f"ttl_seconds must be positive, got {self.ttl_seconds}")
         if self.max_in_flight < 1 or self.recent_max < 1:
             raise ValueError("max_in_flight and recent_max must be at least 1")
+        if self.max_agents < len(self.pipeline):
+            raise ValueError(f"max_agents ({self.max_agents}) must hold the pipeline's {len(self.pipeline)} agents")
 
 
 class TraceSink(Protocol):
@@ -219,6 +226,9 @@ class TraceSink(Protocol):
     def on_dropped(self, count: int, detail: str) -> None:
         """Spans could not be written (the store is unavailable)."""
 
+    def on_refused(self, count: int, detail: str) -> None:
+        """Spans of new agents were refused: their trace holds ``max_agents`` agents already."""
+
 
 class NullSink:
     """The sink of a store not bound to a monitor yet: outcomes are not counted."""
@@ -236,6 +246,9 @@ class NullSink:
         """Ignore."""
 
     def on_dropped(self, count: int, detail: str) -> None:
+        """Ignore."""
+
+    def on_refused(self, count: int, detail: str) -> None:
         """Ignore."""
 
 
@@ -405,6 +418,7 @@ class TraceMonitor:
         stream_timeout: float = 0.25,
         store_timeout: float | None = None,
         clock_skew_seconds: float = DEFAULT_CLOCK_SKEW_SECONDS,
+        max_agents_per_trace: int | None = None,
     ) -> None:
         self.collector = collector
         self.settings = TraceSettings(
@@ -414,6 +428,9 @@ class TraceMonitor:
             if max_in_flight is not None
             else int(_env_number(ENV_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT)),
             int(recent_max),
+            int(max_agents_per_trace)
+            if max_agents_per_trace is not None
+            else int(_env_number(ENV_MAX_AGENTS, DEFAULT_MAX_AGENTS_PER_TRACE)),
         )
         self._clock = collector.clock
         self.clock_skew_seconds = float(clock_skew_seconds)
@@ -655,6 +672,14 @@ class TraceMonitor:
         self.collector.registry.drop(SPAN_METRIC, "store_unavailable", detail)
         if count > 1:
             self._dropped.labels(SPAN_METRIC, "store_unavailable").inc(count - 1)
+
+    def on_refused(self, count: int, detail: str) -> None:
+        """Count spans refused because their trace holds ``max_agents`` agents (logged once)."""
+        if count <= 0:
+            return
+        self.collector.registry.drop(SPAN_METRIC, "trace_full", detail)
+        if count > 1:
+            self._dropped.labels(SPAN_METRIC, "trace_full").inc(count - 1)
 
     def _log_once(self, where: str, exc: BaseException) -> None:
         if where not in self._errors_logged:
