@@ -729,11 +729,13 @@ async def test_gc_freeze_hook(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_heartbeat_over_the_agent_limit_is_503_not_200() -> None:
-    """A beat the monitor refuses (it already tracks its maximum of agents) is a 503, never a false 200."""
+    """A beat the monitor refuses (it already tracks its maximum of agents outside the pipeline) is a
+    503, never a false 200; pipeline agents are always admitted."""
     collector = manual_collector(FakeClock(), max_agents=2)
     async with serve(create_app(settings(), collector)) as c:
-        assert (await c.post("/heartbeats/Kyle")).status_code == 200
-        assert (await c.post("/heartbeats/Joey")).status_code == 200
-        r = await c.post("/heartbeats/Kenny")
+        assert (await c.post("/heartbeats/Extra1")).status_code == 200
+        assert (await c.post("/heartbeats/Extra2")).status_code == 200
+        r = await c.post("/heartbeats/Extra3")
         assert r.status_code == 503 and "cardinality" in r.json()["detail"]
-        assert (await c.post("/heartbeats/Kyle")).status_code == 200  # known agents still beat
+        assert (await c.post("/heartbeats/Extra1")).status_code == 200  # known agents still beat
+        assert (await c.post("/heartbeats/Kenny")).status_code == 200  # the pipeline is never locked out

@@ -513,3 +513,37 @@ def test_a_trace_flood_over_http_stays_small(service: Server) -> None:
         if s["labels"].get("metric") == "trace_span" and s["name"].endswith("_total")
     }
     assert dropped.get("trace_full", 0) >= 968
+
+
+# --- heartbeats: made-up agents cannot lock the pipeline out ---------------------------------------------
+def test_made_up_agents_neither_lock_out_the_pipeline_nor_stay_forever() -> None:
+    """With the agent cap full of made-up names, every pipeline agent is still admitted; the made-up
+    ones are forgotten after forget_after_seconds of silence (freeing the cap), pipeline agents never."""
+    from ark_obs.heartbeat import HeartbeatMonitor
+    from ark_obs.store_memory import MemoryStore
+    from plugins.clock import FakeClock
+
+    clock = FakeClock(1_700_000_000.0)
+    c = MetricsCollector(clock=clock, ticker=False)
+    monitor = HeartbeatMonitor(
+        c, 1.0, store=MemoryStore(), max_agents=10, forget_after_seconds=60, sweep=True, background=False,
+        pipeline=("Kyle", "Kenny"),
+    )  # fmt: skip
+    for i in range(20):
+        monitor.beat(f"fake{i}")
+    monitor.beat("Kenny")
+    monitor.beat("Kyle")
+    monitor.sweep()
+    known = {s.agent for s in monitor.status() or ()}
+    assert {"Kenny", "Kyle"} <= known and len(known - {"Kenny", "Kyle"}) == 10
+    assert _dropped(c, "agent_heartbeat", "cardinality") == 10
+    clock.advance(61)
+    monitor.sweep()
+    assert {s.agent: s.up for s in monitor.status() or ()} == {"Kenny": False, "Kyle": False}
+    monitor.beat("fake99")  # the cap has room again
+    monitor.sweep()
+    assert "fake99" in {s.agent for s in monitor.status() or ()}
+    exposition = c.export_prometheus()
+    assert 'ark_agent_in_pipeline{agent="Kenny"} 1.0' in exposition
+    assert 'ark_agent_in_pipeline{agent="fake99"}' not in exposition
+    monitor.close()

@@ -116,7 +116,14 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
         max_agents_per_trace=settings.max_agents_per_trace,
     )
     collector.traces = traces
-    heartbeats = HeartbeatMonitor(collector, settings.heartbeat_interval_seconds, sweep=True)
+    heartbeats = HeartbeatMonitor(
+        collector,
+        settings.heartbeat_interval_seconds,
+        sweep=True,
+        pipeline=settings.pipeline,
+        max_agents=settings.max_heartbeat_agents,
+        forget_after_seconds=settings.heartbeat_forget_seconds,
+    )
     collector.heartbeats = heartbeats
     specs = None if settings.slo_file is None else load_slo_file(settings.slo_file, collector.registry)
     collector.slos = SloEngine(collector, specs)

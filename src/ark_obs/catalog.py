@@ -186,6 +186,12 @@ ARK_AGENT_UP = gauge(
     labels=("agent",),
     collected=True,
 )
+ARK_AGENT_IN_PIPELINE = gauge(
+    "ark_agent_in_pipeline",
+    "1 for each configured pipeline agent: their silence pages, other agents' is summarized.",
+    labels=("agent",),
+    collected=True,
+)
 ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS = gauge(
     "ark_agent_heartbeat_interval_seconds",
     "The heartbeat interval agents are expected to keep.",
@@ -258,6 +264,7 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ARK_AGENT_LAST_HEARTBEAT_TIMESTAMP_SECONDS,
     ARK_AGENT_UP,
     ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS,
+    ARK_AGENT_IN_PIPELINE,
     ARK_SLO_VALUE,
     ARK_SLO_OBJECTIVE,
     ARK_SLO_MET,

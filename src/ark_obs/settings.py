@@ -174,6 +174,19 @@ class Settings(BaseSettings):
         le=3600,
         description="Interval agents heartbeat at; an agent silent for 1.5 intervals is reported down.",
     )
+    max_heartbeat_agents: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Agents outside PIPELINE tracked by heartbeat; beats of more get 503 (pipeline agents "
+        "are always admitted).",
+    )
+    heartbeat_forget_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86400,
+        description="An agent outside PIPELINE silent this long is forgotten (pipeline agents never are).",
+    )
     redis_streams: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
         description="Comma-separated Redis streams whose length is exported as redis_stream_depth "
