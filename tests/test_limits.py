@@ -3,14 +3,17 @@ implausible span times are refused; against a real ``ark-obs serve`` and a real 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -547,3 +550,65 @@ def test_made_up_agents_neither_lock_out_the_pipeline_nor_stay_forever() -> None
     assert 'ark_agent_in_pipeline{agent="Kenny"} 1.0' in exposition
     assert 'ark_agent_in_pipeline{agent="fake99"}' not in exposition
     monitor.close()
+
+
+# --- the canary endpoint: one client, coalesced, capped ------------------------------------------------------
+class SilentServer:
+    """A loopback TCP server that accepts connections and never answers (a Prometheus that hangs)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.mark.slow
+def test_canary_analyses_share_a_client_coalesce_and_are_capped(tmp_path: Path) -> None:
+    """Against a Prometheus that hangs: 6 identical requests share one analysis (one connection);
+    past ARK_OBS_CANARY_MAX_CONCURRENT_ANALYSES distinct analyses a request gets 429 at once;
+    /healthz answers meanwhile."""
+    hanging = SilentServer()
+    env = {
+        "ARK_OBS_CANARY_PROMETHEUS_URL": f"http://127.0.0.1:{hanging.port}",
+        "ARK_OBS_CANARY_TIMEOUT_SECONDS": "4",
+        "ARK_OBS_CANARY_MAX_CONCURRENT_ANALYSES": "2",
+    }
+    server = Server(tmp_path, env)
+    try:
+        server.wait_healthy()
+
+        def get(selector: str) -> httpx.Response:
+            return httpx.get(f"{server.url}/canary/analysis?canary={selector}", timeout=30)
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            same = [pool.submit(get, "same") for _ in range(6)]
+            _poll(lambda: len(hanging.accepted) >= 1, "the analysis to reach Prometheus")
+            other = pool.submit(get, "other")
+            _poll(lambda: len(hanging.accepted) >= 2, "the second analysis to reach Prometheus")
+            started = time.monotonic()
+            refused = [get(f"c{i}") for i in range(5)]
+            refused_in = time.monotonic() - started
+            health = httpx.get(server.url + "/healthz", timeout=5)
+            answers = [f.result() for f in same] + [other.result()]
+        connections = len(hanging.accepted)
+    finally:
+        server.terminate()
+        hanging.close()
+    assert all(r.status_code == 200 and r.json()["verdict"] == "inconclusive" for r in answers)
+    assert connections == 2  # one per distinct analysis: the six identical requests shared one
+    assert all(r.status_code == 429 and r.headers.get("retry-after") == "1" for r in refused)
+    assert refused_in < 2  # refused at once, not after the Prometheus timeout
+    assert health.status_code == 200
