@@ -612,3 +612,28 @@ def test_canary_analyses_share_a_client_coalesce_and_are_capped(tmp_path: Path) 
     assert all(r.status_code == 429 and r.headers.get("retry-after") == "1" for r in refused)
     assert refused_in < 2  # refused at once, not after the Prometheus timeout
     assert health.status_code == 200
+
+
+@pytest.mark.slow
+def test_a_stop_with_stuck_requests_logs_one_summary_line(tmp_path: Path) -> None:
+    """SIGTERM with three requests stuck on their bodies: after the shutdown timeout one line says how
+    many were cancelled; no traceback per request; exit 0."""
+    server = Server(tmp_path, {"ARK_OBS_SHUTDOWN_TIMEOUT_SECONDS": "1"})
+    stuck = []
+    try:
+        server.wait_healthy()
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.sendall(
+                b"POST /spans HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            stuck.append(s)
+        time.sleep(0.3)  # the three requests reach the app (no condition to poll from outside)
+        status = server.terminate()
+    finally:
+        for s in stuck:
+            s.close()
+    log = server.output()
+    assert status == 0, log
+    assert log.count("stopped with 3 request(s) still running") == 1, log
+    assert "Traceback" not in log and "CancelledError" not in log, log

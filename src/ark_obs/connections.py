@@ -145,6 +145,34 @@ def guarded_protocol(
     )
 
 
+class ShutdownSummary(logging.Filter):
+    """One line for a stop that had to cancel stuck requests, instead of one traceback per request.
+
+    uvicorn logs "Cancel N running task(s)" and then, for each cancelled request, "Exception in ASGI
+    application" with the CancelledError's traceback; the tracebacks say nothing the count does not.
+    """
+
+    CANCEL_NOTE: Final = "timeout graceful shutdown exceeded"
+
+    def __init__(self, timeout_seconds: float) -> None:
+        super().__init__()
+        self.timeout_seconds = timeout_seconds
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop the per-request tracebacks; reword uvicorn's count into the summary line."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError) and self.CANCEL_NOTE in " ".join(map(str, exc.args)):
+            return False
+        if isinstance(record.msg, str) and record.msg.startswith("Cancel %s running task(s)"):
+            count = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = (
+                "ark-obs stopped with %s request(s) still running after %g s "
+                "(ARK_OBS_SHUTDOWN_TIMEOUT_SECONDS); cancelled them"
+            )
+            record.args = (count, self.timeout_seconds)
+        return True
+
+
 def quiet_resource_errors(loop: asyncio.AbstractEventLoop, report: RateLimitedLog | None = None) -> None:
     """Make the loop log resource exhaustion (EMFILE on accept, ...) once per interval, without traceback.
 
