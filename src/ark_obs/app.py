@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -28,7 +29,8 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import Field
+from pydantic import Field, ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -311,6 +313,49 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, headless)
 
 
+OFFLOAD_BODY_BYTES: Final = 64 * 1024  # bodies larger than this are parsed and validated in a worker thread
+
+
+def _parse_batch(body: bytes) -> SpanBatch:
+    """The batch in ``body``; RequestValidationError (at most MAX_VALIDATION_ERRORS listed) otherwise."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # also not UTF-8, a 5,000-digit integer, deep nesting
+        why = f"the body is not readable JSON: {type(exc).__name__}"
+        raise _BoundedValidationError([{"loc": ("body",), "msg": why, "type": "json_invalid"}], 1) from None
+    try:
+        return SpanBatch.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        first = [{**e, "loc": ("body", *e["loc"])} for e in errors[:MAX_VALIDATION_ERRORS]]
+        raise _BoundedValidationError(first, exc.error_count()) from None
+
+
+class _BoundedValidationError(RequestValidationError):
+    """A RequestValidationError that lists some errors and knows how many there were in all."""
+
+    def __init__(self, errors: Sequence[Any], total: int) -> None:
+        super().__init__(errors)
+        self.total = total
+
+
+async def read_batch(request: Request) -> SpanBatch:
+    """POST /spans' body, parsed and validated off the event loop when it is large.
+
+    A megabyte of spans takes tens of milliseconds to parse and validate (seconds when every span is
+    invalid); in the event loop that would stall every other request, /healthz included.
+    """
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise _BoundedValidationError(
+            [{"loc": ("body",), "msg": "the body must be application/json", "type": "model_attributes_type"}], 1
+        )
+    body = await request.body()
+    if len(body) > OFFLOAD_BODY_BYTES:
+        return await run_in_threadpool(_parse_batch, body)
+    return _parse_batch(body)
+
+
 # --- the app ------------------------------------------------------------------------------------------
 def create_app(
     settings: Settings | None = None,
@@ -367,6 +412,9 @@ def create_app(
         """The schema, with this app's batch limit (a setting, so not in the static model)."""
         if app.openapi_schema is None:
             schema = generate_openapi()
+            # POST /spans reads its body itself (see read_batch), so its model is added here
+            _, defs = models_json_schema([(SpanBatch, "validation")], ref_template="#/components/schemas/{model}")
+            schema["components"]["schemas"].update(defs["$defs"])
             schema["components"]["schemas"]["SpanBatch"]["properties"]["spans"]["maxItems"] = settings.max_batch_spans
         return app.openapi_schema  # type: ignore[return-value]
 
@@ -390,7 +438,7 @@ def create_app(
         # half a million bad spans would make a 70 MB answer. The first MAX_VALIDATION_ERRORS, each cut
         # short, and how many there were: the answer stays a few KiB whatever the input.
         all_errors = exc.errors()
-        return validation_response(all_errors[:MAX_VALIDATION_ERRORS], len(all_errors))
+        return validation_response(all_errors[:MAX_VALIDATION_ERRORS], getattr(exc, "total", len(all_errors)))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -620,13 +668,26 @@ def create_app(
         response_model=Accepted,
         summary="Record a batch of spans",
         dependencies=write_guard,
-        responses=write_responses,
+        responses={
+            **write_responses,
+            422: {
+                "description": "Validation Error",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
+            },
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SpanBatch"}}},
+            }
+        },
     )
-    async def post_spans(batch: SpanBatch) -> Accepted:
+    async def post_spans(request: Request) -> Accepted:
         """Record every span of the batch (spans of one trace or many).
 
         200: every span is in the store. 503: some may not be; send the whole batch again.
         """
+        batch = await read_batch(request)
         if len(batch.spans) > settings.max_batch_spans:
             raise HTTPException(413, f"{len(batch.spans)} spans in one batch; the limit is {settings.max_batch_spans}")
         refuse_implausible_times(batch.spans, ("body", "spans"))
