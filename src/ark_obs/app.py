@@ -33,6 +33,7 @@ from pydantic import Field, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ark_obs import __version__, canary, catalog, status_page
@@ -350,7 +351,10 @@ async def read_batch(request: Request) -> SpanBatch:
         raise _BoundedValidationError(
             [{"loc": ("body",), "msg": "the body must be application/json", "type": "model_attributes_type"}], 1
         )
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # closed mid-body (by the client, or by the body deadline): nobody to answer
+        raise HTTPException(400, "the client disconnected before sending the whole body") from None
     if len(body) > OFFLOAD_BODY_BYTES:
         return await run_in_threadpool(_parse_batch, body)
     return _parse_batch(body)
