@@ -433,9 +433,13 @@ def test_connection_cap_answers_503_and_recovers(tmp_path: Path) -> None:
             return httpx.get(server.url + "/healthz", timeout=5).status_code == 200
 
         _poll(healthy, "/healthz to answer 200 again")
+        over = _connection_closures(server).get("over_capacity")
     finally:
         server.terminate()
     assert capped.status_code == 503
+    assert over is not None and over >= 1
+    assert server.output().count("ark-obs answered 503") == 1
+    assert "Exceeded concurrency limit" not in server.output()
 
 
 # --- HEAD, the public-address refusal ---------------------------------------------------------------------

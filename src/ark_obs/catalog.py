@@ -141,8 +141,8 @@ ARK_TRACEPARENT_INVALID_TOTAL = counter(
 )
 ARK_OBS_CONNECTIONS_CLOSED_TOTAL = counter(
     "ark_obs_connections_closed_total",
-    "Connections the service closed because no complete request came in time, by reason "
-    "(idle, slow_headers, slow_body).",
+    "Connections closed because no complete request came in time (idle, slow_headers, slow_body), "
+    "and requests refused with 503 past the connection cap (over_capacity), by reason.",
     labels=("reason",),
 )
 

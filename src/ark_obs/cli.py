@@ -226,7 +226,7 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     import uvicorn
 
     from ark_obs.app import create_app, freeze_long_lived_objects
-    from ark_obs.connections import ShutdownSummary, guarded_protocol
+    from ark_obs.connections import OverCapacity, ShutdownSummary, guarded_protocol
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ark_obs").setLevel(settings.log_level.upper())
@@ -253,6 +253,9 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     )
     server = uvicorn.Server(config)
     logging.getLogger("uvicorn.error").addFilter(ShutdownSummary(settings.shutdown_timeout_seconds))
+    logging.getLogger("uvicorn.error").addFilter(
+        OverCapacity(lambda why: closed.labels(why).inc(), settings.max_connections)
+    )
     base = settings.bind_url
     log.info(
         "ark-obs %s on %s: %s/metrics  %s/slos  %s/traces?status=incomplete  %s/readyz  %s/docs "

@@ -30,7 +30,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 log = logging.getLogger("ark_obs")
 
 LOG_INTERVAL_SECONDS: Final = 60.0
-CloseReason = str  # "idle", "slow_headers", "slow_body", "over_capacity"
+CloseReason = str  # "idle", "slow_headers", "slow_body", "over_capacity" (a 503, not a closure)
 
 
 class RateLimitedLog:
@@ -143,6 +143,29 @@ def guarded_protocol(
             "report": RateLimitedLog(),
         },
     )
+
+
+class OverCapacity(logging.Filter):
+    """Counts uvicorn's 503s past ``limit_concurrency`` and logs them once per interval, not per request."""
+
+    MESSAGE: Final = "Exceeded concurrency limit."
+
+    def __init__(self, on_refused: Callable[[CloseReason], None], limit: int) -> None:
+        super().__init__()
+        self.on_refused = on_refused
+        self.limit = limit
+        self.report = RateLimitedLog()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Replace uvicorn's per-request warning with a count and a rate-limited line."""
+        if record.msg != self.MESSAGE:
+            return True
+        self.on_refused("over_capacity")
+        self.report(
+            "over_capacity",
+            f"ark-obs answered 503: {self.limit} connections or requests are open (ARK_OBS_MAX_CONNECTIONS)",
+        )
+        return False
 
 
 class ShutdownSummary(logging.Filter):
