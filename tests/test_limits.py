@@ -4,6 +4,7 @@ implausible span times are refused; against a real ``ark-obs serve`` and a real 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import socket
@@ -324,13 +325,13 @@ def test_implausible_span_times_are_dropped_and_counted_in_process() -> None:
 
 @pytest.mark.slow
 def test_422_is_bounded_whatever_the_input(service: Server) -> None:
-    """25,000 invalid spans (a body just under 1 MiB) get a 422 listing at most 20 errors plus the total, in a
+    """10,000 invalid spans (the batch limit) get a 422 listing at most 20 errors plus the total, in a
     few KiB; an over-long field name is cut short."""
-    spans = [{"trace_id": "x", "agent": "Kyle"}] * 25_000
+    spans = [{"trace_id": "x", "agent": "Kyle"}] * 10_000
     r = httpx.post(f"{service.url}/spans", json={"spans": spans}, timeout=60)
     assert r.status_code == 422
     body = r.json()
-    assert len(body["detail"]) == 20 and body["total"] == 25_000
+    assert len(body["detail"]) == 20 and body["total"] == 10_000
     assert len(r.content) < 10_000
     long_key = httpx.post(
         f"{service.url}/traces/{'a' * 32}/spans", json={"agent": "Kyle", "x" * 100_000: 1}, timeout=10
@@ -641,3 +642,29 @@ def test_a_stop_with_stuck_requests_logs_one_summary_line(tmp_path: Path) -> Non
     assert status == 0, log
     assert log.count("stopped with 3 request(s) still running") == 1, log
     assert "Traceback" not in log and "CancelledError" not in log, log
+
+
+@pytest.mark.slow
+def test_a_body_in_one_byte_chunks_is_cut_off(service: Server) -> None:
+    """A chunked body sent a byte per chunk is cut off after 1,024 chunks (counted as tiny_chunks);
+    /healthz answers meanwhile; a body in normal chunks is unaffected."""
+    before = _connection_closures(service).get("tiny_chunks", 0)
+    s = socket.create_connection(("127.0.0.1", service.port))
+    s.sendall(
+        b"POST /spans HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    payload = b"".join(b"1\r\n" + bytes((c,)) + b"\r\n" for c in b'{"spans": [' + b" " * 200_000 + b"]}")
+    with contextlib.suppress(OSError):
+        s.sendall(payload)
+    assert _closed_by_server(s, 10)
+    s.close()
+    assert httpx.get(service.url + "/healthz", timeout=5).status_code == 200
+    assert _connection_closures(service).get("tiny_chunks", 0) == before + 1
+
+    def chunks() -> Iterator[bytes]:
+        body = json.dumps({"spans": [{"trace_id": os.urandom(16).hex(), "agent": "Kyle"}] * 50}).encode()
+        for i in range(0, len(body), 100):
+            yield body[i : i + 100]
+
+    ok = httpx.post(service.url + "/spans", content=chunks(), headers={"Content-Type": "application/json"}, timeout=10)
+    assert ok.status_code == 200, ok.text

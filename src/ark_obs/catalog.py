@@ -141,8 +141,9 @@ ARK_TRACEPARENT_INVALID_TOTAL = counter(
 )
 ARK_OBS_CONNECTIONS_CLOSED_TOTAL = counter(
     "ark_obs_connections_closed_total",
-    "Connections closed because no complete request came in time (idle, slow_headers, slow_body), "
-    "and requests refused with 503 past the connection cap (over_capacity), by reason.",
+    "Connections closed because no complete request came in time (idle, slow_headers, slow_body) or "
+    "a body came in tiny chunks (tiny_chunks), and requests refused with 503 past the connection cap "
+    "(over_capacity), by reason.",
     labels=("reason",),
 )
 

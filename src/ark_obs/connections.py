@@ -7,7 +7,9 @@ protocol gives every request two deadlines:
 
 - its headers must be complete within ``header_timeout`` of the connection opening (or of the first
   byte of a later request on a kept-alive connection);
-- its body must be complete within ``body_timeout`` of the headers.
+- its body must be complete within ``body_timeout`` of the headers;
+- its body must not come in more than ``MAX_TINY_CHUNKS`` chunks averaging under ``TINY_CHUNK_BYTES``:
+  h11 parses each chunk in Python, so a megabyte sent a byte per chunk costs seconds of event loop.
 
 A connection past a deadline is closed and counted by reason (``idle``, ``slow_headers``,
 ``slow_body``); the closures, and resource exhaustion reported by the event loop ("Too many open
@@ -30,7 +32,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 log = logging.getLogger("ark_obs")
 
 LOG_INTERVAL_SECONDS: Final = 60.0
-CloseReason = str  # "idle", "slow_headers", "slow_body", "over_capacity" (a 503, not a closure)
+MAX_TINY_CHUNKS: Final = 1024
+TINY_CHUNK_BYTES: Final = 64
+CloseReason = str  # idle, slow_headers, slow_body, tiny_chunks; over_capacity (a 503, not a closure)
 
 
 class RateLimitedLog:
@@ -67,11 +71,30 @@ class GuardedH11Protocol(H11Protocol):
     _deadline: asyncio.TimerHandle | None = None
     _phase: str = ""
     _seen_bytes: bool = False
+    _chunks: int = 0
+    _chunk_bytes: int = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the header deadline: a connection that sends nothing is closed as idle."""
         super().connection_made(transport)
         self._arm("headers", self.header_timeout)
+        self._h11_next_event = self.conn.next_event
+        self.conn.next_event = self._next_event  # type: ignore[method-assign]
+
+    def _next_event(self) -> Any:
+        # counts body chunks as h11 parses them, so a body of tiny chunks is cut off after a bounded cost
+        event = self._h11_next_event()
+        if isinstance(event, h11.Data):
+            self._chunks += 1
+            self._chunk_bytes += len(event.data)
+            if self._chunks > MAX_TINY_CHUNKS and self._chunk_bytes < TINY_CHUNK_BYTES * self._chunks:
+                self._refuse(
+                    "tiny_chunks", f"a body in over {MAX_TINY_CHUNKS} chunks of under {TINY_CHUNK_BYTES} bytes"
+                )
+                return h11.PAUSED
+        elif isinstance(event, h11.Request):
+            self._chunks = self._chunk_bytes = 0
+        return event
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Drop the deadline with the connection."""
@@ -123,9 +146,13 @@ class GuardedH11Protocol(H11Protocol):
             reason, limit = "slow_headers", self.header_timeout
         else:
             reason, limit = "idle", self.header_timeout
+        self._refuse(reason, f"no complete request {phase} in {limit:g} s")
+
+    def _refuse(self, reason: CloseReason, why: str) -> None:
+        self._disarm()
         for hook in self.on_close:
             hook(reason)
-        self.report(reason, f"ark-obs closed a connection ({reason}: no complete request {phase} in {limit:g} s)")
+        self.report(reason, f"ark-obs closed a connection ({reason}: {why})")
         self.transport.close()
 
 
