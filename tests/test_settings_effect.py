@@ -212,7 +212,8 @@ async def _shutdown_timeout(env: Env) -> None:
     assert status == 0, out
     assert 0.9 <= elapsed < 8, (elapsed, out)
     assert b"200 OK" not in answer
-    assert "timeout graceful shutdown exceeded" in out.lower(), out
+    # one summary line naming the bound (ark_obs.cli.ShutdownSummary), not a traceback per request
+    assert "still running after 1 s (ARK_OBS_SHUTDOWN_TIMEOUT_SECONDS)" in out, out
 
 
 @case("log_level")
@@ -227,6 +228,71 @@ async def _log_level(env: Env) -> None:
         time.sleep(0.05)
     assert '"GET /slos HTTP/1.1" 200' in log.read_text(), log.read_text()
     assert "DEBUG" in log.read_text()
+
+
+def _seconds_until_closed(sock: socket.socket, limit: float) -> float:
+    """Seconds until the server closes ``sock`` (recv gives b'' or a reset); fails after ``limit`` s."""
+    started = time.monotonic()
+    sock.settimeout(limit)
+    try:
+        while sock.recv(65536):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    except TimeoutError:
+        pytest.fail(f"the server kept the connection open for {limit} s")
+    return time.monotonic() - started
+
+
+@case("keepalive_timeout_seconds")
+async def _keepalive_timeout(env: Env) -> None:
+    """ARK_OBS_KEEPALIVE_TIMEOUT_SECONDS=1: a kept-alive connection idle after its answer is closed within
+    a few seconds (the default keeps it 5 s)."""
+    port = free_port()
+    proc, log = env.serve(port=str(port), keepalive_timeout_seconds="1")
+    wait_healthy(proc, log, f"http://127.0.0.1:{port}")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert _seconds_until_closed(sock, 4.0) >= 0.5
+
+
+@case("header_timeout_seconds")
+async def _header_timeout(env: Env) -> None:
+    """ARK_OBS_HEADER_TIMEOUT_SECONDS=1: half-sent headers are cut off within a few seconds (default 10 s)."""
+    port = free_port()
+    proc, log = env.serve(port=str(port), header_timeout_seconds="1")
+    wait_healthy(proc, log, f"http://127.0.0.1:{port}")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /spans HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        assert _seconds_until_closed(sock, 5.0) >= 0.5
+
+
+@case("body_timeout_seconds")
+async def _body_timeout(env: Env) -> None:
+    """ARK_OBS_BODY_TIMEOUT_SECONDS=1: a body that stops coming is cut off within a few seconds (default 30 s)."""
+    port = free_port()
+    proc, log = env.serve(port=str(port), body_timeout_seconds="1")
+    wait_healthy(proc, log, f"http://127.0.0.1:{port}")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /spans HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        assert _seconds_until_closed(sock, 5.0) >= 0.5
+
+
+@case("max_connections")
+async def _max_connections(env: Env) -> None:
+    """ARK_OBS_MAX_CONNECTIONS=8: with 10 connections held open, a request gets 503 (the default admits 512)."""
+    port = free_port()
+    proc, log = env.serve(port=str(port), max_connections="8")
+    wait_healthy(proc, log, f"http://127.0.0.1:{port}")
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(10)]
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 503
+    finally:
+        for sock in held:
+            sock.close()
 
 
 # --- the rest: the same environment path, in process ----------------------------------------------------
@@ -401,6 +467,57 @@ async def _state_revision_recent_max(env: Env) -> None:
         listing = (await c.get("/state/anomalies")).json()
     assert listing["recent_max"] == 2
     assert [a["key"] for a in listing["anomalies"]] == ["c", "b"]
+
+
+@case("max_clock_skew_seconds")
+async def _max_clock_skew(env: Env) -> None:
+    """ARK_OBS_MAX_CLOCK_SKEW_SECONDS=600: a span ending 5 min ahead is accepted (the default 60 s refuses it)."""
+    async with env.app(max_clock_skew_seconds="600") as c:
+        ahead = {"agent": "Kyle", "at": time.time() + 300}
+        assert (await c.post(f"/traces/{TRACE}/spans", json=ahead)).status_code == 200
+        assert (await c.get(f"/traces/{TRACE}")).json()["agents_seen"] == ["Kyle"]
+
+
+@case("max_agents_per_trace")
+async def _max_agents_per_trace(env: Env) -> None:
+    """ARK_OBS_MAX_AGENTS_PER_TRACE=5 (the pipeline's five fit, the least it may be): a sixth agent's span is
+    dropped (trace_full); the default 32 would keep it."""
+    async with env.app(max_agents_per_trace="5") as c:
+        spans = [{"trace_id": TRACE, "agent": a} for a in ("Kyle", "Joey", "HRM", "Kenny", "Extra1", "Extra2")]
+        assert (await c.post("/spans", json={"spans": spans})).status_code == 200
+        report = (await c.get(f"/traces/{TRACE}")).json()
+        text = (await c.get("/metrics")).text
+    assert report["agents_seen"] == ["Kyle", "Joey", "HRM", "Kenny", "Extra1"]  # still open: Aletheia missing
+    assert sample_values(text, "ark_obs_dropped_total", reason="trace_full") == [1.0]
+
+
+@case("max_heartbeat_agents")
+async def _max_heartbeat_agents(env: Env) -> None:
+    """ARK_OBS_MAX_HEARTBEAT_AGENTS=2: a third made-up agent's beat gets 503; a pipeline agent is still admitted."""
+    async with env.app(max_heartbeat_agents="2") as c:
+        for agent in ("Ghost1", "Ghost2"):
+            assert (await c.post(f"/heartbeats/{agent}")).status_code == 200
+        assert (await c.post("/heartbeats/Ghost3")).status_code == 503
+        assert (await c.post("/heartbeats/Kenny")).status_code == 200
+
+
+@case("heartbeat_forget_seconds")
+async def _heartbeat_forget(env: Env) -> None:
+    """ARK_OBS_HEARTBEAT_FORGET_SECONDS=0.5: a made-up agent silent that long leaves /metrics (default: 1 h);
+    a silent pipeline agent stays, reported down."""
+    async with env.app(heartbeat_forget_seconds="0.5", heartbeat_interval_seconds="0.1") as c:
+        assert (await c.post("/heartbeats/Ghost")).status_code == 200
+        assert (await c.post("/heartbeats/Kenny")).status_code == 200
+
+        async def forgotten() -> bool:
+            text = (await c.get("/metrics")).text
+            return sample_values(text, "ark_agent_up", agent="Ghost") == [] and bool(
+                sample_values(text, "ark_agent_up", agent="Kenny")
+            )
+
+        await poll("Ghost forgotten, Kenny kept", forgotten)
+        text = (await c.get("/metrics")).text
+    assert sample_values(text, "ark_agent_up", agent="Kenny") == [0.0]
 
 
 @case("heartbeat_interval_seconds")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -27,7 +26,8 @@ from typing import Any, Final, TextIO
 
 from pydantic import ValidationError
 
-from ark_obs import __version__, canary, synthetic
+from ark_obs import __version__, canary, catalog, synthetic
+from ark_obs._redact import redact_url
 from ark_obs.settings import Problem, Settings, env_name
 from ark_obs.validate import command as validate_command
 
@@ -121,7 +121,9 @@ def _field_problems(exc: ValidationError, name: Callable[[str], str] = env_name)
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else "?"
         msg = err["msg"].removeprefix("Value error, ")
-        shown = "" if field == "ingest_token" else f" (got {err.get('input')!r})"
+        given = err.get("input")
+        given = redact_url(given) if isinstance(given, str) else given
+        shown = "" if field == "ingest_token" else f" (got {given!r})"
         problems.append(Problem(name(field), msg + shown))
     return problems
 
@@ -256,6 +258,15 @@ async def _make_default(service: Any) -> None:
     metrics.set_collector(service.collector)
 
 
+async def _guard_event_loop(service: Any) -> None:
+    """Resource exhaustion reported by the event loop (EMFILE on accept) is logged once per interval."""
+    import asyncio
+
+    from ark_obs.connections import quiet_resource_errors
+
+    quiet_resource_errors(asyncio.get_running_loop())
+
+
 def run_server(settings: Settings, **app_options: Any) -> int:
     """Serve ``create_app(settings, **app_options)`` with uvicorn until SIGTERM or SIGINT.
 
@@ -264,12 +275,15 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     import uvicorn
 
     from ark_obs.app import create_app, freeze_long_lived_objects
+    from ark_obs.connections import OverCapacity, ShutdownSummary, guarded_protocol
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ark_obs").setLevel(settings.log_level.upper())
     # a long-running server with a big trace store: keep GC pauses out of the scrapes (see the hook)
     background = [_make_default, freeze_long_lived_objects, *app_options.pop("background", ())]
+    background.insert(0, _guard_event_loop)
     app = create_app(settings, background=background, **app_options)
+    closed = app.state.service.collector.metric(catalog.ARK_OBS_CONNECTIONS_CLOSED_TOTAL.name)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -279,8 +293,18 @@ def run_server(settings: Settings, **app_options: Any) -> int:
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         server_header=False,
+        # connections: see ark_obs.connections and the README's "Limits"
+        http=guarded_protocol(
+            settings.header_timeout_seconds, settings.body_timeout_seconds, lambda why: closed.labels(why).inc()
+        ),
+        timeout_keep_alive=settings.keepalive_timeout_seconds,
+        limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
+    logging.getLogger("uvicorn.error").addFilter(ShutdownSummary(settings.shutdown_timeout_seconds))
+    logging.getLogger("uvicorn.error").addFilter(
+        OverCapacity(lambda why: closed.labels(why).inc(), settings.max_connections)
+    )
     base = settings.bind_url
     try:
         # bound before the banner: a port in use is reported instead of URLs nobody answers at
@@ -298,7 +322,7 @@ def run_server(settings: Settings, **app_options: Any) -> int:
         base,
         base,
         base,
-        re.sub(r"//[^@/]*@", "//***@", settings.trace_store),  # never log a password
+        redact_url(settings.trace_store),
         "need the bearer token" if settings.token else "are open",
     )
     stopped: list[int] = []
@@ -357,10 +381,13 @@ def check_config(args: argparse.Namespace) -> int:
             value = "(set)" if value is not None else "(unset: writes are open)"
         elif isinstance(value, tuple):
             value = ",".join(value)
+        elif isinstance(value, str):
+            value = redact_url(value)
         print(f"  {env_name(name)}={value if value is not None else ''}")
     analysis = canary.CanaryConfig(_env_file=env_file)  # type: ignore[call-arg]
     for name in canary.CanaryConfig.model_fields:
-        print(f"  {canary.env_name(name)}={getattr(analysis, name)}")
+        shown = getattr(analysis, name)
+        print(f"  {canary.env_name(name)}={redact_url(shown) if isinstance(shown, str) else shown}")
     return EXIT_OK
 
 
