@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from ark_obs.api import TRACE_ID_PATTERN, TRACEPARENT_PATTERN, TraceId, TraceParentTraceId
 from ark_obs.context import is_valid_trace_id, parse_traceparent
+from ark_obs.service.api import TRACE_ID_PATTERN, TRACEPARENT_PATTERN, TraceId, TraceParentTraceId
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 _TRACEPARENT = TypeAdapter(TraceParentTraceId)

@@ -22,10 +22,10 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from ark_obs import catalog
-from ark_obs.app import Service, create_app
 from ark_obs.context import bind_trace_id
 from ark_obs.heartbeat import HeartbeatMonitor
 from ark_obs.metrics import MetricsCollector
+from ark_obs.service import Service, create_app
 from ark_obs.settings import Settings
 from ark_obs.store_redis import RedisStore
 from ark_obs.traces import TraceMonitor
@@ -650,9 +650,9 @@ async def test_background_hooks_start_and_are_cancelled(caplog: pytest.LogCaptur
         raise RuntimeError("hook failed")
 
     def failure_logged() -> list[logging.LogRecord]:
-        return [r for r in caplog.records if r.name == "ark_obs.app" and "background hook" in r.getMessage()]
+        return [r for r in caplog.records if r.name == "ark_obs.service" and "background hook" in r.getMessage()]
 
-    caplog.set_level(logging.ERROR, logger="ark_obs.app")
+    caplog.set_level(logging.ERROR, logger="ark_obs.service")
     app = create_app(settings(), background=[ticker, broken])
     async with serve(app) as c:
         await asyncio.wait_for(beat.wait(), 10)
@@ -715,7 +715,7 @@ async def test_gc_freeze_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     and every full period thaws everything for one full collection."""
     import gc
 
-    from ark_obs.app import freeze_long_lived_objects
+    from ark_obs.service import freeze_long_lived_objects
 
     calls: list[str] = []
     real_collect, real_unfreeze = gc.collect, gc.unfreeze

@@ -39,7 +39,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ark_obs import canary
-from ark_obs.app import create_app
 from ark_obs.canary import (
     BaselineStats,
     CanaryAnalysis,
@@ -56,6 +55,7 @@ from ark_obs.canary import (
     sustained_breach,
 )
 from ark_obs.metrics import MetricsCollector
+from ark_obs.service import create_app
 from ark_obs.settings import Settings
 
 if TYPE_CHECKING:

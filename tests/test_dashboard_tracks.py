@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from ark_obs.app import build_collector, create_app
 from ark_obs.metrics import MetricsCollector
+from ark_obs.service import build_collector, create_app
 from ark_obs.settings import Settings
 from plugins.prometheus_server import PrometheusFactory, PrometheusServer, ScrapeTarget
 

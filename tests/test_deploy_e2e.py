@@ -40,9 +40,9 @@ import pytest
 import uvicorn
 import yaml
 
-from ark_obs.app import build_collector, create_app
 from ark_obs.catalog import LATENCY_BUCKETS_MS
 from ark_obs.metrics import MetricsCollector
+from ark_obs.service import build_collector, create_app
 from ark_obs.settings import Settings
 from plugins.prometheus_server import SHIPPED_RULE_FILES, PrometheusFactory, PrometheusQueryError, PrometheusServer
 

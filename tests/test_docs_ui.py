@@ -12,7 +12,7 @@ import httpx
 import pytest
 import uvicorn
 
-from ark_obs.app import create_app
+from ark_obs.service import create_app
 from ark_obs.settings import Settings
 from test_status_page import free_port, headless
 

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from ark_obs.exposition import accepts_gzip, render_exposition, wants_openmetrics
+from ark_obs.service.exposition import accepts_gzip, render_exposition, wants_openmetrics
 
 
 @pytest.mark.parametrize(

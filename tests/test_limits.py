@@ -458,19 +458,25 @@ def test_head_works_wherever_get_does(service: Server, path: str) -> None:
 
 
 def test_write_endpoints_are_exactly_the_token_protected_routes() -> None:
-    """settings.WRITE_ENDPOINTS, named by the public-address refusal, lists every route that needs the token."""
-    from fastapi.routing import APIRoute
+    """settings.WRITE_ENDPOINTS, named by the public-address refusal, lists every route that needs the token:
+    every operation whose schema declares the bearer scheme, and each of them answers 401 without it."""
+    from fastapi.testclient import TestClient
 
-    from ark_obs.app import create_app
+    from ark_obs.service import create_app
     from ark_obs.settings import WRITE_ENDPOINTS, Settings
 
     app = create_app(Settings(ingest_token=TOKEN))
     protected = {
-        f"{method} {route.path}"
-        for route in app.routes
-        if isinstance(route, APIRoute) and any(d.call.__name__ == "require_token" for d in route.dependant.dependencies)
-        for method in route.methods or ()
+        f"{method.upper()} {path}"
+        for path, operations in app.openapi()["paths"].items()
+        for method, operation in operations.items()
+        if {"ingestToken": []} in operation.get("security", [])
     }
+    with TestClient(app) as client:
+        for endpoint in WRITE_ENDPOINTS:
+            method, path = endpoint.split(" ", 1)
+            url = path.replace("{trace_id}", "c" * 32).replace("{agent}", "Kyle")
+            assert client.request(method, url, json={}).status_code == 401, endpoint
     assert protected == set(WRITE_ENDPOINTS)
     problems = Settings(host="0.0.0.0").problems()
     assert problems and all(endpoint in str(problems[0]) for endpoint in WRITE_ENDPOINTS)

@@ -13,9 +13,9 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, SummaryM
 from prometheus_client.openmetrics.exposition import generate_latest as client_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
-from ark_obs.app import build_collector
 from ark_obs.context import bind_trace_id
-from ark_obs.openmetrics import generate_openmetrics
+from ark_obs.service import build_collector
+from ark_obs.service.openmetrics import generate_openmetrics
 from ark_obs.settings import Settings
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -44,12 +44,12 @@ def same(registry: Any) -> bytes:
 def test_the_whole_ark_registry_is_identical(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every ARK family (recorded, traces with exemplars, heartbeats, SLOs) comes out identical, and
     without falling back to the client's writer."""
-    import ark_obs.openmetrics
+    import ark_obs.service.openmetrics
 
     def no_fallback(*_: Any) -> bytes:
         raise AssertionError("fell back to prometheus_client")
 
-    monkeypatch.setattr(ark_obs.openmetrics._client, "generate_latest", no_fallback)
+    monkeypatch.setattr(ark_obs.service.openmetrics._client, "generate_latest", no_fallback)
     collector, owned = build_collector(Settings(_env_file=None))  # type: ignore[call-arg]
     try:
         for i in range(20):

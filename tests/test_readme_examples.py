@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from ark_obs.app import create_app
+from ark_obs.service import create_app
 from ark_obs.settings import Settings
 from test_status_page import free_port
 
@@ -116,7 +116,14 @@ def test_curl_examples_run_as_written(service: str) -> None:
     curl = shutil.which("curl")
     assert curl, "curl is not installed"
     for command in commands:
-        argv = shlex.split(re.sub(r"(localhost|127\.0\.0\.1):9871", service, command))
+        pointed = re.sub(r"(localhost|127\.0\.0\.1):9871", service, command)
+        if " | " in pointed:  # a pipeline (curl ... | grep ...): run as the shell would, failing if any part fails
+            shell = pointed.replace("curl ", f"{curl} --fail --max-time 10 ", 1)
+            result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True,
+                                    timeout=30, check=False)  # fmt: skip
+            assert result.returncode == 0 and result.stdout, f"{command}: exit {result.returncode}: {result.stderr}"
+            continue
+        argv = shlex.split(pointed)
         assert argv[0] == "curl" and any(service in a for a in argv), command
         result = subprocess.run([curl, "--fail", "--max-time", "10", *argv[1:]], capture_output=True, text=True,
                                 timeout=30, check=False)  # fmt: skip

@@ -23,7 +23,7 @@ from schemathesis.config._checks import (
     POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES,
 )
 
-from ark_obs.app import create_app
+from ark_obs.service import create_app
 from ark_obs.settings import Settings
 
 TOKEN = "schemathesis-token-0123456789"

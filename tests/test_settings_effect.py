@@ -30,8 +30,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from ark_obs.app import create_app
 from ark_obs.cli import load_settings
+from ark_obs.service import create_app
 from ark_obs.settings import Settings, env_name
 
 ARK_OBS = Path(sys.executable).with_name("ark-obs")
@@ -68,7 +68,7 @@ class Env:
     monkeypatch: pytest.MonkeyPatch
     tmp_path: Path
     processes: list[subprocess.Popen[bytes]]
-    service: Any = None  # what the last in-process app serves (ark_obs.app.Service)
+    service: Any = None  # what the last in-process app serves (ark_obs.service.Service)
 
     def fixture(self, name: str) -> Any:
         return self.request.getfixturevalue(name)

@@ -8,9 +8,9 @@ import httpx
 import pytest
 
 from ark_obs import catalog
-from ark_obs.app import create_app
 from ark_obs.instrumentation import track_state_operation
 from ark_obs.metrics import MetricsCollector
+from ark_obs.service import create_app
 from ark_obs.settings import Settings
 from ark_obs.state_revisions import (
     MAX_KEY_LENGTH,

@@ -20,10 +20,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from ark_obs import status_page
-from ark_obs.app import create_app
 from ark_obs.heartbeat import HeartbeatMonitor
 from ark_obs.metrics import MetricsCollector
+from ark_obs.service import create_app, status_page
 from ark_obs.settings import Settings
 from ark_obs.synthetic import PIPELINE, Fault, SyntheticConfig, background_hook, run_loop
 from plugins.ci import missing_dependency
@@ -58,13 +57,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def with_status_page(app: FastAPI) -> FastAPI:
-    """The app with the status router, unless create_app already mounts it."""
-    if not any(getattr(route, "path", None) == "/status.json" for route in app.routes):
-        app.include_router(status_page.router(app.state.service.collector))
-    return app
-
-
 @pytest.fixture(scope="module")
 def live_service() -> Iterator[dict[str, Any]]:
     """A real service on a free loopback port, fed by the synthetic loop as a background hook.
@@ -78,7 +70,7 @@ def live_service() -> Iterator[dict[str, Any]]:
                              faults=(Fault.parse("drop:Kenny"), Fault.parse("silence:Joey")),
                              heartbeat_interval_seconds=INTERVAL)  # fmt: skip
     announced: list[str] = []
-    app = with_status_page(create_app(settings, background=[background_hook(config, announce=announced.append)]))
+    app = create_app(settings, background=[background_hook(config, announce=announced.append)])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

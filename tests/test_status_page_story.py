@@ -21,10 +21,10 @@ import httpx
 import pytest
 import uvicorn
 
-from ark_obs.app import create_app
+from ark_obs.service import create_app
 from ark_obs.settings import Settings
 from ark_obs.synthetic import PIPELINE, Fault, SyntheticConfig, background_hook
-from test_status_page import ARTIFACTS, INTERVAL, free_port, headless, png_size_and_variety, with_status_page
+from test_status_page import ARTIFACTS, INTERVAL, free_port, headless, png_size_and_variety
 
 Ready = Callable[[str], bool]
 # heartbeats over HTTP from another process: an interval a loaded 2-core machine keeps without a gap
@@ -33,7 +33,7 @@ HTTP_INTERVAL = 1.0
 
 def serve(settings: Settings, background: list[Any], ready: Ready, what: str) -> Iterator[str]:
     """Run a service until the generator is closed; yield its URL once ``ready(url)`` holds."""
-    app = with_status_page(create_app(settings, background=background))
+    app = create_app(settings, background=background)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -322,7 +322,7 @@ async def test_status_json_counts_over_one_window_and_says_what_is_not_reported(
     never quarantined) and the window's increase per agent and in total agree; the period and observed time
     are stated."""
     from ark_obs.metrics import MetricsCollector
-    from ark_obs.status_page import snapshot
+    from ark_obs.service.status_page import snapshot
 
     collector = MetricsCollector(ticker=False)
     started = collector.clock()

@@ -13,10 +13,10 @@ from fastapi import FastAPI
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from ark_obs.app import create_app
 from ark_obs.context import bind_trace_id, canonical_trace_id, current_traceparent, parse_traceparent
 from ark_obs.instrumentation import MetricsContext, instrument_agent_method, with_trace_id
 from ark_obs.metrics import MetricsCollector
+from ark_obs.service import create_app
 from ark_obs.settings import Settings
 from ark_obs.store_memory import MemoryStore
 from ark_obs.store_redis import RedisStore

@@ -26,8 +26,8 @@ import httpx
 import pytest
 import uvicorn
 
-from ark_obs.app import build_collector, create_app
 from ark_obs.cli import main
+from ark_obs.service import build_collector, create_app
 from ark_obs.settings import Settings
 from plugins.prometheus_server import PrometheusFactory
 

@@ -262,7 +262,7 @@ async def _guard_event_loop(service: Any) -> None:
     """Resource exhaustion reported by the event loop (EMFILE on accept) is logged once per interval."""
     import asyncio
 
-    from ark_obs.connections import quiet_resource_errors
+    from ark_obs.service.connections import quiet_resource_errors
 
     quiet_resource_errors(asyncio.get_running_loop())
 
@@ -274,8 +274,8 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     """
     import uvicorn
 
-    from ark_obs.app import create_app, freeze_long_lived_objects
-    from ark_obs.connections import OverCapacity, ShutdownSummary, guarded_protocol
+    from ark_obs.service import create_app, freeze_long_lived_objects
+    from ark_obs.service.connections import OverCapacity, ShutdownSummary, guarded_protocol
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ark_obs").setLevel(settings.log_level.upper())
@@ -293,7 +293,7 @@ def run_server(settings: Settings, **app_options: Any) -> int:
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         server_header=False,
-        # connections: see ark_obs.connections and the README's "Limits"
+        # connections: see ark_obs.service.connections and the README's "Limits"
         http=guarded_protocol(
             settings.header_timeout_seconds, settings.body_timeout_seconds, lambda why: closed.labels(why).inc()
         ),

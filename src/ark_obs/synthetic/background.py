@@ -39,7 +39,7 @@ class ServiceSettings(Protocol):
 
 
 class ServiceLike(Protocol):
-    """What a background hook gets from the service (``ark_obs.app.Service``): its settings and collector."""
+    """What a background hook gets from the service (``ark_obs.service.Service``): its settings and collector."""
 
     @property
     def settings(self) -> ServiceSettings:

@@ -25,8 +25,8 @@ from typing import Final
 
 import httpx
 
-from ark_obs.app import create_app
 from ark_obs.metrics import MetricsCollector
+from ark_obs.service import create_app
 from ark_obs.settings import Settings
 from ark_obs.synthetic import (
     AgentContext,

@@ -14,8 +14,8 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from ark_obs.api import ExemplarOut, FamilyOut, NonFinite, SampleOut
-from ark_obs.openmetrics import generate_openmetrics
+from ark_obs.service.api import ExemplarOut, FamilyOut, NonFinite, SampleOut
+from ark_obs.service.openmetrics import generate_openmetrics
 
 __all__ = [
     "CONTENT_TYPE_PLAIN_0_0_4",

@@ -129,7 +129,7 @@ class StatusOut(BaseModel):
 @lru_cache(maxsize=1)
 def status_html() -> str:
     """The page, read once from the package."""
-    return resources.files("ark_obs").joinpath("static/status.html").read_text(encoding="utf-8")
+    return resources.files("ark_obs.service").joinpath("static/status.html").read_text(encoding="utf-8")
 
 
 def _totals(collector: MetricsCollector, name: str, label: str | None = None) -> dict[str, float]:
