@@ -54,6 +54,7 @@ from ark_obs.canary import (
     spike_threshold,
     sustained_breach,
 )
+from ark_obs.canary.analysis import _Analysis
 from ark_obs.metrics import MetricsCollector
 from ark_obs.service import create_app
 from ark_obs.settings import Settings
@@ -248,7 +249,7 @@ def squash(text: str) -> str:
 def test_queries_read_the_shipped_recording_rules() -> None:
     """Every `ark:` series a check queries is recorded by deploy/prometheus/rules: verdict and alerts share inputs."""
     shipped = rules()["records"]
-    run_ = canary._Analysis(CanaryConfig(_env_file=None), 'track="canary"', 'track="stable"', 0.0)
+    run_ = _Analysis(CanaryConfig(_env_file=None), 'track="canary"', 'track="stable"', 0.0)
     used = {m for _, expr, _ in run_.queries().values() for m in re.findall(r"ark:[a-z0-9_:]+", expr)}
     assert used, "the analysis reads no recording rule"
     assert used <= shipped, used - shipped
@@ -275,7 +276,7 @@ def test_thresholds_match_the_alerts() -> None:
 def test_quarantine_query_is_the_alerts_expression() -> None:
     """The quarantine check runs ArkCanaryQuarantine's expression, with the canary's matcher added."""
     alert = squash(rules()["alerts"]["ArkCanaryQuarantine"]["expr"])
-    run_ = canary._Analysis(CanaryConfig(_env_file=None), 'track="canary"', 'track="stable"', 0.0)
+    run_ = _Analysis(CanaryConfig(_env_file=None), 'track="canary"', 'track="stable"', 0.0)
     query = squash(run_.queries()["quarantines"][1])
     expected = alert.replace("watchdog_quarantines_total", 'watchdog_quarantines_total{track="canary"}')
     expected = expected.replace("sumby(track,agent,reason)", "sumby(agent,reason)").removesuffix(">0")
