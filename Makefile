@@ -9,7 +9,7 @@ SYSTEM_BINS := redis-server:redis-server prometheus:prometheus promtool:promethe
                amtool:prometheus-alertmanager prometheus-alertmanager:prometheus-alertmanager \
                chromium:chromium
 
-.PHONY: run test lint types pytest bench system-deps venv clean
+.PHONY: run test lint types imports pytest bench system-deps venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,10 +32,14 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(PY) -m mypy
 
+# the layering contract in pyproject.toml ([tool.importlinter]): layers only import the layers below
+imports: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
+
 pytest: $(STAMP) system-deps
 	$(PY) -m pytest
 
-test: lint types pytest
+test: lint types imports pytest
 
 bench: $(STAMP) system-deps
 	$(PY) -m bench
