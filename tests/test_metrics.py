@@ -109,10 +109,11 @@ def test_wrong_labels_list_the_expected_ones(collector: MetricsCollector) -> Non
         collector.inc_counter("watchdog_quarantines_total")
 
 
-def test_counter_decrement_and_type_mismatch_raise(collector: MetricsCollector) -> None:
-    """A decrement or using a gauge as a counter is a programming error."""
-    with pytest.raises(ValueError, match="decrement"):
-        collector.inc_counter("graveyard_validations_total", -1)
+def test_counter_decrement_is_dropped_and_type_mismatch_raises(collector: MetricsCollector) -> None:
+    """A negative increment is bad data (dropped, counted); using a gauge as a counter is a programming error."""
+    collector.inc_counter("graveyard_validations_total", -1)
+    assert sample(collector, "graveyard_validations_total") == 0.0
+    assert sample(collector, "ark_obs_dropped_total", metric="graveyard_validations_total", reason="negative") == 1.0
     with pytest.raises(MetricTypeError, match="gauge, not a counter"):
         collector.inc_counter("kyle_ingest_rate")
     with pytest.raises(MetricTypeError):
@@ -279,6 +280,6 @@ def test_non_string_label_values_never_share_a_cached_series(collector: MetricsC
 
 
 def test_negative_infinity_is_bad_data_not_a_decrement(collector: MetricsCollector) -> None:
-    """-inf is dropped like NaN; only a finite negative amount is the programming error."""
+    """-inf is dropped as non-finite, not as a negative amount."""
     collector.inc_counter("graveyard_validations_total", -math.inf)
     assert sample(collector, "ark_obs_dropped_total", metric="graveyard_validations_total", reason="non_finite") == 1.0

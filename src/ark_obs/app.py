@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -24,11 +25,15 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import Field
+from pydantic import Field, ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ark_obs import __version__, canary, catalog, status_page
@@ -110,9 +115,18 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
         streams=settings.redis_streams,
         stream_timeout=settings.store_timeout_seconds,
         store_timeout=settings.store_timeout_seconds,
+        clock_skew_seconds=settings.max_clock_skew_seconds,
+        max_agents_per_trace=settings.max_agents_per_trace,
     )
     collector.traces = traces
-    heartbeats = HeartbeatMonitor(collector, settings.heartbeat_interval_seconds, sweep=True)
+    heartbeats = HeartbeatMonitor(
+        collector,
+        settings.heartbeat_interval_seconds,
+        sweep=True,
+        pipeline=settings.pipeline,
+        max_agents=settings.max_heartbeat_agents,
+        forget_after_seconds=settings.heartbeat_forget_seconds,
+    )
     collector.heartbeats = heartbeats
     specs = None if settings.slo_file is None else load_slo_file(settings.slo_file, collector.registry)
     collector.slos = SloEngine(collector, specs)
@@ -252,6 +266,100 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+BODY_PARSE_ERROR: Final = "There was an error parsing the body"  # FastAPI's detail for a body json.loads refused
+MAX_VALIDATION_ERRORS: Final = 20  # errors listed in a 422; "total" counts them all
+MAX_ERROR_TEXT: Final = 200  # characters of one message or location part in a 422
+
+
+def _short(value: object) -> object:
+    if isinstance(value, str) and len(value) > MAX_ERROR_TEXT:
+        return value[:MAX_ERROR_TEXT] + "..."
+    return value
+
+
+def validation_response(errors: Sequence[Any], total: int) -> JSONResponse:
+    """The documented 422: ``{"detail": [{loc, msg, type}, ...], "total": n}``, bounded in size."""
+    detail = [
+        {
+            "loc": [_short(part) for part in e.get("loc", ())][:16],
+            "msg": _short(str(e.get("msg", ""))),
+            "type": _short(str(e.get("type", ""))),
+        }
+        for e in errors
+    ]
+    return JSONResponse({"detail": detail, "total": total}, status_code=422)
+
+
+class HeadAsGet:
+    """ASGI middleware: ``HEAD`` is answered like ``GET``, headers and status, without the body.
+
+    Load balancers and uptime checks probe with HEAD; FastAPI routes declared with ``get`` answer it 405.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headless(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headless)
+
+
+OFFLOAD_BODY_BYTES: Final = 64 * 1024  # bodies larger than this are parsed and validated in a worker thread
+
+
+def _parse_batch(body: bytes) -> SpanBatch:
+    """The batch in ``body``; RequestValidationError (at most MAX_VALIDATION_ERRORS listed) otherwise."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # also not UTF-8, a 5,000-digit integer, deep nesting
+        why = f"the body is not readable JSON: {type(exc).__name__}"
+        raise _BoundedValidationError([{"loc": ("body",), "msg": why, "type": "json_invalid"}], 1) from None
+    try:
+        return SpanBatch.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        first = [{**e, "loc": ("body", *e["loc"])} for e in errors[:MAX_VALIDATION_ERRORS]]
+        raise _BoundedValidationError(first, exc.error_count()) from None
+
+
+class _BoundedValidationError(RequestValidationError):
+    """A RequestValidationError that lists some errors and knows how many there were in all."""
+
+    def __init__(self, errors: Sequence[Any], total: int) -> None:
+        super().__init__(errors)
+        self.total = total
+
+
+async def read_batch(request: Request) -> SpanBatch:
+    """POST /spans' body, parsed and validated off the event loop when it is large.
+
+    A megabyte of spans takes tens of milliseconds to parse and validate (seconds when every span is
+    invalid); in the event loop that would stall every other request, /healthz included.
+    """
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise _BoundedValidationError(
+            [{"loc": ("body",), "msg": "the body must be application/json", "type": "model_attributes_type"}], 1
+        )
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # closed mid-body (by the client, or by the body deadline): nobody to answer
+        raise HTTPException(400, "the client disconnected before sending the whole body") from None
+    if len(body) > OFFLOAD_BODY_BYTES:
+        return await run_in_threadpool(_parse_batch, body)
+    return _parse_batch(body)
+
+
 # --- the app ------------------------------------------------------------------------------------------
 def create_app(
     settings: Settings | None = None,
@@ -300,6 +408,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     app.state.service = service
     generate_openapi = app.openapi
 
@@ -307,6 +416,9 @@ def create_app(
         """The schema, with this app's batch limit (a setting, so not in the static model)."""
         if app.openapi_schema is None:
             schema = generate_openapi()
+            # POST /spans reads its body itself (see read_batch), so its model is added here
+            _, defs = models_json_schema([(SpanBatch, "validation")], ref_template="#/components/schemas/{model}")
+            schema["components"]["schemas"].update(defs["$defs"])
             schema["components"]["schemas"]["SpanBatch"]["properties"]["spans"]["maxItems"] = settings.max_batch_spans
         return app.openapi_schema  # type: ignore[return-value]
 
@@ -317,7 +429,6 @@ def create_app(
     )
     write_responses: dict[int | str, dict[str, Any]] = {
         **auth_responses,
-        400: {"model": ErrorOut, "description": "The body could not be read."},
         413: {"model": ErrorOut, "description": "The body or the batch is too large."},
         503: {
             "model": ErrorOut,
@@ -327,9 +438,20 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's default echoes each bad input back, which may be most of a 1 MiB body.
-        errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
-        return JSONResponse({"detail": errors}, status_code=422)
+        # FastAPI's default echoes each bad input back, which may be most of a 1 MiB body; a body of
+        # half a million bad spans would make a 70 MB answer. The first MAX_VALIDATION_ERRORS, each cut
+        # short, and how many there were: the answer stays a few KiB whatever the input.
+        all_errors = exc.errors()
+        return validation_response(all_errors[:MAX_VALIDATION_ERRORS], getattr(exc, "total", len(all_errors)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers a body json.loads cannot take (not UTF-8, an integer of 5,000 digits, nesting
+        # deeper than the recursion limit) with a bare 400; it gets the documented 422 instead
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR and exc.__cause__ is not None:
+            why = f"the body is not readable JSON: {type(exc.__cause__).__name__}"
+            return validation_response([{"loc": ("body",), "msg": why, "type": "json_invalid"}], 1)
+        return await http_exception_handler(request, exc)
 
     # --- scrape -------------------------------------------------------------------------------------
     @app.get(
@@ -483,6 +605,26 @@ def create_app(
         if not health.healthy or dropped_spans.get() != drops_before:
             raise StoreUnavailable(health.detail or "spans were dropped")
 
+    def refuse_implausible_times(spans: Sequence[SpanIn], where: tuple[str | int, ...]) -> None:
+        """422 naming each span whose times are outside [now - trace TTL, now + clock skew]."""
+        now = collector.clock()
+        errors = []
+        for i, span in enumerate(spans):
+            if span.at is None and span.duration_ms is None:
+                continue
+            if span.at is None:
+                start, end, field = now - span.duration_ms / 1000.0, now, "duration_ms"  # type: ignore[operator]
+            else:
+                start, end, field = span.at, span.at + (span.duration_ms or 0.0) / 1000.0, "at"
+                if end > now + traces.clock_skew_seconds and start <= now + traces.clock_skew_seconds:
+                    field = "duration_ms"
+            why = traces.implausible(start, end, now)
+            if why:
+                loc = (*where, i, field) if where[-1] == "spans" else (*where, field)
+                errors.append({"loc": loc, "msg": why, "type": "implausible_time"})
+        if errors:
+            raise RequestValidationError(errors)
+
     async def store_or_503(spans: list[tuple[str, str, float | None, float | None, bool]]) -> Accepted:
         try:
             await run_in_threadpool(store, spans)
@@ -502,6 +644,7 @@ def create_app(
         span: SpanIn,
     ) -> Accepted:
         """Record that ``span.agent`` processed the trace."""
+        refuse_implausible_times([span], ("body",))
         return await store_or_503([(trace_id, span.agent, span.at, span.duration_ms, span.ok)])
 
     @app.post(
@@ -521,6 +664,7 @@ def create_app(
 
         For agents that propagate W3C trace context: forward the header you received, no trace id needed.
         """
+        refuse_implausible_times([span], ("body",))
         return await store_or_503([(traceparent, span.agent, span.at, span.duration_ms, span.ok)])
 
     @app.post(
@@ -528,15 +672,29 @@ def create_app(
         response_model=Accepted,
         summary="Record a batch of spans",
         dependencies=write_guard,
-        responses=write_responses,
+        responses={
+            **write_responses,
+            422: {
+                "description": "Validation Error",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
+            },
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SpanBatch"}}},
+            }
+        },
     )
-    async def post_spans(batch: SpanBatch) -> Accepted:
+    async def post_spans(request: Request) -> Accepted:
         """Record every span of the batch (spans of one trace or many).
 
         200: every span is in the store. 503: some may not be; send the whole batch again.
         """
+        batch = await read_batch(request)
         if len(batch.spans) > settings.max_batch_spans:
             raise HTTPException(413, f"{len(batch.spans)} spans in one batch; the limit is {settings.max_batch_spans}")
+        refuse_implausible_times(batch.spans, ("body", "spans"))
         return await store_or_503([(s.trace_id, s.agent, s.at, s.duration_ms, s.ok) for s in batch.spans])
 
     @app.post(

@@ -139,6 +139,12 @@ ARK_AGENT_ERRORS_TOTAL = counter(
 ARK_TRACEPARENT_INVALID_TOTAL = counter(
     "ark_traceparent_invalid_total", "Malformed incoming trace ids or traceparent headers that were replaced."
 )
+ARK_OBS_CONNECTIONS_CLOSED_TOTAL = counter(
+    "ark_obs_connections_closed_total",
+    "Connections the service closed because no complete request came in time, by reason "
+    "(idle, slow_headers, slow_body).",
+    labels=("reason",),
+)
 
 ARK_AGENT_CANCELLATIONS_TOTAL = counter(
     "ark_agent_cancellations_total",
@@ -177,6 +183,12 @@ ARK_AGENT_LAST_HEARTBEAT_TIMESTAMP_SECONDS = gauge(
 ARK_AGENT_UP = gauge(
     "ark_agent_up",
     "1 while an agent heartbeats, 0 once it is silent for 1.5 intervals (read at scrape time).",
+    labels=("agent",),
+    collected=True,
+)
+ARK_AGENT_IN_PIPELINE = gauge(
+    "ark_agent_in_pipeline",
+    "1 for each configured pipeline agent: their silence pages, other agents' is summarized.",
     labels=("agent",),
     collected=True,
 )
@@ -257,6 +269,7 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ARK_TRACEPARENT_INVALID_TOTAL,
     ARK_AGENT_CANCELLATIONS_TOTAL,
     ARK_OPERATION_LATENCY_MS,
+    ARK_OBS_CONNECTIONS_CLOSED_TOTAL,
     ARK_TRACES_COMPLETE_TOTAL,
     ARK_TRACES_INCOMPLETE_TOTAL,
     ARK_TRACE_LATENCY_MS,
@@ -266,6 +279,7 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ARK_AGENT_LAST_HEARTBEAT_TIMESTAMP_SECONDS,
     ARK_AGENT_UP,
     ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS,
+    ARK_AGENT_IN_PIPELINE,
     ARK_SLO_VALUE,
     ARK_SLO_OBJECTIVE,
     ARK_SLO_MET,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -24,7 +23,8 @@ from typing import Any, Final, TextIO
 
 from pydantic import ValidationError
 
-from ark_obs import __version__, canary, synthetic
+from ark_obs import __version__, canary, catalog, synthetic
+from ark_obs._redact import redact_url
 from ark_obs.settings import Problem, Settings, env_name
 
 log = logging.getLogger("ark_obs.cli")
@@ -106,7 +106,8 @@ def _field_problems(exc: ValidationError) -> list[Problem]:
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else "?"
         msg = err["msg"].removeprefix("Value error, ")
-        shown = "" if field == "ingest_token" else f" (got {err.get('input')!r})"
+        given = err.get("input")
+        shown = "" if field == "ingest_token" else f" (got {redact_url(given) if isinstance(given, str) else given!r})"
         problems.append(Problem(env_name(field), msg + shown))
     return problems
 
@@ -208,6 +209,15 @@ async def _make_default(service: Any) -> None:
     metrics.set_collector(service.collector)
 
 
+async def _guard_event_loop(service: Any) -> None:
+    """Resource exhaustion reported by the event loop (EMFILE on accept) is logged once per interval."""
+    import asyncio
+
+    from ark_obs.connections import quiet_resource_errors
+
+    quiet_resource_errors(asyncio.get_running_loop())
+
+
 def run_server(settings: Settings, **app_options: Any) -> int:
     """Serve ``create_app(settings, **app_options)`` with uvicorn until SIGTERM or SIGINT.
 
@@ -216,12 +226,15 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     import uvicorn
 
     from ark_obs.app import create_app, freeze_long_lived_objects
+    from ark_obs.connections import ShutdownSummary, guarded_protocol
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ark_obs").setLevel(settings.log_level.upper())
     # a long-running server with a big trace store: keep GC pauses out of the scrapes (see the hook)
     background = [_make_default, freeze_long_lived_objects, *app_options.pop("background", ())]
+    background.insert(0, _guard_event_loop)
     app = create_app(settings, background=background, **app_options)
+    closed = app.state.service.collector.metric(catalog.ARK_OBS_CONNECTIONS_CLOSED_TOTAL.name)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -231,8 +244,15 @@ def run_server(settings: Settings, **app_options: Any) -> int:
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         server_header=False,
+        # connections: see ark_obs.connections and the README's "Limits"
+        http=guarded_protocol(
+            settings.header_timeout_seconds, settings.body_timeout_seconds, lambda why: closed.labels(why).inc()
+        ),
+        timeout_keep_alive=settings.keepalive_timeout_seconds,
+        limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
+    logging.getLogger("uvicorn.error").addFilter(ShutdownSummary(settings.shutdown_timeout_seconds))
     base = settings.bind_url
     log.info(
         "ark-obs %s on %s: %s/metrics  %s/slos  %s/traces?status=incomplete  %s/readyz  %s/docs "
@@ -244,7 +264,7 @@ def run_server(settings: Settings, **app_options: Any) -> int:
         base,
         base,
         base,
-        re.sub(r"//[^@/]*@", "//***@", settings.trace_store),  # never log a password
+        redact_url(settings.trace_store),
         "need the bearer token" if settings.token else "are open",
     )
     stopped: list[int] = []
@@ -287,6 +307,8 @@ def check_config(args: argparse.Namespace) -> int:
             value = "(set)" if value is not None else "(unset: writes are open)"
         elif isinstance(value, tuple):
             value = ",".join(value)
+        elif isinstance(value, str):
+            value = redact_url(value)
         print(f"  {env_name(name)}={value if value is not None else ''}")
     return EXIT_OK
 

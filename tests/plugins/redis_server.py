@@ -32,16 +32,18 @@ def free_port() -> int:
 class RedisServer:
     """A ``redis-server`` process without persistence, bound to 127.0.0.1."""
 
-    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, binary: str, workdir: Path, port: int | None = None, password: str | None = None) -> None:
         self.binary = binary
         self.workdir = workdir
         self.port = port or free_port()
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://127.0.0.1:<port>/0`` (``redis://:<password>@...`` with a password)."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def running(self) -> bool:
@@ -50,7 +52,9 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A plain client (string responses)."""
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=2)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, decode_responses=True, socket_timeout=2
+        )
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it answers PING."""
@@ -66,6 +70,7 @@ class RedisServer:
                 "--appendonly", "no",
                 "--dir", str(self.workdir),
                 "--daemonize", "no",
+                *(("--requirepass", self.password) if self.password else ()),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
