@@ -50,7 +50,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from ark_obs._periodic import Periodic
@@ -82,7 +82,7 @@ DEFAULT_CLUSTER_SHARDS: Final = 16
 MAX_CLUSTER_SHARDS: Final = 1024
 CLUSTER_SCHEMES: Final = ("redis+cluster://", "rediss+cluster://")
 _SWEEP_LIMIT: Final = 1000
-_REDIS_ERRORS: Final = (RedisError, OSError)
+_REDIS_ERRORS: Final = (RedisError, RedisClusterException, OSError)
 
 # One call per batch and shard; KEYS[1] = the shard's in-flight index (it routes the call to the slot
 # of every key the script touches, all under the prefix's hash tag on a cluster). ARGV = prefix, ttl_ms,
