@@ -589,8 +589,11 @@ class RedisStore:
             if self._primaries is None:
                 self.client.ping()
             else:
-                # every primary must answer: a shard whose primary is down loses its writes
-                self.client.ping(target_nodes=self._primaries)
+                # a fresh slot map for both clients (a promoted replica, moved slots), then every
+                # primary must answer: a shard whose primary is down loses its writes
+                for client in (self.client, self.writer):
+                    client.nodes_manager.initialize()  # type: ignore[union-attr]
+                    client.ping(target_nodes=self._primaries)
         except _REDIS_ERRORS as exc:
             self._failed(exc)
             return

@@ -53,6 +53,8 @@ class ClusterNodeServer(RedisServer):
                 # a lost primary is detected and replaced within a few seconds
                 "--cluster-node-timeout", "1000",
                 "--cluster-replica-validity-factor", "0",
+                # replicas in sync at once, not after the default 5 s diskless-sync delay
+                "--repl-diskless-sync-delay", "0",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -119,7 +121,9 @@ class RedisClusterServers:
 
     def cli_run(self, *args: str, timeout: float = 120) -> str:
         """Run ``redis-cli`` and return its output (raises on failure)."""
-        done = subprocess.run([self.cli, *args], check=True, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run([self.cli, *args], capture_output=True, text=True, timeout=timeout)
+        if done.returncode:
+            raise RuntimeError(f"redis-cli {' '.join(args)} exited with {done.returncode}:\n{done.stdout[-3000:]}")
         return done.stdout
 
     def _view(self, port: int) -> dict[str, dict[str, object]]:
@@ -139,7 +143,7 @@ class RedisClusterServers:
         )
 
     def whole(self) -> bool:
-        """Every running node reports cluster_state:ok and all six nodes are up."""
+        """All six nodes up, each reports cluster_state:ok, and every replica's link to its primary is up."""
         if not all(n.running for n in self.nodes.values()):
             return False
         for node in self.nodes.values():
@@ -152,15 +156,24 @@ class RedisClusterServers:
                     "fail" in str(n["flags"]) or "handshake" in str(n["flags"]) for n in view
                 ):
                     return False
+                replication = client.info("replication")
+                if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
+                    return False  # a replica still syncing would lose acknowledged writes in a failover
             except redis.RedisError:
                 return False
             finally:
                 client.close()
         return len(self.primaries()) == PRIMARIES
 
+    def agree(self) -> bool:
+        """``redis-cli --cluster check`` passes: every node agrees about the slot map, no slot open."""
+        port = next(p for p, n in self.nodes.items() if n.running)
+        done = subprocess.run([self.cli, "--cluster", "check", f"127.0.0.1:{port}"], capture_output=True, timeout=30)
+        return done.returncode == 0
+
     def wait_whole(self, timeout: float = 60) -> None:
-        """Wait until the cluster is whole again (after a kill and restart)."""
-        wait_until(self.whole, timeout, "the Redis Cluster did not become whole")
+        """Wait until the cluster is whole again (after a kill and restart, or moved slots)."""
+        wait_until(lambda: self.whole() and self.agree(), timeout, "the Redis Cluster did not become whole")
 
     def flush(self) -> None:
         """Empty every primary (replicas follow)."""
