@@ -53,7 +53,8 @@ def keys_per_primary(cluster: RedisClusterServers) -> dict[int, list[str]]:
 def test_cluster_urls_open_the_cluster_store_and_bad_forms_raise(redis_cluster_url: str) -> None:
     """``redis+cluster://h:p,h:p/`` opens a sharded store (16 shards, ``?shards=N``); bad nodes or options raise."""
     nodes, options, shards = parse_cluster_url("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2/?shards=4")
-    assert (nodes, options, shards) == ([("10.0.0.1", 7000), ("10.0.0.2", 6379)], {"username": "u", "password": "pw"}, 4)
+    assert nodes == [("10.0.0.1", 7000), ("10.0.0.2", 6379)]
+    assert (options, shards) == ({"username": "u", "password": "pw"}, 4)
     store = open_store(redis_cluster_url, timeout=0.5)
     try:
         assert isinstance(store, RedisStore) and len(store.shard_prefixes) == DEFAULT_CLUSTER_SHARDS
@@ -103,7 +104,10 @@ def test_cluster_replicas_count_every_outcome_once(redis_cluster_url: str, clock
     """Two sweeping monitors on one cluster: each completion, expiry and late span is counted by exactly one."""
     collectors = [MetricsCollector(clock=clock, ticker=False) for _ in range(2)]
     stores = [RedisStore.from_cluster_url(redis_cluster_url) for _ in range(2)]
-    monitors = [TraceMonitor(c, s, ttl_seconds=60, sweep=True, background=False) for c, s in zip(collectors, stores)]
+    monitors = [
+        TraceMonitor(c, s, ttl_seconds=60, sweep=True, background=False)
+        for c, s in zip(collectors, stores, strict=True)
+    ]
     try:
         for i in range(200):
             for k, agent in enumerate(PIPELINE if i % 4 else PIPELINE[:2]):
