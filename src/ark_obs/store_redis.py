@@ -79,6 +79,8 @@ DEFAULT_MAX_PENDING: Final = 100_000
 DEFAULT_RETRY_SECONDS: Final = 1.0
 HEARTBEAT_KEY_TTL_MS: Final = 86_400_000
 DEFAULT_CLUSTER_SHARDS: Final = 16
+CLUSTER_SPANS_PER_CALL: Final = 250  # batch size on a cluster: this many spans per shard (measured in bench_cluster)
+MAX_CLUSTER_BATCH: Final = 8000
 MAX_CLUSTER_SHARDS: Final = 1024
 CLUSTER_SCHEMES: Final = ("redis+cluster://", "rediss+cluster://")
 _SWEEP_LIMIT: Final = 1000
@@ -444,9 +446,12 @@ class RedisStore:
     ) -> RedisStore:
         """A store on the Redis Cluster reached through the seed nodes of ``redis+cluster://host:port,.../``.
 
-        The writer retries a failed call once (after refreshing the slot map), the readers never.
+                The writer retries a failed call once (after refreshing the slot map), the readers never. A batch
+        holds ``250 x shards`` spans (at most 8000), so each shard's Lua call carries about 250.
         """
         kw.setdefault("shards", parse_cluster_url(url)[2])
+        # a batch is split into one Lua call per shard: a bigger batch keeps calls as full as standalone ones
+        kw.setdefault("batch_size", min(CLUSTER_SPANS_PER_CALL * kw["shards"], MAX_CLUSTER_BATCH))
         writer = make_cluster_client(url, max(timeout, write_timeout), attempts=1)
         return cls(make_cluster_client(url, timeout), writer=writer, url=url, **kw)
 
