@@ -264,7 +264,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{shown!r} is not a valid URL") from None
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(
-                f"must be 'memory', a redis://, rediss:// or unix:// URL or redis+cluster://host:port,..., "
+                f"must be 'memory' or a redis://, rediss://, unix:// or redis+cluster://host:port,... URL, "
                 f"not {shown!r}"
             )
         if parts.scheme != "unix" and not parts.hostname:
