@@ -281,3 +281,49 @@ def test_three_serve_replicas_on_one_cluster_count_each_trace_once(
     wait_until(lambda: metric_sum(servers, "ark_traces_complete_total") >= len(traces), 30, "outcomes not counted")
     time.sleep(1.5)  # several sweeps of every replica: nothing counted twice
     assert metric_sum(servers, "ark_traces_complete_total") == len(traces)
+
+
+@pytest.mark.slow
+def test_serve_answers_503_while_a_primary_is_lost_and_200_after_promotion(
+    start: Any,  # noqa: F811
+    redis_cluster: RedisClusterServers,
+    redis_cluster_url: str,
+) -> None:
+    """``ark-obs serve`` on the cluster: while a killed primary's replica is promoted, POST /spans answers 503
+    (never 200 for spans it could not write); after promotion it answers 200 again without a restart, and
+    every trace it answered 200 for is complete."""
+    server = start({"ARK_OBS_TRACE_STORE": redis_cluster_url})
+    victim = redis_cluster.primaries()[0]
+    acked: list[str] = []
+    statuses: list[int] = []
+
+    def post(i: int) -> None:
+        trace_id = f"{0xFA110000 + i:032x}"
+        body = {"spans": [{"trace_id": trace_id, "agent": agent} for agent in PIPELINE]}
+        status = http.post(server.url + "/spans", json=body).status_code
+        assert status in (200, 503), status
+        statuses.append(status)
+        if status == 200:
+            acked.append(trace_id)
+
+    try:
+        with httpx.Client(timeout=10) as http:
+            i = 0
+            for i in range(50):
+                post(i)
+            assert statuses == [200] * 50
+            redis_cluster.nodes[victim].kill()
+            deadline = time.monotonic() + 60
+            while 503 not in statuses or statuses[-1] != 200 or victim in redis_cluster.primaries():
+                assert time.monotonic() < deadline, "no 503 during the failover, or no 200 after it"
+                i += 1
+                post(i)
+            resumed = len(acked)
+            for j in range(50):
+                post(i + 1 + j)
+            assert len(acked) - resumed >= 45
+            for trace_id in acked:
+                assert http.get(server.url + f"/traces/{trace_id}").json()["status"] == "complete", trace_id
+    finally:
+        redis_cluster.nodes[victim].start()
+        redis_cluster.wait_whole()
