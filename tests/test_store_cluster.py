@@ -327,3 +327,23 @@ def test_serve_answers_503_while_a_primary_is_lost_and_200_after_promotion(
     finally:
         redis_cluster.nodes[victim].start()
         redis_cluster.wait_whole()
+
+
+def test_an_unreachable_cluster_never_raises_into_the_agent() -> None:
+    """A store opened while no cluster node answers: recording never raises, spans are dropped and counted,
+    reads raise StoreUnavailable, and health says why (redis-py's cluster client connects in its constructor)."""
+    from ark_obs.traces import StoreUnavailable
+    from plugins.redis_server import free_port
+
+    collector = MetricsCollector(ticker=False)
+    monitor = TraceMonitor(collector, f"redis+cluster://127.0.0.1:{free_port()}/", store_timeout=0.1, background=False)
+    try:
+        for agent in PIPELINE:
+            monitor.record_span("nowhere", agent)
+        monitor.store.flush()
+        assert not monitor.store.health().healthy
+        assert sample(collector, "ark_obs_dropped_total", metric=SPAN_METRIC, reason="store_unavailable") == 5
+        with pytest.raises(StoreUnavailable):
+            monitor.store.get("nowhere")
+    finally:
+        monitor.close()

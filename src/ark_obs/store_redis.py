@@ -47,8 +47,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import redis
+from redis._parsers import Encoder
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
@@ -325,17 +327,68 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any], 
     return nodes, options, shards
 
 
-def make_cluster_client(url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS, attempts: int = 0) -> RedisCluster:
-    """A cluster client with short socket timeouts; MOVED/ASK are always followed, ``attempts`` retries after errors."""
-    nodes, options, _ = parse_cluster_url(url)
-    return RedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in nodes],  # type: ignore[no-untyped-call]
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), attempts),
-        decode_responses=True,
-        **options,
-    )
+class LazyCluster:
+    """A ``RedisCluster`` built on first use, and built again after a failed attempt.
+
+    redis-py's cluster client connects in its constructor; a store (and so an agent importing
+    ark-obs) must open while the cluster is down. Until the client exists every call raises
+    ``RedisClusterException``, which the store counts as the store being unavailable.
+    """
+
+    def __init__(self, url: str, timeout: float, attempts: int) -> None:
+        nodes, self._options, _ = parse_cluster_url(url)
+        self._nodes = nodes
+        self._timeout = timeout
+        self._attempts = attempts
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+        self.password: str | None = self._options.get("password")
+
+    def get(self) -> RedisCluster:
+        """The client, built now if it does not exist yet (raises while no seed node answers)."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = RedisCluster(
+                        startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],  # type: ignore[no-untyped-call]
+                        socket_timeout=self._timeout,
+                        socket_connect_timeout=self._timeout,
+                        retry=Retry(NoBackoff(), self._attempts),
+                        decode_responses=True,
+                        **self._options,
+                    )
+                client = self._client
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "nodes_manager":
+            return self.get().nodes_manager
+
+        # methods are looked up when called, so ``store._call(client.hgetall, ...)`` counts the failure
+        def call(*args: Any, **kw: Any) -> Any:
+            return getattr(self.get(), name)(*args, **kw)
+
+        return call
+
+    def get_encoder(self) -> Encoder:
+        """The encoder ``Script`` hashes its source with (no connection needed)."""
+        return Encoder("utf-8", "strict", True)  # type: ignore[no-untyped-call]
+
+    def register_script(self, script: str) -> Script:
+        """A script bound to this client, usable before the cluster answers."""
+        return Script(self, script)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close the client if it was built."""
+        if self._client is not None:
+            self._client.close()
+
+
+def make_cluster_client(url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS, attempts: int = 0) -> Any:
+    """A (lazily built) cluster client with short socket timeouts; MOVED/ASK are always followed,
+    ``attempts`` retries after errors."""
+    return LazyCluster(url, timeout, attempts)
 
 
 def cluster_prefixes(prefix: str, shards: int) -> tuple[str, ...]:
@@ -383,9 +436,9 @@ class RedisStore:
 
     def __init__(
         self,
-        client: redis.Redis | RedisCluster,
+        client: redis.Redis | Any,
         *,
-        writer: redis.Redis | RedisCluster | None = None,
+        writer: redis.Redis | Any | None = None,
         prefix: str = DEFAULT_PREFIX,
         shards: int | None = None,
         flush_interval: float = DEFAULT_FLUSH_SECONDS,
@@ -413,7 +466,7 @@ class RedisStore:
         self._detail = ""
         self._next_probe = 0.0  # monotonic time of the next liveness probe when idle or down
         self._add_script = client.register_script(_ADD_LUA)
-        self._primaries: Any = RedisCluster.PRIMARIES if isinstance(client, RedisCluster) else None
+        self._primaries: Any = None if shards is None else RedisCluster.PRIMARIES
         self._sweep_script = client.register_script(_SWEEP_LUA)
         self._claim_script = client.register_script(_CLAIM_OUTAGE_LUA)
         self._logged = False
@@ -750,8 +803,10 @@ class RedisStore:
         self._call(forget)
 
 
-def _client_secrets(client: redis.Redis | RedisCluster) -> list[str | None]:
+def _client_secrets(client: redis.Redis | Any) -> list[str | None]:
     """The password a client authenticates with (for ``scrub``)."""
+    if isinstance(client, LazyCluster):
+        return [client.password]
     holder = getattr(client, "connection_pool", None) or getattr(client, "nodes_manager", None)
     kwargs = getattr(holder, "connection_kwargs", {})
     return [kwargs.get("password")]
@@ -773,7 +828,7 @@ class StreamDepths:
 
     def __init__(
         self,
-        client: redis.Redis | RedisCluster,
+        client: redis.Redis | Any,
         streams: tuple[str, ...],
         *,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
