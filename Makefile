@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 # Debian packages the real-server tests need (binary -> package).
-SYSTEM_BINS := redis-server:redis-server prometheus:prometheus promtool:prometheus \
+SYSTEM_BINS := redis-server:redis-server redis-cli:redis-tools prometheus:prometheus promtool:prometheus \
                amtool:prometheus-alertmanager prometheus-alertmanager:prometheus-alertmanager \
                chromium:chromium
 

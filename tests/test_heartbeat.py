@@ -29,14 +29,18 @@ def failures(collector: MetricsCollector, agent: str) -> float:
     return sample(collector, "agent_heartbeat_failures_total", agent=agent) or 0.0
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def make_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], HeartbeatStore]]:
-    """Makes heartbeat stores of the parametrized backend (Redis: the session server, emptied)."""
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    """Makes heartbeat stores of the parametrized backend (Redis: the session server, emptied;
+    cluster: the session Redis Cluster, emptied)."""
+    fixture = {"redis": "redis_url", "cluster": "redis_cluster_url"}.get(request.param)
+    url = request.getfixturevalue(fixture) if fixture else None
     made: list[Any] = []
 
     def make() -> HeartbeatStore:
-        store = MemoryStore() if url is None else RedisStore.from_url(url)
+        store: Any = MemoryStore()
+        if url is not None:
+            store = RedisStore.from_cluster_url(url) if request.param == "cluster" else RedisStore.from_url(url)
         made.append(store)
         return store
 

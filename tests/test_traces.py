@@ -41,19 +41,27 @@ def dropped(collector: MetricsCollector, reason: str, metric: str = SPAN_METRIC)
     return sample(collector, "ark_obs_dropped_total", metric=metric, reason=reason)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
-def store_factory(backend: str, request: pytest.FixtureRequest) -> Iterator[Callable[[], TraceStore]]:
-    """Makes stores of the parametrized backend (Redis: the session server, emptied)."""
+def store_factory(backend: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., TraceStore]]:
+    """Makes stores of the parametrized backend (Redis: the session server, emptied; cluster: the
+    session Redis Cluster, emptied)."""
     made: list[TraceStore] = []
-    url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    url = {"redis": "redis_url", "cluster": "redis_cluster_url"}.get(backend)
+    url = request.getfixturevalue(url) if url else None
 
-    def make() -> TraceStore:
-        store: TraceStore = MemoryStore() if url is None else RedisStore.from_url(url)
+    def make(**kw: Any) -> TraceStore:
+        store: TraceStore
+        if url is None:
+            store = MemoryStore()
+        elif backend == "cluster":
+            store = RedisStore.from_cluster_url(url, **kw)
+        else:
+            store = RedisStore.from_url(url)
         made.append(store)
         return store
 
@@ -317,10 +325,13 @@ def test_settings_default_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_capacity_evicts_least_recently_touched_in_flight_traces(
-    make_monitor: Callable[..., TraceMonitor], clock: FakeClock
+    make_monitor: Callable[..., TraceMonitor], store_factory: Callable[..., TraceStore], backend: str, clock: FakeClock
 ) -> None:
-    """At most max_in_flight traces are in flight; the least recently touched is evicted and counted."""
-    monitor = make_monitor(max_in_flight=3)
+    """At most max_in_flight traces are in flight; the least recently touched is evicted and counted.
+
+    On a cluster the order is kept per shard (test_store_cluster checks the sharded bound), so this runs
+    on a one-shard cluster store."""
+    monitor = make_monitor(store_factory(shards=1) if backend == "cluster" else None, max_in_flight=3)
     for i in range(3):
         monitor.record_span(f"t{i}", "Kyle")
         clock.advance(1)

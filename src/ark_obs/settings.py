@@ -109,8 +109,9 @@ class Settings(BaseSettings):
     )
     trace_store: str = Field(
         default="memory",
-        description="Trace store: 'memory' (embedded, one process) or redis://host:port/db "
-        "(shared by agents on many hosts and by several ark-obs replicas).",
+        description="Trace store: 'memory' (embedded, one process), redis://host:port/db "
+        "(shared by agents on many hosts and by several ark-obs replicas) or "
+        "redis+cluster://host:port[,host:port...]/ (Redis Cluster, keys sharded over 16 hash tags; ?shards=N).",
     )
     slo_file: Path | None = Field(
         default=None, description="YAML or TOML file overriding the default SLOs; unset: the seed's four SLOs."
@@ -264,12 +265,20 @@ class Settings(BaseSettings):
         if value == "memory":
             return value
         shown = redact_url(value)  # the message reaches check-config and the serve log
+        if value.startswith(("redis+cluster://", "rediss+cluster://")):
+            from ark_obs.store_redis import parse_cluster_url
+
+            parse_cluster_url(value)  # its errors show the URL redacted
+            return value
         try:
             parts = urlsplit(value)
         except ValueError:
             raise ValueError(f"{shown!r} is not a valid URL") from None
         if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"must be 'memory' or a redis://, rediss:// or unix:// URL, not {shown!r}")
+            raise ValueError(
+                f"must be 'memory' or a redis://, rediss://, unix:// or redis+cluster://host:port,... URL, "
+                f"not {shown!r}"
+            )
         if parts.scheme != "unix" and not parts.hostname:
             raise ValueError(f"{shown!r} has no host (e.g. redis://127.0.0.1:6379/0)")
         try:

@@ -21,8 +21,14 @@ Keys, all under ``prefix`` (default ``ark:obs:``) and all with TTLs, so nothing 
 - ``late``, ``evicted``  counters not yet accounted for; ``recent``  recently expired ids (capped).
 - ``hb``  hash agent -> last heartbeat (unix s); ``hbdown`` agent -> the beat an outage was counted for.
 
-The Lua scripts build key names from the prefix, so this store needs a standalone Redis (or a
-replicated primary), not Redis Cluster.
+On Redis Cluster (``redis+cluster://host:port[,host:port...]/``) the same scripts run per shard: the
+global structures above exist once per shard under ``<prefix>{sN}:`` (``N`` hash tags chosen so their
+slots spread evenly over the 16384), and a trace's hash lives in the shard its id hashes to, so every
+Lua call touches the keys of one slot. A batch sends one call per shard it touches, in one cluster
+pipeline (grouped per node); the sweep and scrape-time counts visit every shard; heartbeats live in
+the shard of their agent. Per shard, in-flight traces are capped at ``ceil(max_in_flight / shards)``
+(least recently touched evicted within the shard), so the total stays bounded by ``max_in_flight``
+(rounded up to a multiple of the shard count).
 """
 
 from __future__ import annotations
@@ -35,13 +41,18 @@ import math
 import threading
 import time
 import weakref
+import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import redis
+from redis._parsers import Encoder
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from ark_obs._periodic import Periodic
@@ -69,15 +80,22 @@ DEFAULT_BATCH_SIZE: Final = 500  # spans per Lua call: a few ms of Redis time at
 DEFAULT_MAX_PENDING: Final = 100_000
 DEFAULT_RETRY_SECONDS: Final = 1.0
 HEARTBEAT_KEY_TTL_MS: Final = 86_400_000
+DEFAULT_CLUSTER_SHARDS: Final = 16
+CLUSTER_SPANS_PER_CALL: Final = 250  # batch size on a cluster: this many spans per shard (measured in bench_cluster)
+MAX_CLUSTER_BATCH: Final = 8000
+MAX_CLUSTER_SHARDS: Final = 1024
+CLUSTER_SCHEMES: Final = ("redis+cluster://", "rediss+cluster://")
 _SWEEP_LIMIT: Final = 1000
-_REDIS_ERRORS: Final = (RedisError, OSError)
+_REDIS_ERRORS: Final = (RedisError, RedisClusterException, OSError)
 
-# One call per batch. ARGV = prefix, ttl_ms, cap, pipeline (JSON list), max agents per trace, spans (JSON list of
-# [trace id, agent, start, end, ok, seen], or [trace id, agent, t] for the common ok span with
-# start = end = seen). Spans are grouped by trace so each trace costs one HMGET and one HSET whatever
-# its number of spans. A span for a finalized trace is late, also within a batch. A span of a new agent
-# for a trace that holds max agents already (field ``a`` counts them) is refused. Times are stored
-# with %.17g, which round-trips a double exactly. Returns {traces completed, spans refused}.
+# One call per batch and shard; KEYS[1] = the shard's in-flight index (it routes the call to the slot
+# of every key the script touches, all under the prefix's hash tag on a cluster). ARGV = prefix, ttl_ms,
+# cap, pipeline (JSON list), max agents per trace, spans (JSON list of [trace id, agent, start, end, ok,
+# seen], or [trace id, agent, t] for the common ok span with start = end = seen). Spans are grouped by
+# trace so each trace costs one HMGET and one HSET whatever its number of spans. A span for a
+# finalized trace is late, also within a batch. A span of a new agent for a trace that holds max agents
+# already (field ``a`` counts them) is refused. Times are stored with %.17g, which round-trips a
+# double exactly. Returns {traces completed, spans refused}.
 _ADD_LUA: Final = """
 local prefix = ARGV[1]
 local ttl_ms = tonumber(ARGV[2])
@@ -282,6 +300,115 @@ def make_client(url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> redis.Red
     )
 
 
+def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any], int]:
+    """Seed nodes, client options and shard count of ``redis+cluster://[user:password@]host:port[,host:port...]/[?shards=N]``."""
+    scheme, _, rest = url.strip().partition("://")
+    netloc, _, tail = rest.partition("/")
+    query = tail.partition("?")[2]
+    userinfo, _, hosts = netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    nodes: list[tuple[str, int]] = []
+    for part in hosts.split(","):
+        host, colon, port = part.strip().rpartition(":")
+        if not colon:
+            host, port = port, "6379"
+        if not host or not port.isdigit():
+            raise ValueError(f"bad cluster node {part!r} in {redact_url(url)!r}: use host:port")
+        nodes.append((host, int(port)))
+    shards = DEFAULT_CLUSTER_SHARDS
+    for item in filter(None, query.split("&")):
+        name, _, value = item.partition("=")
+        if name != "shards" or not value.isdigit() or not 1 <= int(value) <= MAX_CLUSTER_SHARDS:
+            raise ValueError(f"bad option {name!r} in {redact_url(url)!r}: only shards=1..{MAX_CLUSTER_SHARDS}")
+        shards = int(value)
+    options: dict[str, Any] = {"username": username or None, "password": password or None}
+    if scheme == "rediss+cluster":
+        options["ssl"] = True
+    return nodes, options, shards
+
+
+class LazyCluster:
+    """A ``RedisCluster`` built on first use, and built again after a failed attempt.
+
+    redis-py's cluster client connects in its constructor; a store (and so an agent importing
+    ark-obs) must open while the cluster is down. Until the client exists every call raises
+    ``RedisClusterException``, which the store counts as the store being unavailable.
+    """
+
+    def __init__(self, url: str, timeout: float, attempts: int) -> None:
+        nodes, self._options, _ = parse_cluster_url(url)
+        self._nodes = nodes
+        self._timeout = timeout
+        self._attempts = attempts
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+        self.password: str | None = self._options.get("password")
+
+    def get(self) -> RedisCluster:
+        """The client, built now if it does not exist yet (raises while no seed node answers)."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = RedisCluster(
+                        startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],  # type: ignore[no-untyped-call]
+                        socket_timeout=self._timeout,
+                        socket_connect_timeout=self._timeout,
+                        retry=Retry(NoBackoff(), self._attempts),
+                        decode_responses=True,
+                        **self._options,
+                    )
+                client = self._client
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "nodes_manager":
+            return self.get().nodes_manager
+
+        # methods are looked up when called, so ``store._call(client.hgetall, ...)`` counts the failure
+        def call(*args: Any, **kw: Any) -> Any:
+            return getattr(self.get(), name)(*args, **kw)
+
+        return call
+
+    def get_encoder(self) -> Encoder:
+        """The encoder ``Script`` hashes its source with (no connection needed)."""
+        return Encoder("utf-8", "strict", True)  # type: ignore[no-untyped-call]
+
+    def register_script(self, script: str) -> Script:
+        """A script bound to this client, usable before the cluster answers."""
+        return Script(self, script)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close the client if it was built."""
+        if self._client is not None:
+            self._client.close()
+
+
+def make_cluster_client(url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS, attempts: int = 0) -> Any:
+    """A (lazily built) cluster client with short socket timeouts; MOVED/ASK are always followed,
+    ``attempts`` retries after errors."""
+    return LazyCluster(url, timeout, attempts)
+
+
+def cluster_prefixes(prefix: str, shards: int) -> tuple[str, ...]:
+    """``<prefix>{sJ}:`` for ``shards`` hash tags whose slots fall in evenly spaced slot ranges.
+
+    Redis Cluster assigns slots in contiguous ranges, so evenly spaced slots spread the shards over
+    every primary whatever their number.
+    """
+    if "{" in prefix or "}" in prefix:
+        raise ValueError(f"a cluster key prefix cannot hold a hash tag: {prefix!r}")
+    out = []
+    for i in range(shards):
+        lo, hi = i * REDIS_CLUSTER_HASH_SLOTS // shards, (i + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
+        j = 0
+        while not lo <= key_slot(f"s{j}".encode()) < hi:
+            j += 1
+        out.append(f"{prefix}{{s{j}}}:")
+    return tuple(out)
+
+
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
@@ -309,10 +436,11 @@ class RedisStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | Any,
         *,
-        writer: redis.Redis | None = None,
+        writer: redis.Redis | Any | None = None,
         prefix: str = DEFAULT_PREFIX,
+        shards: int | None = None,
         flush_interval: float = DEFAULT_FLUSH_SECONDS,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_pending: int = DEFAULT_MAX_PENDING,
@@ -325,6 +453,8 @@ class RedisStore:
         self.writer = writer or client
         self.prefix = prefix
         self.url = url
+        # None: one Redis, keys straight under the prefix; N: N hash-tagged shards on a cluster
+        self._prefixes = (prefix,) if shards is None else cluster_prefixes(prefix, shards)
         self._batch = batch_size
         self._max_pending = max_pending
         self._retry_seconds = retry_seconds
@@ -336,6 +466,7 @@ class RedisStore:
         self._detail = ""
         self._next_probe = 0.0  # monotonic time of the next liveness probe when idle or down
         self._add_script = client.register_script(_ADD_LUA)
+        self._primaries: Any = None if shards is None else RedisCluster.PRIMARIES
         self._sweep_script = client.register_script(_SWEEP_LUA)
         self._claim_script = client.register_script(_CLAIM_OUTAGE_LUA)
         self._logged = False
@@ -357,15 +488,47 @@ class RedisStore:
         writer = make_client(url, max(timeout, write_timeout))
         return cls(make_client(url, timeout), writer=writer, url=url, **kw)
 
+    @classmethod
+    def from_cluster_url(
+        cls,
+        url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT_SECONDS,
+        **kw: Any,
+    ) -> RedisStore:
+        """A store on the Redis Cluster reached through the seed nodes of ``redis+cluster://host:port,.../``.
+
+                The writer retries a failed call once (after refreshing the slot map), the readers never. A batch
+        holds ``250 x shards`` spans (at most 8000), so each shard's Lua call carries about 250.
+        """
+        kw.setdefault("shards", parse_cluster_url(url)[2])
+        # a batch is split into one Lua call per shard: a bigger batch keeps calls as full as standalone ones
+        kw.setdefault("batch_size", min(CLUSTER_SPANS_PER_CALL * kw["shards"], MAX_CLUSTER_BATCH))
+        writer = make_cluster_client(url, max(timeout, write_timeout), attempts=1)
+        return cls(make_cluster_client(url, timeout), writer=writer, url=url, **kw)
+
+    @property
+    def shard_prefixes(self) -> tuple[str, ...]:
+        """Every shard's key prefix (one on a standalone Redis)."""
+        return self._prefixes
+
+    def _shard(self, name: str) -> str:
+        prefixes = self._prefixes
+        if len(prefixes) == 1:
+            return prefixes[0]
+        return prefixes[zlib.crc32(name.encode()) % len(prefixes)]
+
     def bind(self, settings: TraceSettings, sink: TraceSink) -> None:
         """Attach the monitor's settings and outcome sink."""
         self.settings = settings
         self._sink = sink
         self._ttl_ms = max(1, math.ceil(settings.ttl_seconds * 1000))
+        shards = len(self._prefixes)
+        self._recent_per_shard = max(1, math.ceil(settings.recent_max / shards))
         self._head: list[Any] = [
-            self.prefix,
             self._ttl_ms,
-            settings.max_in_flight,
+            max(1, math.ceil(settings.max_in_flight / shards)),
             json.dumps(settings.pipeline),
             settings.max_agents,
         ]
@@ -412,33 +575,64 @@ class RedisStore:
                 with self._beats_lock:
                     beats, self._beats = self._beats, {}
                 try:
-                    self._write(spans, beats)
+                    lost, error = self._write(spans, beats)
                 except _REDIS_ERRORS as exc:
-                    self._failed(exc)
-                    self._sink.on_dropped(len(spans), self._detail)
+                    lost, error = len(spans), exc
+                if error is not None:
+                    # spans of a failed call are counted here, never acknowledged; on a cluster the
+                    # shards that answered keep theirs
+                    self._failed(error)
+                    self._sink.on_dropped(lost, self._detail)
                     self._drop_pending()
                     return
 
-    def _write(self, spans: list[tuple[str, str, float, float, bool, float]], beats: dict[str, float]) -> None:
-        pipe = self.writer.pipeline(transaction=False)
-        if spans:
+    def _write(
+        self, spans: list[tuple[str, str, float, float, bool, float]], beats: dict[str, float]
+    ) -> tuple[int, BaseException | None]:
+        """Send one batch; the number of spans not written and the first error (None: all written)."""
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        for trace_id, agent, start, end, ok, seen in spans:
             # one JSON argument: the C encoder beats packing six Redis arguments per span; the common
             # span (ok, start = end = seen) travels as [trace id, agent, time]
-            compact = [
-                (trace_id, agent, start) if ok and start == end == seen else (trace_id, agent, start, end, ok, seen)
-                for trace_id, agent, start, end, ok, seen in spans
-            ]
-            self._add_script(args=[*self._head, json.dumps(compact)], client=pipe)
-        if beats:
-            key = self.prefix + "hb"
-            mapping: dict[Any, Any] = beats
+            span = (trace_id, agent, start) if ok and start == end == seen else (trace_id, agent, start, end, ok, seen)
+            groups.setdefault(self._shard(trace_id), []).append(span)
+        calls: list[tuple[str, list[tuple[Any, ...]]]] = list(groups.items())
+        sha = self._add_script.sha
+        hb: dict[str, dict[Any, Any]] = {}
+        for agent, at in beats.items():
+            hb.setdefault(self._shard(agent) + "hb", {})[agent] = at
+        pipe = self.writer.pipeline(transaction=False)
+        for prefix, group in calls:
+            # execute_command: redis-py's cluster pipeline refuses evalsha() but routes EVALSHA by its key
+            pipe.execute_command("EVALSHA", sha, 1, prefix + "inflight", prefix, *self._head, json.dumps(group))
+        for key, mapping in hb.items():
             pipe.hset(key, mapping=mapping)
             pipe.pexpire(key, HEARTBEAT_KEY_TTL_MS)
-        results = pipe.execute()
-        if spans and int(results[0][1]):
+        results = list(pipe.execute(raise_on_error=False))
+        retry = [i for i, r in enumerate(results[: len(calls)]) if isinstance(r, NoScriptError)]
+        if retry:
+            # a fresh server (or a promoted replica) has no script cache: load it everywhere, send again
+            self.writer.script_load(_ADD_LUA)  # on a cluster redis-py loads it on every primary
+            pipe = self.writer.pipeline(transaction=False)
+            for i in retry:
+                prefix, group = calls[i]
+                pipe.execute_command("EVALSHA", sha, 1, prefix + "inflight", prefix, *self._head, json.dumps(group))
+            for i, r in zip(retry, pipe.execute(raise_on_error=False), strict=True):
+                results[i] = r
+        lost, refused, error = 0, 0, None
+        for (_, group), result in zip(calls, results, strict=False):
+            if isinstance(result, BaseException):
+                lost += len(group)
+                error = error or result
+            else:
+                refused += int(result[1])
+        if refused:
             self._sink.on_refused(
-                int(results[0][1]), f"a trace holds {self.settings.max_agents} agents already (batch of {len(spans)})"
+                refused, f"a trace holds {self.settings.max_agents} agents already (batch of {len(spans)})"
             )
+        if error is None:
+            error = next((r for r in results[len(calls) :] if isinstance(r, BaseException)), None)
+        return lost, error
 
     def _drop_pending(self) -> None:
         n = len(self._pending)
@@ -450,7 +644,14 @@ class RedisStore:
     # health ------------------------------------------------------------------------------------------
     def _probe(self) -> None:
         try:
-            self.client.ping()
+            if self._primaries is None:
+                self.client.ping()
+            else:
+                # a fresh slot map for both clients (a promoted replica, moved slots), then every
+                # primary must answer: a shard whose primary is down loses its writes
+                for client in (self.client, self.writer):
+                    client.nodes_manager.initialize()  # type: ignore[union-attr]
+                    client.ping(target_nodes=self._primaries)
         except _REDIS_ERRORS as exc:
             self._failed(exc)
             return
@@ -487,12 +688,21 @@ class RedisStore:
 
     def get(self, trace_id: str) -> TraceRecord | None:
         """The trace, in flight or finalized, or None."""
-        fields = self._call(self.client.hgetall, self.prefix + "t:" + trace_id)
+        fields = self._call(self.client.hgetall, self._shard(trace_id) + "t:" + trace_id)
         return parse_trace(trace_id, fields)
 
     def in_flight(self) -> int:
         """Traces not finalized yet, over every process writing to this Redis."""
-        return int(self._call(self.client.zcard, self.prefix + "inflight"))
+        if len(self._prefixes) == 1:
+            return int(self._call(self.client.zcard, self._prefixes[0] + "inflight"))
+
+        def count() -> int:
+            pipe = self.client.pipeline(transaction=False)
+            for prefix in self._prefixes:
+                pipe.zcard(prefix + "inflight")
+            return sum(int(n) for n in pipe.execute())
+
+        return int(self._call(count))
 
     def recent_incomplete(self, limit: int) -> list[TraceRecord]:
         """Recently expired incomplete traces still held, newest first."""
@@ -500,27 +710,38 @@ class RedisStore:
             return []
 
         def read() -> list[TraceRecord]:
-            ids = [str(i) for i in self.client.lrange(self.prefix + "recent", 0, limit - 1)]
             pipe = self.client.pipeline(transaction=False)
-            for trace_id in ids:
-                pipe.hgetall(self.prefix + "t:" + trace_id)
+            for prefix in self._prefixes:
+                pipe.lrange(prefix + "recent", 0, limit - 1)
+            ids = [(prefix, str(i)) for prefix, got in zip(self._prefixes, pipe.execute(), strict=True) for i in got]
+            pipe = self.client.pipeline(transaction=False)
+            for prefix, trace_id in ids:
+                pipe.hgetall(prefix + "t:" + trace_id)
             out = []
-            for trace_id, fields in zip(ids, pipe.execute(), strict=True):
+            for (_, trace_id), fields in zip(ids, pipe.execute(), strict=True):
                 record = parse_trace(trace_id, fields)
                 if record is not None and record.state is TraceState.INCOMPLETE:
                     out.append(record)
-            return out
+            if len(self._prefixes) > 1:
+                # each shard's list is newest first; across shards the last span orders them
+                out.sort(key=lambda r: max(s.end for s in r.spans), reverse=True)
+            return out[:limit]
 
         return list(self._call(read))
 
     def sweep(self, now: float | None) -> None:
         """Claim and report outcomes; with ``now``, first expire traces idle for ``ttl_seconds``."""
+        for prefix in self._prefixes:
+            self._sweep_shard(prefix, now)
+
+    def _sweep_shard(self, prefix: str, now: float | None) -> None:
         sink = self._sink
         for _ in range(100):  # bounded: a backlog is worked off over the next sweeps
             result = self._call(
                 self._sweep_script,
-                args=[self.prefix, "" if now is None else repr(now - self.settings.ttl_seconds), self._ttl_ms,
-                      _SWEEP_LIMIT, self.settings.recent_max],
+                keys=[prefix + "inflight"],
+                args=[prefix, "" if now is None else repr(now - self.settings.ttl_seconds), self._ttl_ms,
+                      _SWEEP_LIMIT, self._recent_per_shard],
             )  # fmt: skip
             expired, completed, late, evicted, lost = result
             for i in range(0, len(expired), 2):
@@ -553,13 +774,19 @@ class RedisStore:
     # heartbeats (ark_obs.heartbeat.HeartbeatStore) ---------------------------------------------------
     def last_beats(self) -> dict[str, float]:
         """Every agent's last heartbeat time, as written by any process."""
-        raw = self._call(self.client.hgetall, self.prefix + "hb")
-        return {agent: float(ts) for agent, ts in raw.items()}
+
+        def read() -> dict[str, float]:
+            pipe = self.client.pipeline(transaction=False)
+            for prefix in self._prefixes:
+                pipe.hgetall(prefix + "hb")
+            return {agent: float(ts) for raw in pipe.execute() for agent, ts in raw.items()}
+
+        return dict(self._call(read))
 
     def claim_outage(self, agent: str, since: float) -> bool:
         """True for exactly one caller per outage (identified by the agent's last beat)."""
         claimed = self._call(
-            self._claim_script, keys=[self.prefix + "hbdown"], args=[agent, repr(since), HEARTBEAT_KEY_TTL_MS]
+            self._claim_script, keys=[self._shard(agent) + "hbdown"], args=[agent, repr(since), HEARTBEAT_KEY_TTL_MS]
         )
         return bool(claimed)
 
@@ -568,16 +795,20 @@ class RedisStore:
 
         def forget() -> None:
             pipe = self.client.pipeline(transaction=False)
-            pipe.hdel(self.prefix + "hb", agent)
-            pipe.hdel(self.prefix + "hbdown", agent)
+            prefix = self._shard(agent)
+            pipe.hdel(prefix + "hb", agent)
+            pipe.hdel(prefix + "hbdown", agent)
             pipe.execute()
 
         self._call(forget)
 
 
-def _client_secrets(client: redis.Redis) -> list[str | None]:
+def _client_secrets(client: redis.Redis | Any) -> list[str | None]:
     """The password a client authenticates with (for ``scrub``)."""
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    if isinstance(client, LazyCluster):
+        return [client.password]
+    holder = getattr(client, "connection_pool", None) or getattr(client, "nodes_manager", None)
+    kwargs = getattr(holder, "connection_kwargs", {})
     return [kwargs.get("password")]
 
 
@@ -597,7 +828,7 @@ class StreamDepths:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | Any,
         streams: tuple[str, ...],
         *,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
@@ -615,6 +846,8 @@ class StreamDepths:
     @classmethod
     def from_url(cls, url: str, streams: tuple[str, ...], *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> StreamDepths:
         """A reader with a client of its own."""
+        if url.strip().startswith(CLUSTER_SCHEMES):
+            return cls(make_cluster_client(url, timeout), streams, timeout=timeout, owns_client=True)
         return cls(make_client(url, timeout), streams, timeout=timeout, owns_client=True)
 
     def read(self) -> dict[str, int] | None:
@@ -644,13 +877,18 @@ class StreamDepths:
 
 
 def open_store(url: str, **kw: Any) -> TraceStore:
-    """The store an ``ARK_OBS_TRACE_STORE`` value names: ``memory`` or ``redis://host:port/db``.
+    """The store an ``ARK_OBS_TRACE_STORE`` value names: ``memory``, ``redis://host:port/db`` or
+    ``redis+cluster://host:port[,host:port...]/``.
 
     Keyword arguments go to ``RedisStore.from_url`` (timeout, prefix, flush_interval, ...).
     """
     spec = url.strip()
     if spec in ("", "memory", "memory://"):
         return MemoryStore()
+    if spec.startswith(CLUSTER_SCHEMES):
+        return RedisStore.from_cluster_url(spec, **kw)
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore.from_url(spec, **kw)
-    raise ValueError(f"unknown trace store {redact_url(url)!r}: use 'memory' or 'redis://host:port/db'")
+    raise ValueError(
+        f"unknown trace store {redact_url(url)!r}: use 'memory', 'redis://host:port/db' or 'redis+cluster://host:port,...'"
+    )
