@@ -20,8 +20,8 @@ from typing import Any
 import redis
 
 from ark_obs.metrics import MetricsCollector
-from ark_obs.store_redis import RedisStore
 from ark_obs.traces import DEFAULT_PIPELINE, SPAN_METRIC, TraceMonitor
+from ark_obs.traces.redis_store import RedisStore
 from bench._timing import row
 
 AGENTS = DEFAULT_PIPELINE

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ark_obs.metrics import MetricsCollector
-from ark_obs.store_memory import MemoryStore
-from ark_obs.store_redis import RedisStore
 from ark_obs.traces import DEFAULT_PIPELINE, SPAN_METRIC, TraceMonitor
+from ark_obs.traces.memory import MemoryStore
+from ark_obs.traces.redis_store import RedisStore
 from bench._timing import row
 
 AGENTS = DEFAULT_PIPELINE

@@ -23,12 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from ark_obs import catalog
 from ark_obs.context import bind_trace_id
-from ark_obs.heartbeat import HeartbeatMonitor
 from ark_obs.metrics import MetricsCollector
 from ark_obs.service import Service, create_app
 from ark_obs.settings import Settings
-from ark_obs.store_redis import RedisStore
 from ark_obs.traces import TraceMonitor
+from ark_obs.traces.heartbeats import HeartbeatMonitor
+from ark_obs.traces.redis_store import RedisStore
 from plugins.clock import FakeClock
 
 PIPELINE = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from ark_obs.heartbeat import HEARTBEAT_METRIC, HeartbeatMonitor, HeartbeatStore
 from ark_obs.metrics import MetricsCollector
-from ark_obs.store_memory import MemoryStore
-from ark_obs.store_redis import RedisStore
+from ark_obs.traces.heartbeats import HEARTBEAT_METRIC, HeartbeatMonitor, HeartbeatStore
+from ark_obs.traces.memory import MemoryStore
+from ark_obs.traces.redis_store import RedisStore
 from plugins.clock import FakeClock
 
 T0 = 1_700_000_000.0

@@ -534,8 +534,8 @@ def test_a_trace_flood_over_http_stays_small(service: Server) -> None:
 def test_made_up_agents_neither_lock_out_the_pipeline_nor_stay_forever() -> None:
     """With the agent cap full of made-up names, every pipeline agent is still admitted; the made-up
     ones are forgotten after forget_after_seconds of silence (freeing the cap), pipeline agents never."""
-    from ark_obs.heartbeat import HeartbeatMonitor
-    from ark_obs.store_memory import MemoryStore
+    from ark_obs.traces.heartbeats import HeartbeatMonitor
+    from ark_obs.traces.memory import MemoryStore
     from plugins.clock import FakeClock
 
     clock = FakeClock(1_700_000_000.0)

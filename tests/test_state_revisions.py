@@ -12,7 +12,9 @@ from ark_obs.instrumentation import track_state_operation
 from ark_obs.metrics import MetricsCollector
 from ark_obs.service import create_app
 from ark_obs.settings import Settings
-from ark_obs.state_revisions import (
+from ark_obs.traces.memory import MemoryStore
+from ark_obs.traces.redis_store import make_client
+from ark_obs.traces.revisions import (
     MAX_KEY_LENGTH,
     AnomalyKind,
     MemoryRevisions,
@@ -20,8 +22,6 @@ from ark_obs.state_revisions import (
     RevisionChecker,
     backend_for,
 )
-from ark_obs.store_memory import MemoryStore
-from ark_obs.store_redis import make_client
 from plugins.clock import FakeClock
 
 

@@ -20,11 +20,11 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from ark_obs.heartbeat import HeartbeatMonitor
 from ark_obs.metrics import MetricsCollector
 from ark_obs.service import create_app, status_page
 from ark_obs.settings import Settings
 from ark_obs.synthetic import PIPELINE, Fault, SyntheticConfig, background_hook, run_loop
+from ark_obs.traces.heartbeats import HeartbeatMonitor
 from plugins.ci import missing_dependency
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from ark_obs.metrics import MetricsCollector
-from ark_obs.store_redis import DEFAULT_CLUSTER_SHARDS, RedisStore, cluster_prefixes, open_store, parse_cluster_url
 from ark_obs.traces import DEFAULT_PIPELINE, SPAN_METRIC, TraceMonitor, TraceState
+from ark_obs.traces.redis_cluster import DEFAULT_CLUSTER_SHARDS, cluster_prefixes, parse_cluster_url
+from ark_obs.traces.redis_store import RedisStore, open_store
 from plugins.clock import FakeClock
 from plugins.redis_cluster import RedisClusterServers, wait_until
 from test_service import start  # noqa: F401 - the fixture that runs `ark-obs serve`

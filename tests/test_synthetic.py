@@ -21,7 +21,6 @@ import pytest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ark_obs.heartbeat import HeartbeatMonitor
 from ark_obs.metrics import MetricsCollector
 from ark_obs.synthetic import (
     GRAVEYARD,
@@ -35,6 +34,7 @@ from ark_obs.synthetic import (
     start_background,
 )
 from ark_obs.traces import TraceMonitor
+from ark_obs.traces.heartbeats import HeartbeatMonitor
 
 FAST = 0.2  # heartbeat interval (s) of the runs below: faults show within a second
 

@@ -18,9 +18,9 @@ from ark_obs.instrumentation import MetricsContext, instrument_agent_method, wit
 from ark_obs.metrics import MetricsCollector
 from ark_obs.service import create_app
 from ark_obs.settings import Settings
-from ark_obs.store_memory import MemoryStore
-from ark_obs.store_redis import RedisStore
 from ark_obs.traces import DEFAULT_PIPELINE, TraceMonitor, TraceStatus
+from ark_obs.traces.memory import MemoryStore
+from ark_obs.traces.redis_store import RedisStore
 
 PIPELINE = DEFAULT_PIPELINE
 DASHED = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"

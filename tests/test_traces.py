@@ -15,8 +15,6 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 
 from ark_obs import metrics
 from ark_obs.metrics import MetricsCollector
-from ark_obs.store_memory import MemoryStore
-from ark_obs.store_redis import RedisStore, open_store
 from ark_obs.traces import (
     DEFAULT_PIPELINE,
     SPAN_METRIC,
@@ -25,6 +23,8 @@ from ark_obs.traces import (
     TraceStatus,
     TraceStore,
 )
+from ark_obs.traces.memory import MemoryStore
+from ark_obs.traces.redis_store import RedisStore, open_store
 from plugins.clock import FakeClock
 
 PIPELINE = list(DEFAULT_PIPELINE)

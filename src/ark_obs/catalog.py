@@ -202,7 +202,7 @@ ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS = gauge(
 # --- state history ------------------------------------------------------------------------------------
 ARK_STATE_REVISION_ANOMALIES_TOTAL = counter(
     "ark_state_revision_anomalies_total",
-    "State revisions that did not follow their key's last one: gap, regression or duplicate (ark_obs.state_revisions).",
+    "State revisions that did not follow their key's last one: gap, regression or duplicate.",
     labels=("agent", "kind"),
 )
 

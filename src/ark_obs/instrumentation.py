@@ -779,7 +779,7 @@ def track_state_operation(
     """Observe a Mutable Core state operation's latency on ``state_write_latency_ms{operation,agent}``.
 
     With ``key`` and ``revision`` (the key's revision number after the write), also check that the
-    key's revisions are contiguous (``ark_obs.state_revisions``): gaps, regressions and duplicates are
+    key's revisions are contiguous (``ark_obs.traces.revisions``): gaps, regressions and duplicates are
     counted in ``ark_state_revision_anomalies_total{agent,kind}`` and listed at ``GET /state/anomalies``.
 
     >>> track_state_operation("write", "Kenny", 3.2)

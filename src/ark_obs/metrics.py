@@ -16,7 +16,7 @@ import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -37,12 +37,8 @@ from ark_obs.registry import (
     multiprocess_dir,
 )
 from ark_obs.slo import ProcessQuarantines, SloCollector, SloEngine, SloReport
+from ark_obs.traces import HeartbeatMonitor, RevisionChecker, TraceMonitor, TraceReport, backend_for
 from ark_obs.window import TICKER, Clock, Reading, Window, histogram_quantile
-
-if TYPE_CHECKING:
-    from ark_obs.heartbeat import HeartbeatMonitor
-    from ark_obs.state_revisions import RevisionChecker
-    from ark_obs.traces import TraceMonitor, TraceReport
 
 __all__ = [
     "HistogramStats",
@@ -354,8 +350,6 @@ class MetricsCollector:
     def traces(self) -> TraceMonitor:
         """Trace continuity (ark_obs.traces), on the embedded memory store unless replaced."""
         if self._traces is None:
-            from ark_obs.traces import TraceMonitor
-
             self._traces = TraceMonitor(self)
         return self._traces
 
@@ -365,10 +359,8 @@ class MetricsCollector:
 
     @property
     def heartbeats(self) -> HeartbeatMonitor:
-        """Agent heartbeats (ark_obs.heartbeat)."""
+        """Agent heartbeats (ark_obs.traces.heartbeats)."""
         if self._heartbeats is None:
-            from ark_obs.heartbeat import HeartbeatMonitor
-
             self._heartbeats = HeartbeatMonitor(self)
         return self._heartbeats
 
@@ -389,10 +381,8 @@ class MetricsCollector:
 
     @property
     def revisions(self) -> RevisionChecker:
-        """State revision continuity (ark_obs.state_revisions), in memory unless replaced."""
+        """State revision continuity (ark_obs.traces.revisions), in memory unless replaced."""
         if self._revisions is None:
-            from ark_obs.state_revisions import RevisionChecker, backend_for
-
             # with a shared (Redis) trace store, revisions are checked across processes too
             store = self._traces.store if self._traces is not None else None
             self._revisions = RevisionChecker(self.registry, backend=backend_for(store), clock=self.clock)

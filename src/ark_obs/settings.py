@@ -224,7 +224,7 @@ class Settings(BaseSettings):
     )
     log_level: LogLevel = Field(default="info", description="Log level of the service.")
 
-    # state history (ark_obs.state_revisions) -------------------------------------------------------
+    # state history (ark_obs.traces.revisions) -------------------------------------------------------
     state_revision_max_keys: int = Field(
         default=100_000,
         ge=1,
@@ -266,7 +266,7 @@ class Settings(BaseSettings):
             return value
         shown = redact_url(value)  # the message reaches check-config and the serve log
         if value.startswith(("redis+cluster://", "rediss+cluster://")):
-            from ark_obs.store_redis import parse_cluster_url
+            from ark_obs.traces.redis_cluster import parse_cluster_url
 
             parse_cluster_url(value)  # its errors show the URL redacted
             return value

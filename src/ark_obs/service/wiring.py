@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
-from ark_obs.heartbeat import HeartbeatMonitor
 from ark_obs.metrics import MetricsCollector
 from ark_obs.settings import Settings
 from ark_obs.slo import SloEngine, load_slo_file
-from ark_obs.state_revisions import RevisionChecker, backend_for
 from ark_obs.traces import TraceMonitor
+from ark_obs.traces.heartbeats import HeartbeatMonitor
+from ark_obs.traces.revisions import RevisionChecker, backend_for
 
 __all__ = ["BackgroundHook", "Service", "build_collector", "close_service", "freeze_long_lived_objects", "run_hook"]
 

@@ -245,7 +245,7 @@ async def run_loop(
 
 def revision_anomalies(collector: MetricsCollector, agent: str) -> int:
     """How many state revision anomalies ``agent``'s writes have caused on ``collector``."""
-    from ark_obs.state_revisions import AnomalyKind
+    from ark_obs.traces.revisions import AnomalyKind
 
     metric = collector.metric(catalog.ARK_STATE_REVISION_ANOMALIES_TOTAL.name)
     return int(sum(metric.labels(agent, kind.value).get() for kind in AnomalyKind))
@@ -253,7 +253,7 @@ def revision_anomalies(collector: MetricsCollector, agent: str) -> int:
 
 def in_process_collector(config: SyntheticConfig) -> MetricsCollector:
     """A new collector whose heartbeat monitor expects the loop's heartbeat interval."""
-    from ark_obs.heartbeat import HeartbeatMonitor
+    from ark_obs.traces.heartbeats import HeartbeatMonitor
 
     collector = MetricsCollector()
     collector.heartbeats = HeartbeatMonitor(collector, config.heartbeat_interval_seconds)

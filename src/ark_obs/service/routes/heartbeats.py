@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path
 
 from ark_obs import catalog
-from ark_obs.heartbeat import HEARTBEAT_METRIC
 from ark_obs.service.api import ErrorOut, HeartbeatOut
 from ark_obs.service.auth import auth_responses, unavailable, write_guard
 from ark_obs.service.wiring import Service
 from ark_obs.settings import NAME_PATTERN
+from ark_obs.traces.heartbeats import HEARTBEAT_METRIC
 
 __all__ = ["router"]
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from ark_obs.service.wiring import Service
-from ark_obs.state_revisions import AnomalyList
+from ark_obs.traces.revisions import AnomalyList
 
 __all__ = ["router"]
 

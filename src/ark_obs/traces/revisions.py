@@ -52,7 +52,7 @@ __all__ = [
     "backend_for",
 ]
 
-log = logging.getLogger("ark_obs.state_revisions")
+log = logging.getLogger("ark_obs.traces.revisions")
 
 DEFAULT_MAX_KEYS: Final = 100_000
 DEFAULT_RECENT_MAX: Final = 100

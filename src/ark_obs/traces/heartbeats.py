@@ -21,17 +21,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ark_obs import catalog
 from ark_obs._periodic import Periodic
 from ark_obs.registry import MAX_LABEL_VALUE_LENGTH
-from ark_obs.traces import StoreHealth, StoreUnavailable, default_pipeline, register, unregister
-
-if TYPE_CHECKING:
-    from ark_obs.metrics import MetricsCollector
+from ark_obs.source import MetricSource
+from ark_obs.traces.model import StoreHealth, StoreUnavailable
+from ark_obs.traces.monitor import TraceMonitor, default_pipeline, register, unregister
 
 DEFAULT_INTERVAL_SECONDS: Final = 1.0
 DEFAULT_DOWN_AFTER_INTERVALS: Final = 1.5
@@ -41,6 +40,14 @@ DEFAULT_MAX_AGENTS: Final = 1000
 DEFAULT_FORGET_AFTER_SECONDS: Final = 3600.0
 # ``metric`` label of heartbeats dropped in ark_obs_dropped_total
 HEARTBEAT_METRIC: Final = "agent_heartbeat"
+
+
+class TracedSource(MetricSource, Protocol):
+    """A metric source with a trace monitor: heartbeats share its store unless given one."""
+
+    @property
+    def traces(self) -> TraceMonitor:
+        """The trace monitor whose store holds the heartbeats too."""
 
 
 class HeartbeatStore(Protocol):
@@ -91,7 +98,7 @@ class HeartbeatMonitor:
 
     def __init__(
         self,
-        collector: MetricsCollector,
+        collector: TracedSource,
         interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
         *,
         store: HeartbeatStore | None = None,

@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict, deque
 from typing import Any, Final, TypeAlias
 
-from ark_obs.traces import (
+from ark_obs.traces.model import (
     NullSink,
     Span,
     StoreHealth,
@@ -200,7 +200,7 @@ class MemoryStore:
     def close(self) -> None:
         """Nothing to release."""
 
-    # heartbeats (ark_obs.heartbeat.HeartbeatStore) ---------------------------------------------------
+    # heartbeats (ark_obs.traces.heartbeats.HeartbeatStore) ---------------------------------------------------
     def beat(self, agent: str, at: float) -> bool:
         """Record a heartbeat from ``agent`` at ``at``."""
         self._beats[agent] = at

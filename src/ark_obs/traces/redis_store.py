@@ -47,18 +47,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import redis
-from redis._parsers import Encoder
 from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
-from redis.commands.core import Script
-from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from ark_obs._periodic import Periodic
 from ark_obs._redact import redact_url, scrub
-from ark_obs.store_memory import MemoryStore
-from ark_obs.traces import (
+from ark_obs.traces.memory import MemoryStore
+from ark_obs.traces.model import (
     NullSink,
     Span,
     StoreHealth,
@@ -68,6 +65,18 @@ from ark_obs.traces import (
     TraceSink,
     TraceState,
     TraceStore,
+)
+from ark_obs.traces.redis_cluster import (
+    CLUSTER_SCHEMES,
+    LazyCluster,
+    cluster_prefixes,
+    make_cluster_client,
+    parse_cluster_url,
+)
+from ark_obs.traces.redis_scripts import (
+    _ADD_LUA,
+    _CLAIM_OUTAGE_LUA,
+    _SWEEP_LUA,
 )
 
 log = logging.getLogger("ark_obs")
@@ -80,212 +89,10 @@ DEFAULT_BATCH_SIZE: Final = 500  # spans per Lua call: a few ms of Redis time at
 DEFAULT_MAX_PENDING: Final = 100_000
 DEFAULT_RETRY_SECONDS: Final = 1.0
 HEARTBEAT_KEY_TTL_MS: Final = 86_400_000
-DEFAULT_CLUSTER_SHARDS: Final = 16
 CLUSTER_SPANS_PER_CALL: Final = 250  # batch size on a cluster: this many spans per shard (measured in bench_cluster)
 MAX_CLUSTER_BATCH: Final = 8000
-MAX_CLUSTER_SHARDS: Final = 1024
-CLUSTER_SCHEMES: Final = ("redis+cluster://", "rediss+cluster://")
 _SWEEP_LIMIT: Final = 1000
 _REDIS_ERRORS: Final = (RedisError, RedisClusterException, OSError)
-
-# One call per batch and shard; KEYS[1] = the shard's in-flight index (it routes the call to the slot
-# of every key the script touches, all under the prefix's hash tag on a cluster). ARGV = prefix, ttl_ms,
-# cap, pipeline (JSON list), max agents per trace, spans (JSON list of [trace id, agent, start, end, ok,
-# seen], or [trace id, agent, t] for the common ok span with start = end = seen). Spans are grouped by
-# trace so each trace costs one HMGET and one HSET whatever its number of spans. A span for a
-# finalized trace is late, also within a batch. A span of a new agent for a trace that holds max agents
-# already (field ``a`` counts them) is refused. Times are stored with %.17g, which round-trips a
-# double exactly. Returns {traces completed, spans refused}.
-_ADD_LUA: Final = """
-local prefix = ARGV[1]
-local ttl_ms = tonumber(ARGV[2])
-local cap = tonumber(ARGV[3])
-local pipeline = cjson.decode(ARGV[4])
-local max_agents = tonumber(ARGV[5])
-local spans = cjson.decode(ARGV[6])
-local idx, done = prefix .. 'inflight', prefix .. 'done'
-local head = {'state', 'n', 'x', 'a'}
-local in_pipeline = {}
-for j = 1, #pipeline do
-  local f = '@' .. pipeline[j]
-  head[#head + 1] = f
-  in_pipeline[f] = true
-end
-local order, groups = {}, {}
-for _, sp in ipairs(spans) do
-  local g = groups[sp[1]]
-  if not g then
-    g = {}
-    groups[sp[1]] = g
-    order[#order + 1] = sp[1]
-  end
-  g[#g + 1] = sp
-end
-local late, refused = 0, 0
-local finished, unindex, touched = {}, {}, {}
-for _, id in ipairs(order) do
-  local g = groups[id]
-  local key = prefix .. 't:' .. id
-  local fields = {unpack(head)}
-  for _, sp in ipairs(g) do fields[#fields + 1] = '@' .. sp[2] end
-  local vals = redis.call('HMGET', key, unpack(fields))
-  if vals[1] then
-    late = late + #g
-  else
-    local existed = vals[2]
-    local n = tonumber(vals[2]) or 0
-    local expiry_set_at = tonumber(vals[3])
-    local agents = tonumber(vals[4]) or 0
-    local cur, missing = {}, #pipeline
-    for k = 5, #fields do
-      if vals[k] and not cur[fields[k]] then
-        cur[fields[k]] = vals[k]
-        if in_pipeline[fields[k]] then missing = missing - 1 end
-      end
-    end
-    local changed, set, seen = {}, {}, 0
-    for _, sp in ipairs(g) do
-      if missing == 0 then
-        late = late + 1
-      elseif not cur['@' .. sp[2]] and agents >= max_agents then
-        refused = refused + 1
-      else
-        n = n + 1
-        local f = '@' .. sp[2]
-        local short = #sp == 3
-        local s, e, ok, t = sp[3], sp[3], true, sp[3]
-        if not short then e, ok, t = sp[4], sp[5], sp[6] end
-        local prev = cur[f]
-        local v
-        if prev then
-          local ps, pe, pq, pok = string.match(prev, '^(%S+) (%S+) (%S+) (%S+)$')
-          if s < tonumber(ps) then ps = string.format('%.17g', s) end
-          if e > tonumber(pe) then pe = string.format('%.17g', e) end
-          if not ok then pok = '0' end
-          v = ps .. ' ' .. pe .. ' ' .. pq .. ' ' .. pok
-        elseif short then
-          local ts = string.format('%.17g', s)
-          v = ts .. ' ' .. ts .. ' ' .. n .. ' 1'
-          if in_pipeline[f] then missing = missing - 1 end
-          agents = agents + 1
-        else
-          v = string.format('%.17g %.17g %d %s', s, e, n, ok and '1' or '0')
-          if in_pipeline[f] then missing = missing - 1 end
-          agents = agents + 1
-        end
-        if not changed[f] then
-          changed[f] = true
-          set[#set + 1] = f
-        end
-        cur[f] = v
-        if t > seen then seen = t end
-      end
-    end
-    local args = {'n', n, 'a', agents}
-    for _, f in ipairs(set) do
-      args[#args + 1] = f
-      args[#args + 1] = cur[f]
-    end
-    -- an in-flight key's expiry (2 x ttl) is renewed only every ttl / 2 of span time, not per span:
-    -- it still outlives the last span by 1.5 x ttl, so the sweeper reads it at expiry
-    local renew = missing ~= 0 and (not expiry_set_at or seen - expiry_set_at > ttl_ms / 2000)
-    if missing == 0 then
-      args[#args + 1] = 'state'
-      args[#args + 1] = 'complete'
-    elseif renew then
-      args[#args + 1] = 'x'
-      args[#args + 1] = string.format('%.17g', seen)
-    end
-    redis.call('HSET', key, unpack(args))
-    if missing == 0 then
-      if existed then unindex[#unindex + 1] = id end
-      redis.call('PEXPIRE', key, ttl_ms)
-      finished[#finished + 1] = id
-    else
-      touched[#touched + 1] = string.format('%.17g', seen)
-      touched[#touched + 1] = id
-      if renew then redis.call('PEXPIRE', key, 2 * ttl_ms) end
-    end
-  end
-end
--- index and list updates batched: one call each per batch rather than per trace
-if #unindex > 0 then redis.call('ZREM', idx, unpack(unindex)) end
-if #touched > 0 then redis.call('ZADD', idx, unpack(touched)) end
-local completed = #finished
-if completed > 0 then
-  redis.call('LPUSH', done, unpack(finished))
-  redis.call('LTRIM', done, 0, cap - 1)
-  redis.call('PEXPIRE', done, 2 * ttl_ms)
-end
-if late > 0 then
-  redis.call('INCRBY', prefix .. 'late', late)
-  redis.call('PEXPIRE', prefix .. 'late', 2 * ttl_ms)
-end
-local over = redis.call('ZCARD', idx) - cap
-if over > 0 then
-  local popped = redis.call('ZPOPMIN', idx, over)
-  for k = 1, #popped, 2 do redis.call('DEL', prefix .. 't:' .. popped[k]) end
-  redis.call('INCRBY', prefix .. 'evicted', over)
-  redis.call('PEXPIRE', prefix .. 'evicted', 2 * ttl_ms)
-end
-redis.call('PEXPIRE', idx, 2 * ttl_ms)
-return {completed, refused}
-"""
-
-# ARGV = prefix, idle_before (now - ttl; '' = only claim outcomes), ttl_ms, limit, recent_max. The
-# sweeper's own TTL decides expiry: the index holds last-span times, not deadlines.
-# Claims (so each outcome is counted by one sweeper): expired traces, completed ones, late and evicted counts.
-_SWEEP_LUA: Final = """
-local prefix = ARGV[1]
-local idle_before = ARGV[2]
-local ttl_ms = tonumber(ARGV[3])
-local limit = tonumber(ARGV[4])
-local recent_max = tonumber(ARGV[5])
-local idx = prefix .. 'inflight'
-local recent = prefix .. 'recent'
-local expired = {}
-local lost = 0
-if idle_before ~= '' then
-  local ids = redis.call('ZRANGEBYSCORE', idx, '-inf', idle_before, 'LIMIT', 0, limit)
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', idx, id)
-    local key = prefix .. 't:' .. id
-    local h = redis.call('HGETALL', key)
-    if #h > 0 then
-      redis.call('HSET', key, 'state', 'incomplete')
-      redis.call('PEXPIRE', key, ttl_ms)
-      redis.call('LPUSH', recent, id)
-      expired[#expired + 1] = id
-      expired[#expired + 1] = h
-    else
-      lost = lost + 1
-    end
-  end
-  if #expired > 0 then
-    redis.call('LTRIM', recent, 0, recent_max - 1)
-    redis.call('PEXPIRE', recent, ttl_ms)
-  end
-end
-local completed = {}
-local ids = redis.call('RPOP', prefix .. 'done', limit)
-if ids then
-  for _, id in ipairs(ids) do
-    completed[#completed + 1] = id
-    completed[#completed + 1] = redis.call('HGETALL', prefix .. 't:' .. id)
-  end
-end
-local late = redis.call('GETDEL', prefix .. 'late') or '0'
-local evicted = redis.call('GETDEL', prefix .. 'evicted') or '0'
-return {expired, completed, late, evicted, lost}
-"""
-
-# KEYS[1] = hbdown; ARGV = agent, last beat, ttl_ms. 1 if this caller is the one to count the outage.
-_CLAIM_OUTAGE_LUA: Final = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
 
 
 def make_client(url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> redis.Redis:
@@ -298,115 +105,6 @@ def make_client(url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> redis.Red
         health_check_interval=0,
         decode_responses=True,
     )
-
-
-def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any], int]:
-    """Seed nodes, client options and shard count of ``redis+cluster://[user:password@]host:port[,host:port...]/[?shards=N]``."""
-    scheme, _, rest = url.strip().partition("://")
-    netloc, _, tail = rest.partition("/")
-    query = tail.partition("?")[2]
-    userinfo, _, hosts = netloc.rpartition("@")
-    username, _, password = userinfo.partition(":")
-    nodes: list[tuple[str, int]] = []
-    for part in hosts.split(","):
-        host, colon, port = part.strip().rpartition(":")
-        if not colon:
-            host, port = port, "6379"
-        if not host or not port.isdigit():
-            raise ValueError(f"bad cluster node {part!r} in {redact_url(url)!r}: use host:port")
-        nodes.append((host, int(port)))
-    shards = DEFAULT_CLUSTER_SHARDS
-    for item in filter(None, query.split("&")):
-        name, _, value = item.partition("=")
-        if name != "shards" or not value.isdigit() or not 1 <= int(value) <= MAX_CLUSTER_SHARDS:
-            raise ValueError(f"bad option {name!r} in {redact_url(url)!r}: only shards=1..{MAX_CLUSTER_SHARDS}")
-        shards = int(value)
-    options: dict[str, Any] = {"username": username or None, "password": password or None}
-    if scheme == "rediss+cluster":
-        options["ssl"] = True
-    return nodes, options, shards
-
-
-class LazyCluster:
-    """A ``RedisCluster`` built on first use, and built again after a failed attempt.
-
-    redis-py's cluster client connects in its constructor; a store (and so an agent importing
-    ark-obs) must open while the cluster is down. Until the client exists every call raises
-    ``RedisClusterException``, which the store counts as the store being unavailable.
-    """
-
-    def __init__(self, url: str, timeout: float, attempts: int) -> None:
-        nodes, self._options, _ = parse_cluster_url(url)
-        self._nodes = nodes
-        self._timeout = timeout
-        self._attempts = attempts
-        self._client: RedisCluster | None = None
-        self._lock = threading.Lock()
-        self.password: str | None = self._options.get("password")
-
-    def get(self) -> RedisCluster:
-        """The client, built now if it does not exist yet (raises while no seed node answers)."""
-        client = self._client
-        if client is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = RedisCluster(
-                        startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],  # type: ignore[no-untyped-call]
-                        socket_timeout=self._timeout,
-                        socket_connect_timeout=self._timeout,
-                        retry=Retry(NoBackoff(), self._attempts),
-                        decode_responses=True,
-                        **self._options,
-                    )
-                client = self._client
-        return client
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "nodes_manager":
-            return self.get().nodes_manager
-
-        # methods are looked up when called, so ``store._call(client.hgetall, ...)`` counts the failure
-        def call(*args: Any, **kw: Any) -> Any:
-            return getattr(self.get(), name)(*args, **kw)
-
-        return call
-
-    def get_encoder(self) -> Encoder:
-        """The encoder ``Script`` hashes its source with (no connection needed)."""
-        return Encoder("utf-8", "strict", True)  # type: ignore[no-untyped-call]
-
-    def register_script(self, script: str) -> Script:
-        """A script bound to this client, usable before the cluster answers."""
-        return Script(self, script)  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        """Close the client if it was built."""
-        if self._client is not None:
-            self._client.close()
-
-
-def make_cluster_client(url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS, attempts: int = 0) -> Any:
-    """A (lazily built) cluster client with short socket timeouts; MOVED/ASK are always followed,
-    ``attempts`` retries after errors."""
-    return LazyCluster(url, timeout, attempts)
-
-
-def cluster_prefixes(prefix: str, shards: int) -> tuple[str, ...]:
-    """``<prefix>{sJ}:`` for ``shards`` hash tags whose slots fall in evenly spaced slot ranges.
-
-    Redis Cluster assigns slots in contiguous ranges, so evenly spaced slots spread the shards over
-    every primary whatever their number.
-    """
-    if "{" in prefix or "}" in prefix:
-        raise ValueError(f"a cluster key prefix cannot hold a hash tag: {prefix!r}")
-    out = []
-    for i in range(shards):
-        lo, hi = i * REDIS_CLUSTER_HASH_SLOTS // shards, (i + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
-        j = 0
-        while not lo <= key_slot(f"s{j}".encode()) < hi:
-            j += 1
-        out.append(f"{prefix}{{s{j}}}:")
-    return tuple(out)
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
@@ -771,7 +469,7 @@ class RedisStore:
         if self.writer is not self.client:
             self.writer.close()
 
-    # heartbeats (ark_obs.heartbeat.HeartbeatStore) ---------------------------------------------------
+    # heartbeats (ark_obs.traces.heartbeats.HeartbeatStore) ---------------------------------------------------
     def last_beats(self) -> dict[str, float]:
         """Every agent's last heartbeat time, as written by any process."""
 

@@ -1,26 +1,4 @@
-"""Trace continuity: which agents saw each signal, which are missing, where traces stall, how long a pass took.
-
->>> from ark_obs.metrics import MetricsCollector
->>> collector = MetricsCollector(ticker=False)
->>> for agent in ("Kyle", "Joey", "HRM"):
-...     collector.record_trace_span("abc-123", agent)
->>> report = collector.validate_trace_continuity("abc-123", ["Kyle", "Joey", "HRM", "Kenny", "Aletheia"])
->>> report["complete"], report["missing_agents"]
-(False, ['Kenny', 'Aletheia'])
-
-A ``TraceMonitor`` writes spans into a bounded ``TraceStore``: ``store_memory`` (embedded, the default)
-or ``store_redis`` (shared by agents in many processes and hosts and by several ark-obs replicas).
-A trace is *finalized* when every agent of the pipeline has a span (counted complete, its latency
-observed with the trace id as exemplar) or when it has been idle for ``ttl_seconds`` (counted
-incomplete under the first missing agent). A finalized trace is kept for another ``ttl_seconds`` so
-reports still answer and late spans are recognised: a span for a finalized trace is counted in
-``ark_trace_late_spans_total`` and otherwise ignored, so a trace is counted exactly once and its
-reported latency is the one observed.
-
-With a shared store, *recorders* (agents) only write; *sweeping* monitors (the ark-obs service and its
-replicas) do the accounting, each outcome claimed once in Redis, so counters summed over replicas
-count every trace once. An embedded memory store is always its own sweeper.
-"""
+"""The trace monitor: spans into a bounded store, continuity reports, every trace accounted for once."""
 
 from __future__ import annotations
 
@@ -30,318 +8,45 @@ import math
 import os
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ark_obs import catalog
 from ark_obs._periodic import Periodic
-from ark_obs._seeddict import SeedDict
 from ark_obs.context import _canonical, canonical_trace_id
 from ark_obs.registry import MAX_LABEL_VALUE_LENGTH
-
-if TYPE_CHECKING:
-    from ark_obs.metrics import MetricsCollector
-    from ark_obs.store_redis import StreamDepths
+from ark_obs.source import MetricSource
+from ark_obs.traces.model import (
+    DEFAULT_CLOCK_SKEW_SECONDS,
+    DEFAULT_MAX_AGENTS_PER_TRACE,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_PIPELINE,
+    DEFAULT_RECENT_MAX,
+    DEFAULT_SWEEP_SECONDS,
+    DEFAULT_TTL_SECONDS,
+    ENV_MAX_AGENTS,
+    ENV_MAX_IN_FLIGHT,
+    ENV_PIPELINE,
+    ENV_STORE,
+    ENV_TTL,
+    MAX_TRACE_ID_LENGTH,
+    SPAN_METRIC,
+    StoreHealth,
+    StoreUnavailable,
+    TraceRecord,
+    TraceReport,
+    TraceSettings,
+    TraceStatus,
+    TraceStore,
+    build_report,
+)
+from ark_obs.traces.redis_store import RedisStore, StreamDepths, open_store
 
 log = logging.getLogger("ark_obs")
 
-DEFAULT_PIPELINE: Final[tuple[str, ...]] = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
-DEFAULT_TTL_SECONDS: Final = 300.0
-DEFAULT_MAX_IN_FLIGHT: Final = 100_000
-DEFAULT_RECENT_MAX: Final = 100
-DEFAULT_SWEEP_SECONDS: Final = 1.0
-# Hosts synchronised by NTP are within milliseconds; a minute covers a badly drifting one. A span further
-# in the future, or older than the TTL (its trace would already be finalized), is a broken clock or a unit
-# mistake (``at: 0``, milliseconds for seconds) that would poison ark_trace_latency_ms.
-DEFAULT_CLOCK_SKEW_SECONDS: Final = 60.0
-# Distinct agents one trace may hold: the pipeline's five, retries under other names, the Watchdog, with
-# room to spare. Without a cap one trace id took 104,000 agent names and a 12 MB report.
-DEFAULT_MAX_AGENTS_PER_TRACE: Final = 32
-MAX_TRACE_ID_LENGTH: Final = MAX_LABEL_VALUE_LENGTH
-# ``metric`` label of spans dropped in ark_obs_dropped_total (a span is not itself a metric)
-SPAN_METRIC: Final = "trace_span"
-ENV_STORE: Final = "ARK_OBS_TRACE_STORE"
-# Read when a monitor is created without these settings (an agent's lazily created default), so agent
-# processes finalize and expire traces like the service; names match ark_obs.settings.
-ENV_PIPELINE: Final = "ARK_OBS_PIPELINE"
-ENV_TTL: Final = "ARK_OBS_TRACE_TTL_SECONDS"
-ENV_MAX_IN_FLIGHT: Final = "ARK_OBS_MAX_IN_FLIGHT_TRACES"
-ENV_MAX_AGENTS: Final = "ARK_OBS_MAX_AGENTS_PER_TRACE"
 
-
-class StoreUnavailable(Exception):
-    """The trace store cannot be reached; raised inside ark-obs only, never into an agent."""
-
-
-class TraceState(StrEnum):
-    """Where a stored trace stands."""
-
-    IN_FLIGHT = "in_flight"
-    COMPLETE = "complete"
-    INCOMPLETE = "incomplete"  # expired before every pipeline agent had a span
-
-
-class TraceStatus(StrEnum):
-    """What a report knows about a trace."""
-
-    UNKNOWN = "unknown"  # never seen, evicted, or forgotten ttl_seconds after it was finalized
-    IN_FLIGHT = "in_flight"
-    COMPLETE = "complete"
-    INCOMPLETE = "incomplete"
-    UNAVAILABLE = "unavailable"  # the store could not be read
-
-
-@dataclass(frozen=True, slots=True)
-class Span:
-    """One agent's part in a trace: first start and last end (unix seconds), and whether all went well."""
-
-    agent: str
-    start: float
-    end: float
-    ok: bool = True
-
-    @property
-    def duration_ms(self) -> float:
-        """End minus start, in milliseconds."""
-        return (self.end - self.start) * 1000.0
-
-
-@dataclass(frozen=True, slots=True)
-class TraceRecord:
-    """A trace as a store holds it: one span per agent, in start order (ties: arrival order)."""
-
-    trace_id: str
-    spans: tuple[Span, ...]
-    state: TraceState
-    span_count: int
-
-    @property
-    def agents(self) -> tuple[str, ...]:
-        """Agents with a span, in start order."""
-        return tuple(s.agent for s in self.spans)
-
-    @property
-    def latency_ms(self) -> float:
-        """First span's start to last span's end, in milliseconds."""
-        return (max(s.end for s in self.spans) - min(s.start for s in self.spans)) * 1000.0
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class TraceReport(SeedDict):
-    """The seed's continuity result (``complete``, ``missing_agents``, ``agents_seen``, ``latency_ms``) and more.
-
-    Typed (``report.complete``) and the seed's dict, with lists for sequences and spans as dicts:
-    ``report["missing_agents"] == []``, ``report.get("complete")``, ``json.dumps(report)``.
-    ``trace_id`` is the canonical id the report answers for (a UUID's W3C form, see
-    ``ark_obs.context.canonical_trace_id``); ``requested_id`` is the id as it was asked for.
-    An unknown trace is never complete: ``known`` is False and every expected agent is missing.
-    """
-
-    trace_id: str
-    status: TraceStatus
-    complete: bool
-    missing_agents: tuple[str, ...]
-    agents_seen: tuple[str, ...]
-    latency_ms: float | None
-    out_of_order: tuple[str, ...] = ()
-    failed_agents: tuple[str, ...] = ()
-    expected_agents: tuple[str, ...] = ()
-    span_count: int = 0
-    spans: tuple[Span, ...] = field(default=(), repr=False)
-    requested_id: str = ""
-
-    def _seed_items(self) -> dict[str, Any]:
-        items = SeedDict._seed_items(self)
-        items["requested_id"] = self.requested_id or self.trace_id
-        items["known"] = self.known
-        return items
-
-    @property
-    def known(self) -> bool:
-        """Whether the store holds this trace."""
-        return self.status in (TraceStatus.IN_FLIGHT, TraceStatus.COMPLETE, TraceStatus.INCOMPLETE)
-
-
-@dataclass(frozen=True, slots=True)
-class StoreHealth:
-    """Whether a store answers, for readiness."""
-
-    backend: str
-    healthy: bool
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class TraceSettings:
-    """What a store needs to know to finalize and bound traces."""
-
-    pipeline: tuple[str, ...] = DEFAULT_PIPELINE
-    ttl_seconds: float = DEFAULT_TTL_SECONDS
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
-    recent_max: int = DEFAULT_RECENT_MAX
-    max_agents: int = DEFAULT_MAX_AGENTS_PER_TRACE
-
-    def __post_init__(self) -> None:
-        if not self.pipeline:
-            raise ValueError("the pipeline needs at least one agent")
-        if len(set(self.pipeline)) != len(self.pipeline):
-            raise ValueError(f"the pipeline names an agent twice: {self.pipeline}")
-        if not self.ttl_seconds > 0:
-            raise ValueError(f"ttl_seconds must be positive, got {self.ttl_seconds}")
-        if self.max_in_flight < 1 or self.recent_max < 1:
-            raise ValueError("max_in_flight and recent_max must be at least 1")
-        if self.max_agents < len(self.pipeline):
-            raise ValueError(f"max_agents ({self.max_agents}) must hold the pipeline's {len(self.pipeline)} agents")
-
-
-class TraceSink(Protocol):
-    """What a store reports outcomes to (the sweeping ``TraceMonitor``)."""
-
-    def on_complete(self, trace_id: str, latency_ms: float | None) -> None:
-        """A trace was finalized complete (latency None if its data expired before accounting)."""
-
-    def on_expired(self, record: TraceRecord) -> None:
-        """A trace was finalized incomplete after idling ``ttl_seconds``."""
-
-    def on_late(self, count: int) -> None:
-        """Spans arrived for finalized traces."""
-
-    def on_evicted(self, reason: str, count: int) -> None:
-        """In-flight traces were dropped before finalizing (reason: capacity, lost)."""
-
-    def on_dropped(self, count: int, detail: str) -> None:
-        """Spans could not be written (the store is unavailable)."""
-
-    def on_refused(self, count: int, detail: str) -> None:
-        """Spans of new agents were refused: their trace holds ``max_agents`` agents already."""
-
-
-class NullSink:
-    """The sink of a store not bound to a monitor yet: outcomes are not counted."""
-
-    def on_complete(self, trace_id: str, latency_ms: float | None) -> None:
-        """Ignore."""
-
-    def on_expired(self, record: TraceRecord) -> None:
-        """Ignore."""
-
-    def on_late(self, count: int) -> None:
-        """Ignore."""
-
-    def on_evicted(self, reason: str, count: int) -> None:
-        """Ignore."""
-
-    def on_dropped(self, count: int, detail: str) -> None:
-        """Ignore."""
-
-    def on_refused(self, count: int, detail: str) -> None:
-        """Ignore."""
-
-
-class TraceStore(Protocol):
-    """A bounded trace store. ``add`` never raises and never blocks on I/O; reads raise ``StoreUnavailable``.
-
-    ``add`` takes plain values rather than a ``Span``: it is the hot path, and no object is built there.
-    """
-
-    @property
-    def backend(self) -> str:
-        """``memory`` or ``redis``."""
-
-    @property
-    def shared(self) -> bool:
-        """Whether other processes see the same traces."""
-
-    def bind(self, settings: TraceSettings, sink: TraceSink) -> None:
-        """Attach the monitor's settings and its outcome sink (once, before the first ``add``)."""
-
-    def add(self, trace_id: str, agent: str, start: float, end: float, ok: bool, now: float) -> None:
-        """Record a span seen at ``now`` (the monitor's clock, which deadlines are measured on)."""
-
-    def get(self, trace_id: str) -> TraceRecord | None:
-        """The trace, or None if the store does not hold it."""
-
-    def sweep(self, now: float | None) -> None:
-        """Report outcomes to the sink; with ``now``, first finalize traces idle since ``now - ttl``."""
-
-    def recent_incomplete(self, limit: int) -> list[TraceRecord]:
-        """The most recently expired incomplete traces still held, newest first."""
-
-    def in_flight(self) -> int:
-        """Traces not finalized yet."""
-
-    def flush(self) -> None:
-        """Make this process' buffered writes visible to readers now."""
-
-    def health(self) -> StoreHealth:
-        """Whether the store answers (cheap: no I/O)."""
-
-    def close(self) -> None:
-        """Flush and release connections and threads."""
-
-
-def _missing_and_order(agents: Sequence[str], expected: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Expected agents without a span, and seen agents that came before one preceding them in ``expected``."""
-    seen = set(agents)
-    missing = tuple(a for a in expected if a not in seen)
-    rank = {a: i for i, a in enumerate(expected)}
-    ranked = [rank[a] for a in agents if a in rank]
-    out_of_order: list[str] = []
-    lowest_after = math.inf
-    # walking backwards: an agent is out of order if a later-seen agent ranks before it
-    for r in reversed(ranked):
-        if lowest_after < r:
-            out_of_order.append(expected[r])
-        lowest_after = min(lowest_after, r)
-    return missing, tuple(reversed(out_of_order))
-
-
-def build_report(
-    trace_id: str,
-    record: TraceRecord | None,
-    expected: Sequence[str],
-    status: TraceStatus | None = None,
-    requested_id: str = "",
-) -> TraceReport:
-    """The report on ``record`` against ``expected`` agents (``record`` None: unknown or unavailable).
-
-    ``trace_id`` is the canonical id; ``requested_id`` the form it was asked for (default: the same).
-    """
-    expected = tuple(dict.fromkeys(expected))
-    requested_id = requested_id or trace_id
-    if record is None or not record.spans:
-        return TraceReport(
-            trace_id=trace_id,
-            requested_id=requested_id,
-            status=status or TraceStatus.UNKNOWN,
-            complete=False,
-            missing_agents=expected,
-            agents_seen=(),
-            latency_ms=None,
-            expected_agents=expected,
-        )
-    agents = record.agents
-    missing, out_of_order = _missing_and_order(agents, expected)
-    return TraceReport(
-        trace_id=trace_id,
-        status=TraceStatus(record.state.value),
-        complete=not missing,
-        missing_agents=missing,
-        agents_seen=agents,
-        latency_ms=record.latency_ms,
-        out_of_order=out_of_order,
-        failed_agents=tuple(s.agent for s in record.spans if not s.ok),
-        expected_agents=expected,
-        span_count=record.span_count,
-        spans=record.spans,
-        requested_id=requested_id,
-    )
-
-
-def register(collector: MetricsCollector, scrape: Any, owner: str) -> None:
+def register(collector: MetricSource, scrape: Any, owner: str) -> None:
     """Add a scrape-time collector; a second sweeping monitor on one collector is a programming error."""
     try:
         collector.add_collector(scrape)
@@ -352,7 +57,7 @@ def register(collector: MetricsCollector, scrape: Any, owner: str) -> None:
         ) from exc
 
 
-def unregister(collector: MetricsCollector, scrape: Any) -> None:
+def unregister(collector: MetricSource, scrape: Any) -> None:
     """Remove a scrape-time collector added by ``register`` (a closed monitor exports nothing)."""
     remove = getattr(collector, "remove_collector", None)
     if remove is not None:
@@ -402,7 +107,7 @@ class TraceMonitor:
 
     def __init__(
         self,
-        collector: MetricsCollector,
+        collector: MetricSource,
         store: TraceStore | str | None = None,
         pipeline: Sequence[str] | None = None,
         ttl_seconds: float | None = None,
@@ -435,8 +140,6 @@ class TraceMonitor:
         self.clock_skew_seconds = float(clock_skew_seconds)
         self._owns_store = store is None or isinstance(store, str)
         if store is None or isinstance(store, str):
-            from ark_obs.store_redis import open_store
-
             options = {} if store_timeout is None else {"timeout": store_timeout}
             store = open_store(store or os.environ.get(ENV_STORE) or "memory", **options)
         self.store: TraceStore = store
@@ -471,8 +174,6 @@ class TraceMonitor:
     def _stream_reader(self, streams: Sequence[str], url: str | None, timeout: float) -> StreamDepths | None:
         if not streams:
             return None
-        from ark_obs.store_redis import RedisStore, StreamDepths
-
         if url is not None:
             return StreamDepths.from_url(url, tuple(streams), timeout=timeout)
         if isinstance(self.store, RedisStore):
