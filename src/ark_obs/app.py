@@ -31,7 +31,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ark_obs import __version__, canary, catalog, status_page
+from ark_obs import __version__, canary, catalog, otlp, status_page
 from ark_obs.api import (
     EXPECTED_PATTERN,
     MAX_EXPECTED_AGENTS,
@@ -570,6 +570,17 @@ def create_app(
     # the live status page at / and its data at /status.json: no Grafana needed to see the pipeline
     app.include_router(status_page.router(collector))
     app.include_router(canary.router(canary.CanaryConfig()))
+    # OTLP/HTTP: OpenTelemetry exporters feed continuity; same token and body limit as the other writes
+    app.include_router(
+        otlp.router(
+            traces,
+            max_spans=settings.max_batch_spans,
+            max_decompressed_bytes=settings.max_decompressed_bytes,
+            resource_attribute=settings.otlp_agent_attribute,
+            span_attribute=settings.otlp_span_agent_attribute,
+            dependencies=write_guard,
+        )
+    )
     return app
 
 
