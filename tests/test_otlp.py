@@ -328,3 +328,25 @@ def test_hostile_bodies_get_4xx_and_the_service_keeps_serving(server: Server) ->
         assert ok.status_code == 200
         assert c.get(f"{server.url}/traces/{bytes(range(1, 17)).hex()}").json()["agents_seen"] == ["Kyle"]
     assert server.proc.poll() is None
+
+
+@pytest.mark.slow
+def test_store_down_is_503_with_retry_after(tmp_path: Path) -> None:
+    """With the Redis trace store unreachable an export is never acknowledged: 503 + Retry-After, which
+    OTLP exporters retry, in the request's encoding."""
+    from test_service import free_port
+
+    srv = Server(tmp_path, {"ARK_OBS_TRACE_STORE": f"redis://127.0.0.1:{free_port()}/0"})
+    try:
+        srv.wait_healthy()
+        body = _request([("Kyle", bytes(range(1, 17)), 1_000_000_000, 2_000_000_000, True, None)])
+        for content, kind in (
+            (body.SerializeToString(), "application/x-protobuf"),
+            (json.dumps(SPEC_EXAMPLE).encode(), "application/json"),
+        ):
+            r = httpx.post(f"{srv.url}/v1/traces", content=content, headers={"Content-Type": kind}, timeout=10)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert r.headers["content-type"] == kind
+    finally:
+        srv.proc.kill()
+        srv.proc.wait(10)

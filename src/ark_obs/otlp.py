@@ -371,6 +371,8 @@ def _media_type(header: str | None) -> str:
 
 def _store(traces: TraceMonitor, spans: Sequence[OtlpSpan], dropped: Any) -> None:
     """Record ``spans`` and flush: on return they are in the store; StoreUnavailable otherwise."""
+    if not spans:
+        return  # nothing to acknowledge falsely: an empty (or wholly refused) export needs no store
     health = traces.check()
     if not health.healthy:
         raise StoreUnavailable(health.detail or health.backend)
