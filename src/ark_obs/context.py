@@ -31,6 +31,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Final, ParamSpec, TypeVar
 
+from opentelemetry.trace import INVALID_SPAN, get_current_span
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -64,8 +66,34 @@ _canonical: dict[str, str] = {}
 
 
 def current_trace_id() -> str | None:
-    """Return the trace id bound in the current context, or None."""
-    return TRACE_ID.get()
+    """The trace id bound in the current context, else the active OpenTelemetry span's, else None.
+
+    An id bound here (``bind_trace_id``, a decorated call's ``trace_id``) is what the caller asked for
+    and wins; without one, the span an OpenTelemetry instrumentation opened names the trace, so the
+    exemplars and continuity spans recorded inside it point at the trace the tracing backend holds.
+    """
+    trace_id = TRACE_ID.get()
+    return trace_id if trace_id is not None else otel_trace_id()
+
+
+def otel_trace_id() -> str | None:
+    """The active OpenTelemetry span's trace id as 32 lowercase hex, or None when no valid span is active."""
+    span = get_current_span()
+    if span is INVALID_SPAN:  # the common case without OpenTelemetry: one context lookup, no formatting
+        return None
+    ctx = span.get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def otel_span_ids() -> tuple[str, str, int] | None:
+    """(trace id, span id, trace flags) of the active OpenTelemetry span; None without a valid one."""
+    span = get_current_span()
+    if span is INVALID_SPAN:
+        return None
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"), int(ctx.trace_flags)
 
 
 @contextmanager
@@ -236,10 +264,17 @@ def format_traceparent(trace_id: str, parent_id: str | None = None, *, sampled: 
 def current_traceparent(*, sampled: bool = True) -> str | None:
     """A ``traceparent`` for the next hop of the bound trace (new parent-id), or None if none is bound.
 
-    An invalid bound id also gives None: the next hop then starts a trace of its own.
+    An invalid bound id also gives None: the next hop then starts a trace of its own. Without a bound
+    id, inside an active OpenTelemetry span, the header names that span (its trace id, its span id as
+    the parent-id, its trace flags), which is what OpenTelemetry's own propagator would inject.
     """
     trace_id = TRACE_ID.get()
-    if trace_id is None or not is_valid_trace_id(trace_id):
+    if trace_id is None:
+        ids = otel_span_ids()
+        if ids is None:
+            return None
+        return TraceParent(*ids).header()
+    if not is_valid_trace_id(trace_id):
         return None
     return format_traceparent(trace_id, sampled=sampled)
 

@@ -181,6 +181,10 @@ class Settings(BaseSettings):
         le=256 * MIB,
         description="Largest size a gzip request body may inflate to; more gets 413 without inflating the rest.",
     )
+    otel_spans: bool = Field(
+        default=False,
+        description="Agents: @instrument_agent_method opens an OpenTelemetry span per call (read at decoration).",
+    )
 
     # validators ------------------------------------------------------------------------------------
     @field_validator("pipeline", "redis_streams", mode="before")
