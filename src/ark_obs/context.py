@@ -270,10 +270,13 @@ def current_traceparent(*, sampled: bool = True) -> str | None:
     """
     trace_id = TRACE_ID.get()
     if trace_id is None:
-        ids = otel_span_ids()
-        if ids is None:
+        span = get_current_span()
+        if span is INVALID_SPAN:
             return None
-        return TraceParent(*ids).header()
+        ctx = span.get_span_context()
+        if not ctx.is_valid:
+            return None
+        return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
     if not is_valid_trace_id(trace_id):
         return None
     return format_traceparent(trace_id, sampled=sampled)
