@@ -165,3 +165,19 @@ def test_otel_spans_are_off_by_default(finished: InMemorySpanExporter, monkeypat
     assert finished.get_finished_spans() == ()
     on()
     assert [s.name for s in finished.get_finished_spans()] == ["test_otel_spans_are_off_by_default.<locals>.on"]
+
+
+def test_grafana_tempo_example_links_exemplars_to_tempo_and_ark_obs() -> None:
+    """The Tempo example keeps the Prometheus uid the dashboards use and links each trace_id exemplar to both
+    the Tempo datasource it defines and ark-obs' /traces/{id}."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).parents[1] / "deploy" / "grafana" / "examples" / "tempo-datasources.yml"
+    sources = {d["type"]: d for d in yaml.safe_load(path.read_text())["datasources"]}
+    assert sources["prometheus"]["uid"] == "ark-prometheus"
+    links = sources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert {link["name"] for link in links} == {"trace_id"}
+    assert [link.get("datasourceUid") for link in links if "datasourceUid" in link] == [sources["tempo"]["uid"]]
+    assert [link["url"] for link in links if "url" in link] == ["http://127.0.0.1:9871/traces/${__value.raw}"]

@@ -580,12 +580,16 @@ def _span_wrapper(
     get_trace, set_trace, reset_trace = TRACE_ID.get, TRACE_ID.set, TRACE_ID.reset
 
     def given_id(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-        tid = kwargs.get(TRACE_ID_PARAM) if injector is not None else None
-        if tid is None and 0 <= position < len(args):
-            tid = args[position]
+        tid = None
+        if injector is not None:
+            tid = kwargs.get(TRACE_ID_PARAM)
+            if tid is None and position < len(args):
+                tid = args[position]
         if tid is None:
             tid = get_trace()
-        return w3c_trace_id(tid) if tid is not None and is_valid_trace_id(tid) else None
+            if tid is None:
+                return None
+        return w3c_trace_id(tid) if is_valid_trace_id(tid) else None
 
     def agent_of(args: tuple[Any, ...]) -> str:
         if fixed_agent is not None:
@@ -619,7 +623,6 @@ def _span_wrapper(
     if _is_async(func):
 
         async def spanned_async(*args: Any, **kwargs: Any) -> Any:
-            agent = agent_of(args)
             tid = given_id(args, kwargs)
             with open_span(tid) as span:
                 token = None
@@ -632,6 +635,7 @@ def _span_wrapper(
                     finally:
                         if token is not None:
                             reset_trace(token)
+                agent = agent_of(args)
                 started, start = time.time(), perf_counter()
                 try:
                     result = await inner(*args, **kwargs)
@@ -647,7 +651,6 @@ def _span_wrapper(
         return spanned_async
 
     def spanned(*args: Any, **kwargs: Any) -> Any:
-        agent = agent_of(args)
         tid = given_id(args, kwargs)
         with open_span(tid) as span:
             token = None
@@ -660,6 +663,7 @@ def _span_wrapper(
                 finally:
                     if token is not None:
                         reset_trace(token)
+            agent = agent_of(args)
             started, start = time.time(), perf_counter()
             try:
                 result = inner(*args, **kwargs)
