@@ -90,6 +90,7 @@ def test_schema_is_valid_openapi() -> None:
         "/traceparent/spans",
         "/heartbeats/{agent}",
         "/canary/analysis",
+        "/v1/traces",
     }
 
 

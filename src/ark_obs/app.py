@@ -579,6 +579,7 @@ def create_app(
             resource_attribute=settings.otlp_agent_attribute,
             span_attribute=settings.otlp_span_agent_attribute,
             dependencies=write_guard,
+            responses=auth_responses,
         )
     )
     return app

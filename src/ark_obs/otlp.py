@@ -37,6 +37,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ark_obs import catalog
@@ -111,6 +112,26 @@ class Decoded:
         if not self.rejected:
             return ""
         return f"{self.rejected} of {self.received} span(s) rejected: {'; '.join(self.reasons)}"
+
+
+class PartialSuccessJson(BaseModel):
+    """``ExportTracePartialSuccess`` in OTLP JSON."""
+
+    rejectedSpans: str = Field(description="Spans refused (an int64, so a string in OTLP JSON).")
+    errorMessage: str = Field(description="Why, for the first few reasons.")
+
+
+class ExportResponseJson(BaseModel):
+    """``ExportTraceServiceResponse`` in OTLP JSON: empty when every span was accepted."""
+
+    partialSuccess: PartialSuccessJson | None = None
+
+
+class StatusJson(BaseModel):
+    """``google.rpc.Status`` in JSON: the body of every OTLP error answer."""
+
+    code: int = Field(description="gRPC status code (informational; the HTTP status is what counts).")
+    message: str
 
 
 class OtlpError(Exception):
@@ -416,8 +437,10 @@ def router(
     resource_attribute: str = DEFAULT_RESOURCE_ATTRIBUTE,
     span_attribute: str = DEFAULT_SPAN_ATTRIBUTE,
     dependencies: Iterable[Any] = (),
+    responses: dict[int | str, dict[str, Any]] | None = None,
 ) -> APIRouter:
-    """``POST /v1/traces`` into ``traces``; ``dependencies`` are the app's write guard (its bearer token).
+    """``POST /v1/traces`` into ``traces``; ``dependencies`` are the app's write guard (its bearer token),
+    ``responses`` what that guard may answer (documented in the schema).
 
     The raw body is bounded by the app's body limit like every write; a gzip body's inflated size by
     ``max_decompressed_bytes``; a request's span count by ``max_spans`` (413 past either).
@@ -446,15 +469,22 @@ def router(
         summary="OTLP/HTTP trace export",
         response_class=Response,
         responses={
+            **(responses or {}),
             200: {
+                "model": ExportResponseJson,
                 "description": "ExportTraceServiceResponse in the request's encoding (partial_success when "
                 "spans were refused).",
-                "content": {CONTENT_TYPE_PROTOBUF: {}, CONTENT_TYPE_JSON: {}},
+                "content": {CONTENT_TYPE_PROTOBUF: {}},
             },
-            400: {"description": "The body could not be decoded (google.rpc.Status)."},
-            413: {"description": "Body, inflated body or span count over its limit."},
-            415: {"description": "Neither application/x-protobuf nor application/json, or an unknown encoding."},
-            503: {"description": "The trace store cannot take the spans: retry after Retry-After."},
+            **{
+                status: {"model": StatusJson, "description": why, "content": {CONTENT_TYPE_PROTOBUF: {}}}
+                for status, why in (
+                    (400, "The body could not be decoded (google.rpc.Status)."),
+                    (413, "Body, inflated body or span count over its limit."),
+                    (415, "Neither application/x-protobuf nor application/json, or an unknown encoding."),
+                    (503, "The trace store cannot take the spans: retry after Retry-After."),
+                )
+            },
         },
         openapi_extra={
             "requestBody": {
