@@ -7,6 +7,7 @@ and the W3C traceparent parser/formatter vs opentelemetry-api's TraceContext pro
   <= 1.0x the JSON time (OTLP spans/s >= 1.0x).
 - Decorator: ``instrument_agent_method(otel_span=True)`` (latency histogram, counter, trace id, OTel span)
   vs the SDK's ``start_as_current_span`` around the same method; target <= 1.5x the SDK's overhead.
+- Lookup: what asking for the active OTel span adds to an observation made with no trace id bound.
 - Propagation: ``parse_traceparent`` vs ``TraceContextTextMapPropagator().extract`` (+ reading the span
   context), ``current_traceparent`` vs the propagator's ``inject``, inside one active span.
 """
@@ -192,8 +193,38 @@ def _propagation() -> list[dict[str, Any]]:
     ]
 
 
+# --- the lookup every unbound observation now makes -------------------------------------------------------
+def _observe_lookup() -> list[dict[str, Any]]:
+    """``observe`` with no bound trace id asks for the active OTel span: its cost next to not asking."""
+    from ark_obs import registry
+
+    collector = MetricsCollector(ticker=False)
+    observe = collector.observe_histogram
+    real = registry.otel_trace_id
+
+    def asking() -> None:
+        registry.otel_trace_id = real
+        for _ in range(100):
+            observe("ark_pass_latency_ms", 12.0)
+
+    def not_asking() -> None:
+        registry.otel_trace_id = lambda: None
+        for _ in range(100):
+            observe("ark_pass_latency_ms", 12.0)
+
+    try:
+        t = interleaved_ns({"asking": asking, "not": not_asking}, number=200, rounds=25)
+    finally:
+        registry.otel_trace_id = real
+    return [
+        row("observe_histogram, no trace bound, OTel lookup stubbed out", t["not"] / 100, "ns"),
+        row("observe_histogram, no trace bound, active-span lookup", t["asking"] / 100, "ns", t["not"] / 100),
+    ]
+
+
 def run() -> dict[str, Any]:
     """Every OpenTelemetry interop measurement, in one run."""
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         trace.set_tracer_provider(TracerProvider())  # no processor: span cost without an exporter, both sides
-    return {"title": "OpenTelemetry interop", "rows": [*_propagation(), *_decorator(), *_ingest()]}
+    rows = [*_observe_lookup(), *_propagation(), *_decorator(), *_ingest()]
+    return {"title": "OpenTelemetry interop", "rows": rows}

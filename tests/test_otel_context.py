@@ -181,3 +181,16 @@ def test_grafana_tempo_example_links_exemplars_to_tempo_and_ark_obs() -> None:
     assert {link["name"] for link in links} == {"trace_id"}
     assert [link.get("datasourceUid") for link in links if "datasourceUid" in link] == [sources["tempo"]["uid"]]
     assert [link["url"] for link in links if "url" in link] == ["http://127.0.0.1:9871/traces/${__value.raw}"]
+
+
+def test_fast_span_reader_agrees_with_the_public_api(provider: TracerProvider) -> None:
+    """ark-obs reads the active span around get_current_span (cheaper); both see the same span, or none."""
+    from ark_obs.context import _current_otel_span
+
+    assert _current_otel_span() in (None, trace.INVALID_SPAN)
+    with provider.get_tracer("t").start_as_current_span("outer") as outer:
+        assert _current_otel_span() is trace.get_current_span() is outer
+        with provider.get_tracer("t").start_as_current_span("inner") as inner:
+            assert _current_otel_span() is trace.get_current_span() is inner
+        assert _current_otel_span() is outer
+    assert _current_otel_span() in (None, trace.INVALID_SPAN)
