@@ -34,13 +34,18 @@ def show(result: dict[str, Any], console: Console | None = None) -> None:
     console.print(table)
 
 
+def missed_targets(module: str, result: dict[str, Any]) -> list[str]:
+    """``module: measurement`` for every row of ``result`` that missed its target (``ok`` False)."""
+    return [f"{module}: {r['name']}" for r in result.get("rows", []) if r.get("ok") is False]
+
+
 def main(argv: list[str]) -> int:
-    """Run the named benchmarks (default: all bench_*.py modules)."""
+    """Run the named benchmarks (default: all bench_*.py modules); exit status 1 names every missed target."""
     here = [str(Path(__file__).parent)]
     names = argv or sorted(m.name for m in pkgutil.iter_modules(here) if m.name.startswith("bench_"))
     console = Console(width=150)
     OUT.mkdir(exist_ok=True)
-    failed = False
+    missed: list[str] = []
     for name in names:
         module = importlib.import_module(f"bench.{name if name.startswith('bench_') else 'bench_' + name}")
         with console.status(f"running {module.__name__} ..."):
@@ -48,10 +53,17 @@ def main(argv: list[str]) -> int:
             result = module.run()
         result["seconds"] = round(time.perf_counter() - started, 1)
         show(result, console)
-        (OUT / f"{module.__name__.split('.')[-1]}.json").write_text(json.dumps(result, indent=2, default=str))
-        failed |= any(r.get("ok") is False for r in result.get("rows", []))
-    console.print("[red]some targets were missed[/]" if failed else "[green]every target met[/]")
-    return 0
+        short = module.__name__.split(".")[-1]
+        (OUT / f"{short}.json").write_text(json.dumps(result, indent=2, default=str))
+        missed += missed_targets(short, result)
+    if not missed:
+        console.print("[green]every target met[/]")
+        return 0
+    # a regression must be visible to make and CI, not only as a red cell in a table
+    console.print(f"[red]{len(missed)} target(s) missed:[/]")
+    for line in missed:
+        console.print(f"  {line}", markup=False, highlight=False)
+    return 1
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
-from ark_obs.collector import SloCollector
 from ark_obs.metrics import MetricsCollector
 from ark_obs.slo import SloEngine
+from ark_obs.slo.collector import SloCollector
 from bench._timing import row
 
 AGENTS = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ark_obs.collector import ProcessQuarantines
 from ark_obs.metrics import MetricsCollector
+from ark_obs.slo.collector import ProcessQuarantines
 from plugins.prometheus_server import PrometheusFactory, PrometheusServer, _free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ark_obs import catalog
-from ark_obs.collector import FAMILIES, SloCollector
 from ark_obs.metrics import MetricsCollector
 from ark_obs.slo import AvailabilitySlo, SloEngine, SloReport
+from ark_obs.slo.collector import FAMILIES, SloCollector
 from plugins.clock import FakeClock as Clock
 
 

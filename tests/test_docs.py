@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
 
 from ark_obs import catalog
 
@@ -35,7 +40,7 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 
 def test_readme_configuration_names_every_setting() -> None:
-    """Every ARK_OBS_* setting (service and canary) is in the README with its default."""
+    """Every ARK_OBS_* setting (service and canary) has a row in the README (its default: the test below)."""
     from ark_obs.canary import CanaryConfig
     from ark_obs.settings import Settings
 
@@ -50,3 +55,39 @@ def test_env_example_and_readme_agree() -> None:
     example = (ROOT / ".env.example").read_text()
     documented = set(re.findall(r"\| `(ARK_OBS_[A-Z_]+)` \|", _between(README, "settings")))
     assert documented and all(name in example for name in documented)
+
+
+def _readme_default(value: Any) -> str:
+    """How the README's tables write a default value."""
+    if value is None:
+        return "(unset)"
+    if isinstance(value, tuple):
+        return ",".join(value) if value else "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return str(value)
+
+
+def test_readme_configuration_defaults_are_the_code_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each row of the README's settings tables (service and canary) shows the default the code uses."""
+    from ark_obs.canary import CanaryConfig
+    from ark_obs.settings import Settings
+
+    for key in list(os.environ):
+        if key.startswith("ARK_OBS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)  # no .env
+    rows = dict(re.findall(r"^\| `(ARK_OBS_[A-Z_]+)` \| (.+?) \|", README, re.M))
+    checked = 0
+    for prefix, instance in (("ARK_OBS_", Settings()), ("ARK_OBS_CANARY_", CanaryConfig())):
+        for name in type(instance).model_fields:
+            variable = f"{prefix}{name.upper()}"
+            shown = rows[variable].strip()
+            expected = _readme_default(getattr(instance, name))
+            assert shown in (f"`{expected}`", expected), f"{variable}: README says {shown}, the code {expected!r}"
+            checked += 1
+    assert checked == len(Settings.model_fields) + len(CanaryConfig.model_fields)

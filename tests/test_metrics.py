@@ -6,15 +6,18 @@ import asyncio
 import logging
 import math
 import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from ark_obs import catalog, metrics
+from ark_obs import catalog, metrics, registry
 from ark_obs.context import bind_trace_id
 from ark_obs.metrics import MetricsCollector
-from ark_obs.registry import LabelError, MetricTypeError, UnknownMetricError
+from ark_obs.registry import EXEMPLAR_REFRESH_SECONDS, LabelError, MetricTypeError, UnknownMetricError
 from plugins.clock import FakeClock as Clock
 
 
@@ -109,10 +112,11 @@ def test_wrong_labels_list_the_expected_ones(collector: MetricsCollector) -> Non
         collector.inc_counter("watchdog_quarantines_total")
 
 
-def test_counter_decrement_and_type_mismatch_raise(collector: MetricsCollector) -> None:
-    """A decrement or using a gauge as a counter is a programming error."""
-    with pytest.raises(ValueError, match="decrement"):
-        collector.inc_counter("graveyard_validations_total", -1)
+def test_counter_decrement_is_dropped_and_type_mismatch_raises(collector: MetricsCollector) -> None:
+    """A negative increment is bad data (dropped, counted); using a gauge as a counter is a programming error."""
+    collector.inc_counter("graveyard_validations_total", -1)
+    assert sample(collector, "graveyard_validations_total") == 0.0
+    assert sample(collector, "ark_obs_dropped_total", metric="graveyard_validations_total", reason="negative") == 1.0
     with pytest.raises(MetricTypeError, match="gauge, not a counter"):
         collector.inc_counter("kyle_ingest_rate")
     with pytest.raises(MetricTypeError):
@@ -169,6 +173,55 @@ def test_bound_trace_id_is_the_exemplar(collector: MetricsCollector) -> None:
         collector.observe_histogram("hrm_eval_latency_ms", 80.0)
     text = openmetrics_latest(collector.registry.prometheus).decode()
     assert 'trace_id="4bf92f3577b34da6a3ce929d0e0e4736"' in text
+
+
+def bucket_exemplars(c: MetricsCollector, family: str) -> dict[str, tuple[str, float]]:
+    """``le`` -> (trace id, observed value) of every bucket of ``family`` that carries an exemplar."""
+    text = openmetrics_latest(c.registry.prometheus).decode()
+    (fam,) = [f for f in parse_openmetrics(text) if f.name == family]
+    return {
+        s.labels["le"]: (s.exemplar.labels["trace_id"], s.exemplar.value)
+        for s in fam.samples
+        if s.name == f"{family}_bucket" and s.exemplar is not None
+    }
+
+
+@pytest.fixture
+def exemplar_clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The clock the exemplar refresh reads (the registry's ``time.monotonic``), moved by the test."""
+    clock = Clock(5_000.0)
+    monkeypatch.setattr(registry, "time", SimpleNamespace(monotonic=clock, time=time.time))
+    return clock
+
+
+def test_exemplar_is_refreshed_once_per_interval_per_bucket(collector: MetricsCollector, exemplar_clock: Clock) -> None:
+    """A bucket's exemplar is kept for EXEMPLAR_REFRESH_SECONDS (newer traces in that bucket do not
+    replace it), then the first observation at or after the interval replaces it with its own trace
+    id and value; each bucket has its own interval."""
+    assert EXEMPLAR_REFRESH_SECONDS == 1.0  # the README's "at most once a second per bucket"
+    observe = collector.observe_histogram
+    observe("ark_pass_latency_ms", 285.3, labels={"trace_id": "trace-a"})
+    assert bucket_exemplars(collector, "ark_pass_latency_ms") == {"300.0": ("trace-a", 285.3)}
+
+    exemplar_clock.advance(EXEMPLAR_REFRESH_SECONDS - 0.001)
+    observe("ark_pass_latency_ms", 290.0, labels={"trace_id": "trace-b"})  # too soon: not more often
+    assert bucket_exemplars(collector, "ark_pass_latency_ms") == {"300.0": ("trace-a", 285.3)}
+
+    exemplar_clock.advance(0.001)  # the interval has passed: the next trace becomes the exemplar
+    observe("ark_pass_latency_ms", 295.0, labels={"trace_id": "trace-c"})
+    assert bucket_exemplars(collector, "ark_pass_latency_ms") == {"300.0": ("trace-c", 295.0)}
+
+    # same instant: this bucket was just refreshed, another bucket takes its first exemplar at once
+    observe("ark_pass_latency_ms", 296.0, labels={"trace_id": "trace-d"})
+    observe("ark_pass_latency_ms", 40.0, labels={"trace_id": "trace-e"})
+    ex = bucket_exemplars(collector, "ark_pass_latency_ms")
+    assert ex["300.0"] == ("trace-c", 295.0)
+    assert [v for k, v in ex.items() if k != "300.0"] == [("trace-e", 40.0)]
+
+    exemplar_clock.advance(10 * EXEMPLAR_REFRESH_SECONDS)  # long after: still refreshed, not kept forever
+    with bind_trace_id("4bf92f3577b34da6a3ce929d0e0e4736"):
+        observe("ark_pass_latency_ms", 299.0)
+    assert bucket_exemplars(collector, "ark_pass_latency_ms")["300.0"] == ("4bf92f3577b34da6a3ce929d0e0e4736", 299.0)
 
 
 def test_ten_threads_count_exactly(collector: MetricsCollector) -> None:
@@ -279,6 +332,6 @@ def test_non_string_label_values_never_share_a_cached_series(collector: MetricsC
 
 
 def test_negative_infinity_is_bad_data_not_a_decrement(collector: MetricsCollector) -> None:
-    """-inf is dropped like NaN; only a finite negative amount is the programming error."""
+    """-inf is dropped as non-finite, not as a negative amount."""
     collector.inc_counter("graveyard_validations_total", -math.inf)
     assert sample(collector, "ark_obs_dropped_total", metric="graveyard_validations_total", reason="non_finite") == 1.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,6 +200,19 @@ def server(tmp_path: Path) -> Iterator[Server]:
             srv.proc.wait(10)
 
 
+def _t0() -> int:
+    """A span start the service finds plausible: ten seconds ago, in ns."""
+    return time.time_ns() - 10_000_000_000
+
+
+def _spec_example_at(start_ns: int) -> dict[str, object]:
+    """The spec's example with its one-second span moved to ``start_ns``."""
+    doc = json.loads(json.dumps(SPEC_EXAMPLE))
+    span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span["startTimeUnixNano"], span["endTimeUnixNano"] = str(start_ns), str(start_ns + 1_000_000_000)
+    return doc
+
+
 def _auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
 
@@ -277,19 +291,28 @@ def test_exporter_without_the_token_is_refused(server: Server) -> None:
 
 @pytest.mark.slow
 def test_spec_json_example_posted_as_json(server: Server) -> None:
-    """The spec's JSON example is accepted as JSON: an empty JSON response, and its span in /traces/{id}."""
+    """The spec's JSON example is read as JSON: verbatim, its 2018 span is refused alone as implausibly old
+    (partial success, as /spans answers 422); with its times moved to now it is recorded, start and duration kept."""
     r = httpx.post(f"{server.url}/v1/traces", json=SPEC_EXAMPLE, headers=_auth(), timeout=10)
-    assert r.status_code == 200 and r.headers["content-type"] == "application/json" and r.json() == {}
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    partial = r.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "1" and "implausible time" in partial["errorMessage"]
+    assert httpx.get(f"{server.url}/traces/5b8efff798038103d269b633813fc60c", timeout=10).status_code == 404
+
+    now_ns = _t0()
+    r = httpx.post(f"{server.url}/v1/traces", json=_spec_example_at(now_ns), headers=_auth(), timeout=10)
+    assert r.status_code == 200 and r.json() == {}
     report = httpx.get(f"{server.url}/traces/5B8EFFF798038103D269B633813FC60C".lower(), timeout=10).json()
     assert report["agents_seen"] == ["my.service"]
-    assert report["spans"][0]["start"] == 1544712660.0 and report["spans"][0]["duration_ms"] == pytest.approx(1000.0)
+    assert report["spans"][0]["start"] == pytest.approx(now_ns / 1e9)
+    assert report["spans"][0]["duration_ms"] == pytest.approx(1000.0)
 
 
 @pytest.mark.slow
 def test_partial_success_names_the_refused_spans(server: Server) -> None:
     """Valid spans land, an invalid agent is refused alone: partial_success in protobuf, counted as dropped."""
     tid = bytes(range(1, 17))
-    body = _request([("Kyle", tid, 1_000_000_000, 2_000_000_000, True, None), ("bad agent", tid, 1, 2, True, None)])
+    body = _request([("Kyle", tid, _t0(), _t0() + 1_000_000_000, True, None), ("bad agent", tid, 1, 2, True, None)])
     r = httpx.post(
         f"{server.url}/v1/traces",
         content=body.SerializeToString(),
@@ -307,7 +330,7 @@ def test_partial_success_names_the_refused_spans(server: Server) -> None:
 def test_hostile_bodies_get_4xx_and_the_service_keeps_serving(server: Server) -> None:
     """Truncated protobuf 400, wrong content type 415, unknown encoding 415, gzip bomb 413, no token 401;
     afterwards a good export still lands."""
-    good = _request([("Kyle", bytes(range(1, 17)), 1_000_000_000, 2_000_000_000, True, None)]).SerializeToString()
+    good = _request([("Kyle", bytes(range(1, 17)), _t0(), _t0() + 1_000_000_000, True, None)]).SerializeToString()
     proto = {**_auth(), "Content-Type": "application/x-protobuf"}
     url = f"{server.url}/v1/traces"
     with httpx.Client(timeout=10) as c:
@@ -339,10 +362,10 @@ def test_store_down_is_503_with_retry_after(tmp_path: Path) -> None:
     srv = Server(tmp_path, {"ARK_OBS_TRACE_STORE": f"redis://127.0.0.1:{free_port()}/0"})
     try:
         srv.wait_healthy()
-        body = _request([("Kyle", bytes(range(1, 17)), 1_000_000_000, 2_000_000_000, True, None)])
+        body = _request([("Kyle", bytes(range(1, 17)), _t0(), _t0() + 1_000_000_000, True, None)])
         for content, kind in (
             (body.SerializeToString(), "application/x-protobuf"),
-            (json.dumps(SPEC_EXAMPLE).encode(), "application/json"),
+            (json.dumps(_spec_example_at(_t0())).encode(), "application/json"),
         ):
             r = httpx.post(f"{srv.url}/v1/traces", content=content, headers={"Content-Type": kind}, timeout=10)
             assert r.status_code == 503 and r.headers["retry-after"] == "1"

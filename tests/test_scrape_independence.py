@@ -12,9 +12,10 @@ from decimal import Decimal
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ark_obs.collector import FAMILIES
 from ark_obs.metrics import MetricsCollector
-from ark_obs.slo import Operator, Status, _shown
+from ark_obs.slo import Operator, Status
+from ark_obs.slo.collector import FAMILIES
+from ark_obs.slo.engine import _shown
 
 
 def family_names(text: str) -> set[str]:

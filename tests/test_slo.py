@@ -294,7 +294,7 @@ def test_check_slos_keeps_the_seeds_shape(collector: MetricsCollector) -> None:
         "compliance", "error_budget_remaining", "burn_rate",
     }  # fmt: skip
     assert all(fields <= s.keys() for s in data["slos"])
-    assert collector.check_slos is not None and collector.slos.check().total == 4
+    assert collector.slos.check().total == 4
     assert metrics.check_slos()["total"] == 4  # the module-level function, on the default collector
 
 

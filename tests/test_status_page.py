@@ -26,6 +26,7 @@ from ark_obs.heartbeat import HeartbeatMonitor
 from ark_obs.metrics import MetricsCollector
 from ark_obs.settings import Settings
 from ark_obs.synthetic import PIPELINE, Fault, SyntheticConfig, background_hook, run_loop
+from plugins.ci import missing_dependency
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -37,9 +38,7 @@ def chromium() -> str:
     path = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
     if path is None:
         message = "chromium is not installed: sudo apt-get install -y chromium"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_dependency(message)
     return path
 
 

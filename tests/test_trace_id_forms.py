@@ -49,6 +49,8 @@ def test_canonical_form_is_the_w3c_form_and_other_ids_are_untouched() -> None:
     assert canonical_trace_id(DASHED) == HEX
     assert canonical_trace_id(HEX) == HEX
     assert canonical_trace_id("abc-123") == "abc-123"
+    # RFC 4122 accepts upper-case UUIDs on input; the trace is the one its (lower-case) traceparent names
+    assert canonical_trace_id(DASHED.upper()) == HEX
     # 36 characters but not shaped like a UUID (a fifth dash): an id of its own, not rewritten
     assert canonical_trace_id("3f2504e0-4f89-41d3-9a0c-0305e82c330-") == "3f2504e0-4f89-41d3-9a0c-0305e82c330-"
     assert canonical_trace_id("3f2504e0x4f89-41d3-9a0c-0305e82c3301") == "3f2504e0x4f89-41d3-9a0c-0305e82c3301"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -24,14 +25,18 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import Field
+from pydantic import Field, TypeAdapter, ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ark_obs import __version__, canary, catalog, otlp, status_page
+from ark_obs import __version__, canary, catalog, docs_ui, otlp, status_page
 from ark_obs.api import (
     EXPECTED_PATTERN,
     MAX_EXPECTED_AGENTS,
@@ -39,6 +44,7 @@ from ark_obs.api import (
     MAX_TRACE_LIST,
     METRIC_NAME_PATTERN,
     Accepted,
+    BatchSpanIn,
     Check,
     ErrorOut,
     Health,
@@ -66,6 +72,7 @@ from ark_obs.heartbeat import HEARTBEAT_METRIC, HeartbeatMonitor
 from ark_obs.metrics import MetricsCollector
 from ark_obs.settings import NAME_PATTERN, Settings
 from ark_obs.slo import SloEngine, SloReport, load_slo_file
+from ark_obs.state_revisions import AnomalyList, RevisionChecker, backend_for
 from ark_obs.traces import SPAN_METRIC, StoreUnavailable, TraceMonitor, TraceStatus
 
 __all__ = ["BackgroundHook", "Service", "build_collector", "create_app", "freeze_long_lived_objects"]
@@ -110,12 +117,28 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
         streams=settings.redis_streams,
         stream_timeout=settings.store_timeout_seconds,
         store_timeout=settings.store_timeout_seconds,
+        clock_skew_seconds=settings.max_clock_skew_seconds,
+        max_agents_per_trace=settings.max_agents_per_trace,
     )
     collector.traces = traces
-    heartbeats = HeartbeatMonitor(collector, settings.heartbeat_interval_seconds, sweep=True)
+    heartbeats = HeartbeatMonitor(
+        collector,
+        settings.heartbeat_interval_seconds,
+        sweep=True,
+        pipeline=settings.pipeline,
+        max_agents=settings.max_heartbeat_agents,
+        forget_after_seconds=settings.heartbeat_forget_seconds,
+    )
     collector.heartbeats = heartbeats
     specs = None if settings.slo_file is None else load_slo_file(settings.slo_file, collector.registry)
     collector.slos = SloEngine(collector, specs)
+    collector.revisions = RevisionChecker(
+        collector.registry,
+        backend=backend_for(traces.store, settings.state_revision_max_keys),
+        max_keys=settings.state_revision_max_keys,
+        recent_max=settings.state_revision_recent_max,
+        clock=collector.clock,
+    )
     return collector, (heartbeats, traces)
 
 
@@ -252,6 +275,128 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+BODY_PARSE_ERROR: Final = "There was an error parsing the body"  # FastAPI's detail for a body json.loads refused
+MAX_VALIDATION_ERRORS: Final = 20  # errors listed in a 422; "total" counts them all
+MAX_ERROR_TEXT: Final = 200  # characters of one message or location part in a 422
+
+
+def _short(value: object) -> object:
+    if isinstance(value, str) and len(value) > MAX_ERROR_TEXT:
+        return value[:MAX_ERROR_TEXT] + "..."
+    return value
+
+
+def validation_response(errors: Sequence[Any], total: int) -> JSONResponse:
+    """The documented 422: ``{"detail": [{loc, msg, type}, ...], "total": n}``, bounded in size."""
+    detail = [
+        {
+            "loc": [_short(part) for part in e.get("loc", ())][:16],
+            "msg": _short(str(e.get("msg", ""))),
+            "type": _short(str(e.get("type", ""))),
+        }
+        for e in errors
+    ]
+    return JSONResponse({"detail": detail, "total": total}, status_code=422)
+
+
+class HeadAsGet:
+    """ASGI middleware: ``HEAD`` is answered like ``GET``, headers and status, without the body.
+
+    Load balancers and uptime checks probe with HEAD; FastAPI routes declared with ``get`` answer it 405.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headless(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headless)
+
+
+VALIDATION_SLICE: Final = 500  # spans validated between two yields to the event loop
+
+
+class _BoundedValidationError(RequestValidationError):
+    """A RequestValidationError that lists some errors and knows how many there were in all."""
+
+    def __init__(self, errors: Sequence[Any], total: int) -> None:
+        super().__init__(errors)
+        self.total = total
+
+
+def _unreadable(why: str) -> _BoundedValidationError:
+    return _BoundedValidationError([{"loc": ("body",), "msg": why, "type": "json_invalid"}], 1)
+
+
+_SPAN_LIST: Final = TypeAdapter(list[BatchSpanIn])
+
+
+async def read_batch(request: Request, max_spans: int) -> SpanBatch:
+    """POST /spans' body as a SpanBatch; 413 past ``max_spans``, a bounded 422 when invalid.
+
+    Parsing and validating hold the GIL, so a worker thread would not spare the event loop: the JSON
+    is parsed at once (about 10 ms a MiB) and the batch's size checked before any validation, then the
+    spans are validated ``VALIDATION_SLICE`` at a time with a yield to the loop in between, so a
+    megabyte of invalid spans never holds up /healthz. At most MAX_VALIDATION_ERRORS are kept.
+    """
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise _unreadable("the body must be application/json")
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # closed mid-body (by the client, or by the body deadline): nobody to answer
+        raise HTTPException(400, "the client disconnected before sending the whole body") from None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # also not UTF-8, a 5,000-digit integer, deep nesting
+        raise _unreadable(f"the body is not readable JSON: {type(exc).__name__}") from None
+    spans = data.get("spans") if isinstance(data, dict) else None
+    if not isinstance(spans, list):
+        try:
+            return SpanBatch.model_validate(data)  # the shape is wrong: its errors are few and cheap
+        except ValidationError as exc:
+            raise _bounded(exc) from None
+    if len(spans) > max_spans:
+        raise HTTPException(413, f"{len(spans)} spans in one batch; the limit is {max_spans}")
+    errors: list[Any] = []
+    total = 0
+    try:
+        SpanBatch.model_validate({**data, "spans": []})  # extra keys next to "spans"
+    except ValidationError as exc:
+        total += exc.error_count()
+        errors += exc.errors(include_url=False, include_input=False, include_context=False)[:MAX_VALIDATION_ERRORS]
+    valid: list[BatchSpanIn] = []
+    for start in range(0, len(spans), VALIDATION_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        try:
+            valid += _SPAN_LIST.validate_python(spans[start : start + VALIDATION_SLICE])
+        except ValidationError as exc:
+            total += exc.error_count()
+            if len(errors) < MAX_VALIDATION_ERRORS:
+                for e in exc.errors(include_url=False, include_input=False, include_context=False):
+                    errors.append({**e, "loc": ("spans", start + int(e["loc"][0]), *e["loc"][1:])})
+    if total:
+        first = [{**e, "loc": ("body", *e["loc"])} for e in errors[:MAX_VALIDATION_ERRORS]]
+        raise _BoundedValidationError(first, total)
+    return SpanBatch.model_construct(spans=valid)
+
+
+def _bounded(exc: ValidationError) -> _BoundedValidationError:
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)[:MAX_VALIDATION_ERRORS]
+    return _BoundedValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors], exc.error_count())
+
+
 # --- the app ------------------------------------------------------------------------------------------
 def create_app(
     settings: Settings | None = None,
@@ -298,8 +443,12 @@ def create_app(
         version=__version__,
         summary="Observability of the ARK pipeline: metrics, SLOs, trace continuity and heartbeats.",
         lifespan=lifespan,
+        docs_url=None,  # docs_ui serves it without a CDN
+        redoc_url=None,  # ReDoc is CDN-only
     )
+    docs_ui.mount(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     app.state.service = service
     generate_openapi = app.openapi
 
@@ -307,6 +456,9 @@ def create_app(
         """The schema, with this app's batch limit (a setting, so not in the static model)."""
         if app.openapi_schema is None:
             schema = generate_openapi()
+            # POST /spans reads its body itself (see read_batch), so its model is added here
+            _, defs = models_json_schema([(SpanBatch, "validation")], ref_template="#/components/schemas/{model}")
+            schema["components"]["schemas"].update(defs["$defs"])
             schema["components"]["schemas"]["SpanBatch"]["properties"]["spans"]["maxItems"] = settings.max_batch_spans
         return app.openapi_schema  # type: ignore[return-value]
 
@@ -317,7 +469,6 @@ def create_app(
     )
     write_responses: dict[int | str, dict[str, Any]] = {
         **auth_responses,
-        400: {"model": ErrorOut, "description": "The body could not be read."},
         413: {"model": ErrorOut, "description": "The body or the batch is too large."},
         503: {
             "model": ErrorOut,
@@ -327,9 +478,20 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's default echoes each bad input back, which may be most of a 1 MiB body.
-        errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
-        return JSONResponse({"detail": errors}, status_code=422)
+        # FastAPI's default echoes each bad input back, which may be most of a 1 MiB body; a body of
+        # half a million bad spans would make a 70 MB answer. The first MAX_VALIDATION_ERRORS, each cut
+        # short, and how many there were: the answer stays a few KiB whatever the input.
+        all_errors = exc.errors()
+        return validation_response(all_errors[:MAX_VALIDATION_ERRORS], getattr(exc, "total", len(all_errors)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers a body json.loads cannot take (not UTF-8, an integer of 5,000 digits, nesting
+        # deeper than the recursion limit) with a bare 400; it gets the documented 422 instead
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR and exc.__cause__ is not None:
+            why = f"the body is not readable JSON: {type(exc.__cause__).__name__}"
+            return validation_response([{"loc": ("body",), "msg": why, "type": "json_invalid"}], 1)
+        return await http_exception_handler(request, exc)
 
     # --- scrape -------------------------------------------------------------------------------------
     @app.get(
@@ -483,6 +645,26 @@ def create_app(
         if not health.healthy or dropped_spans.get() != drops_before:
             raise StoreUnavailable(health.detail or "spans were dropped")
 
+    def refuse_implausible_times(spans: Sequence[SpanIn], where: tuple[str | int, ...]) -> None:
+        """422 naming each span whose times are outside [now - trace TTL, now + clock skew]."""
+        now = collector.clock()
+        errors = []
+        for i, span in enumerate(spans):
+            if span.at is None and span.duration_ms is None:
+                continue
+            if span.at is None:
+                start, end, field = now - span.duration_ms / 1000.0, now, "duration_ms"  # type: ignore[operator]
+            else:
+                start, end, field = span.at, span.at + (span.duration_ms or 0.0) / 1000.0, "at"
+                if end > now + traces.clock_skew_seconds and start <= now + traces.clock_skew_seconds:
+                    field = "duration_ms"
+            why = traces.implausible(start, end, now)
+            if why:
+                loc = (*where, i, field) if where[-1] == "spans" else (*where, field)
+                errors.append({"loc": loc, "msg": why, "type": "implausible_time"})
+        if errors:
+            raise RequestValidationError(errors)
+
     async def store_or_503(spans: list[tuple[str, str, float | None, float | None, bool]]) -> Accepted:
         try:
             await run_in_threadpool(store, spans)
@@ -502,6 +684,7 @@ def create_app(
         span: SpanIn,
     ) -> Accepted:
         """Record that ``span.agent`` processed the trace."""
+        refuse_implausible_times([span], ("body",))
         return await store_or_503([(trace_id, span.agent, span.at, span.duration_ms, span.ok)])
 
     @app.post(
@@ -521,6 +704,7 @@ def create_app(
 
         For agents that propagate W3C trace context: forward the header you received, no trace id needed.
         """
+        refuse_implausible_times([span], ("body",))
         return await store_or_503([(traceparent, span.agent, span.at, span.duration_ms, span.ok)])
 
     @app.post(
@@ -528,15 +712,27 @@ def create_app(
         response_model=Accepted,
         summary="Record a batch of spans",
         dependencies=write_guard,
-        responses=write_responses,
+        responses={
+            **write_responses,
+            422: {
+                "description": "Validation Error",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
+            },
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SpanBatch"}}},
+            }
+        },
     )
-    async def post_spans(batch: SpanBatch) -> Accepted:
+    async def post_spans(request: Request) -> Accepted:
         """Record every span of the batch (spans of one trace or many).
 
         200: every span is in the store. 503: some may not be; send the whole batch again.
         """
-        if len(batch.spans) > settings.max_batch_spans:
-            raise HTTPException(413, f"{len(batch.spans)} spans in one batch; the limit is {settings.max_batch_spans}")
+        batch = await read_batch(request, settings.max_batch_spans)
+        refuse_implausible_times(batch.spans, ("body", "spans"))
         return await store_or_503([(s.trace_id, s.agent, s.at, s.duration_ms, s.ok) for s in batch.spans])
 
     @app.post(
@@ -566,6 +762,13 @@ def create_app(
         if refused:
             raise HTTPException(503, f"heartbeat not recorded ({refused[0]})", headers={"Retry-After": "1"})
         return HeartbeatOut(agent=agent, at=collector.clock())
+
+    @app.get("/state/anomalies", response_model=AnomalyList, summary="Recent state revision anomalies")
+    async def state_anomalies(
+        limit: Annotated[int | None, Query(ge=1, le=100_000, description="Most anomalies to list.")] = None,
+    ) -> AnomalyList:
+        """The most recent state revisions that broke their key's history (gap, regression, duplicate), newest first."""
+        return collector.revisions.listing(limit)
 
     # the live status page at / and its data at /status.json: no Grafana needed to see the pipeline
     app.include_router(status_page.router(collector))

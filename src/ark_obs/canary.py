@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import re
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, ClassVar, Final
@@ -53,6 +54,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from ark_obs import catalog
+from ark_obs._redact import redact_url, scrub
 
 __all__ = [
     "ARGUMENTS",
@@ -240,6 +242,12 @@ class CanaryConfig(BaseSettings):
     cache_seconds: float = Field(
         default=5.0, ge=0, le=3600, description="GET/POST /canary/analysis reuse a verdict this long."
     )
+    max_concurrent_analyses: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="Distinct analyses running at once; a request for another one gets 429 (identical ones share).",
+    )
 
     @field_validator("prometheus_url")
     @classmethod
@@ -247,7 +255,7 @@ class CanaryConfig(BaseSettings):
         value = value.strip().rstrip("/")
         parsed = httpx.URL(value)
         if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(f"must be an http:// or https:// URL, not {value!r}")
+            raise ValueError(f"must be an http:// or https:// URL, not {redact_url(value)!r}")
         return value
 
 
@@ -440,6 +448,7 @@ class PrometheusClient:
 
     def __init__(self, url: str, timeout: float, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
+        self.shown = redact_url(self.url)  # what messages name: no credential
         self._http = httpx.AsyncClient(
             base_url=self.url, timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False
         )
@@ -455,18 +464,20 @@ class PrometheusClient:
             # POST keeps long PromQL out of the URL; both endpoints accept form-encoded POSTs.
             response = await self._http.post(path, data=dict(params))
         except httpx.TimeoutException as exc:
-            raise PrometheusError(f"no answer from {self.url} within the timeout ({type(exc).__name__})") from exc
+            raise PrometheusError(f"no answer from {self.shown} within the timeout ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
-            raise PrometheusError(f"{self.url} is unreachable: {exc or type(exc).__name__}") from exc
+            why = scrub(str(exc) or type(exc).__name__, self.url)
+            raise PrometheusError(f"{self.shown} is unreachable: {why}") from None
         try:
             body = response.json()
         except ValueError:
             raise PrometheusError(
-                f"{self.url}{path} answered HTTP {response.status_code} without JSON: is this Prometheus?"
+                f"{self.shown}{path} answered HTTP {response.status_code} without JSON: is this Prometheus?"
             ) from None
         if not isinstance(body, dict) or body.get("status") != "success" or not isinstance(body.get("data"), dict):
             error = body.get("error") if isinstance(body, dict) else None
-            raise PrometheusError(f"HTTP {response.status_code}: {error or 'not a Prometheus API answer'}")
+            why = scrub(str(error or "not a Prometheus API answer"), self.url)
+            raise PrometheusError(f"HTTP {response.status_code}: {why}")
         data: dict[str, Any] = body["data"]
         return data
 
@@ -802,18 +813,22 @@ async def analyze(
     canary: str | None = None,
     baseline: str | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    client: PrometheusClient | None = None,
 ) -> CanaryAnalysis:
     """Judge the canary against the baseline from the Prometheus at ``config.prometheus_url``.
 
     ``canary`` / ``baseline`` override the configured selectors (raise SelectorError when invalid).
     Never raises for anything Prometheus does: an unreachable, slow or broken Prometheus makes every
-    check inconclusive, with the reason.
+    check inconclusive, with the reason. ``client``: a shared client (the service's), else one of its own.
     """
     started = time.perf_counter()
     c = parse_selector(canary) if canary is not None else config.selector
     b = parse_selector(baseline) if baseline is not None else config.baseline_selector
     at: float | None = None
-    async with PrometheusClient(config.prometheus_url, config.timeout_seconds, transport=transport) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = PrometheusClient(config.prometheus_url, config.timeout_seconds, transport=transport)
+            await stack.enter_async_context(client)
         try:
             at = await client.time()
         except PrometheusError as exc:
@@ -825,7 +840,7 @@ async def analyze(
         checks,
         canary=c,
         baseline=b,
-        prometheus=config.prometheus_url,
+        prometheus=redact_url(config.prometheus_url),
         evaluated_at=at,
         duration_seconds=time.perf_counter() - started,
     )
@@ -859,13 +874,15 @@ class _Cache:
     """Recent verdicts by selector pair, and in-flight analyses shared by concurrent callers.
 
     The endpoints are open reads and each analysis runs about a dozen Prometheus queries: without
-    this, a burst of requests would be a burst of queries on Prometheus.
+    this, a burst of requests would be a burst of queries on Prometheus. At most ``max_running``
+    distinct analyses run at once; a request for one more raises ``TooManyAnalyses`` (429).
     """
 
     MAX_ENTRIES: Final = 32
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, max_running: int = 4) -> None:
         self.ttl = ttl
+        self.max_running = max_running
         self._done: dict[tuple[str, str], tuple[float, CanaryAnalysis]] = {}
         self._running: dict[tuple[str, str], asyncio.Task[CanaryAnalysis]] = {}
 
@@ -876,6 +893,13 @@ class _Cache:
             return hit[1]
         task = self._running.get(key)
         if task is None:
+            if len(self._running) >= self.max_running:
+                raise StarletteHTTPException(
+                    429,
+                    f"{len(self._running)} canary analyses are running (the limit, "
+                    "ARK_OBS_CANARY_MAX_CONCURRENT_ANALYSES); retry shortly",
+                    headers={"Retry-After": "1"},
+                )
 
             async def run() -> CanaryAnalysis:
                 return await compute()
@@ -934,16 +958,33 @@ def router(config: CanaryConfig | None = None) -> APIRouter:
     ``config`` defaults to ``CanaryConfig()``: the ``ARK_OBS_CANARY_*`` environment variables.
     """
     cfg = config if config is not None else CanaryConfig()
-    cache = _Cache(cfg.cache_seconds)
+    cache = _Cache(cfg.cache_seconds, cfg.max_concurrent_analyses)
+    # one client (and connection pool) for every analysis, per event loop: its connections belong to one
+    shared: dict[asyncio.AbstractEventLoop, PrometheusClient] = {}
+
+    def client() -> PrometheusClient:
+        loop = asyncio.get_running_loop()
+        if loop not in shared:
+            shared.clear()  # a previous loop's client: its loop is gone (only tests run several loops)
+            shared[loop] = PrometheusClient(cfg.prometheus_url, cfg.timeout_seconds)
+        return shared[loop]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        yield
+        for owned in list(shared.values()):
+            await owned.__aexit__()
+        shared.clear()
+
     # a class per router: FastAPI may copy routes when the router is included, keeping only their class
     route_class: type[_SharedPathRoute] = type("CanaryRoute", (_SharedPathRoute,), {"path_methods": set()})
-    api = APIRouter(tags=["canary"], route_class=route_class)
+    api = APIRouter(tags=["canary"], route_class=route_class, lifespan=lifespan)
 
     async def verdict(canary: str | None, baseline: str | None) -> CanaryAnalysis:
         # the schema's pattern has admitted only selectors that parse_selector accepts
         c = parse_selector(canary) if canary is not None else cfg.selector
         b = parse_selector(baseline) if baseline is not None else cfg.baseline_selector
-        return await cache.get((c, b), lambda: analyze(cfg, canary=c, baseline=b))
+        return await cache.get((c, b), lambda: analyze(cfg, canary=c, baseline=b, client=client()))
 
     @api.get(
         "/canary/analysis",
@@ -961,7 +1002,6 @@ def router(config: CanaryConfig | None = None) -> APIRouter:
         responses={
             412: {"model": CanaryAnalysis, "description": "fail: a tripwire or burn rate says roll back."},
             409: {"model": CanaryAnalysis, "description": "inconclusive: no verdict (the reason says why)."},
-            400: {"description": "The body could not be read (not JSON)."},
         },
     )
     async def post_analysis(
@@ -1009,7 +1049,8 @@ def _selector_arg(text: str) -> str:
 # (flags, add_argument options): cli.py turns each into its ``arg(...)``. Defaults are None so that the
 # ARK_OBS_CANARY_* environment (CanaryConfig) applies unless an option is given.
 ARGUMENTS: Final[tuple[tuple[tuple[str, ...], dict[str, Any]], ...]] = (
-    (("--prometheus",), {"required": True, "metavar": "URL", "help": "Prometheus base URL, e.g. http://127.0.0.1:9090"}),
+    (("--prometheus",), {"metavar": "URL",
+                         "help": "Prometheus base URL (default $ARK_OBS_CANARY_PROMETHEUS_URL, else http://127.0.0.1:9090)"}),
     (("--canary",), {"type": _selector_arg, "metavar": "SELECTOR",
                      "help": 'the canary: a track value or matcher (default track="canary")'}),
     (("--baseline",), {"type": _selector_arg, "metavar": "SELECTOR",
@@ -1048,6 +1089,27 @@ _OPTION_FIELDS: Final = {
 }
 
 
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``: ``env_name("min_decisions") == "ARK_OBS_CANARY_MIN_DECISIONS"``."""
+    return f"ARK_OBS_CANARY_{field.upper()}"
+
+
+def _option_or_env(args: argparse.Namespace, field: str) -> str:
+    """How the user set ``field``: the option given (``--min-decisions``), else its environment variable."""
+    for option, name in _OPTION_FIELDS.items():
+        if name == field and getattr(args, option, None) is not None:
+            return "--" + option.replace("_", "-")
+    return env_name(field)
+
+
+def _problem(args: argparse.Namespace, error: Any) -> str:
+    """One validation error, named as the user set it, with the value they gave."""
+    where = _option_or_env(args, str(error["loc"][0])) if error["loc"] else "?"
+    message: str = error["msg"].removeprefix("Value error, ")
+    given = repr(error.get("input"))
+    return f"{where}: {message}" + ("" if given in message else f" (got {given})")
+
+
 def config_from_args(args: argparse.Namespace) -> CanaryConfig:
     """The configuration: ``ARK_OBS_CANARY_*`` and ``.env``, overridden by the options given."""
     overrides = {field: getattr(args, option) for option, field in _OPTION_FIELDS.items()}
@@ -1059,7 +1121,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(args, e) for e in exc.errors())
         print(f"ark-obs canary-check: {problems}", file=sys.stderr)
         return EXIT_STATUS[Verdict.INCONCLUSIVE]
     result = asyncio.run(analyze(config))

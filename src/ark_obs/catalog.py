@@ -139,6 +139,13 @@ ARK_AGENT_ERRORS_TOTAL = counter(
 ARK_TRACEPARENT_INVALID_TOTAL = counter(
     "ark_traceparent_invalid_total", "Malformed incoming trace ids or traceparent headers that were replaced."
 )
+ARK_OBS_CONNECTIONS_CLOSED_TOTAL = counter(
+    "ark_obs_connections_closed_total",
+    "Connections closed because no complete request came in time (idle, slow_headers, slow_body) or "
+    "a body came in tiny chunks (tiny_chunks), and requests refused with 503 past the connection cap "
+    "(over_capacity), by reason.",
+    labels=("reason",),
+)
 
 ARK_AGENT_CANCELLATIONS_TOTAL = counter(
     "ark_agent_cancellations_total",
@@ -180,10 +187,23 @@ ARK_AGENT_UP = gauge(
     labels=("agent",),
     collected=True,
 )
+ARK_AGENT_IN_PIPELINE = gauge(
+    "ark_agent_in_pipeline",
+    "1 for each configured pipeline agent: their silence pages, other agents' is summarized.",
+    labels=("agent",),
+    collected=True,
+)
 ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS = gauge(
     "ark_agent_heartbeat_interval_seconds",
     "The heartbeat interval agents are expected to keep.",
     collected=True,
+)
+
+# --- state history ------------------------------------------------------------------------------------
+ARK_STATE_REVISION_ANOMALIES_TOTAL = counter(
+    "ark_state_revision_anomalies_total",
+    "State revisions that did not follow their key's last one: gap, regression or duplicate (ark_obs.state_revisions).",
+    labels=("agent", "kind"),
 )
 
 # --- SLOs, evaluated at scrape time ------------------------------------------------------------------
@@ -257,6 +277,7 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ARK_TRACEPARENT_INVALID_TOTAL,
     ARK_AGENT_CANCELLATIONS_TOTAL,
     ARK_OPERATION_LATENCY_MS,
+    ARK_OBS_CONNECTIONS_CLOSED_TOTAL,
     ARK_TRACES_COMPLETE_TOTAL,
     ARK_TRACES_INCOMPLETE_TOTAL,
     ARK_TRACE_LATENCY_MS,
@@ -266,6 +287,8 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ARK_AGENT_LAST_HEARTBEAT_TIMESTAMP_SECONDS,
     ARK_AGENT_UP,
     ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS,
+    ARK_STATE_REVISION_ANOMALIES_TOTAL,
+    ARK_AGENT_IN_PIPELINE,
     ARK_SLO_VALUE,
     ARK_SLO_OBJECTIVE,
     ARK_SLO_MET,

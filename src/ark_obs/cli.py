@@ -4,6 +4,7 @@
     ark-obs check-config [--env-file F]     report every bad setting at once; exit status 2 if any
     ark-obs synthetic [--rate R] [...]      the seed's validation loop, with a report (exit 1 on a failure)
     ark-obs canary-check --prometheus URL   canary vs baseline verdict: exit 0 pass, 1 fail, 2 inconclusive
+    ark-obs validate --synthetic | --plan F post-deploy validation: exit 0 pass, 1 a step failed, 2 inconclusive
 
 A subcommand is one decorated function: ``@command(name, help, arg(...), ...)`` above
 ``def run(args) -> int`` registers its parser, its arguments and what it runs.
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,8 +26,10 @@ from typing import Any, Final, TextIO
 
 from pydantic import ValidationError
 
-from ark_obs import __version__, canary, synthetic
+from ark_obs import __version__, canary, catalog, synthetic
+from ark_obs._redact import redact_url
 from ark_obs.settings import Problem, Settings, env_name
+from ark_obs.validate import command as validate_command
 
 log = logging.getLogger("ark_obs.cli")
 
@@ -93,22 +97,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_CLOSED_PIPE: Final = 141  # what a shell reports for a command ended by SIGPIPE, as `yes | head` does
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ark-obs`` script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    status: int = args.run(args)
+    try:
+        status: int = args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`ark-obs check-config | head -3`): stop quietly, and keep the
+        # interpreter's final flush of stdout from printing a second error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
     return status
 
 
 # --- configuration problems -----------------------------------------------------------------------
-def _field_problems(exc: ValidationError) -> list[Problem]:
+def _field_problems(exc: ValidationError, name: Callable[[str], str] = env_name) -> list[Problem]:
+    """One Problem per field error, named by ``name(field)`` (its environment variable, or the flag used)."""
     problems = []
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else "?"
         msg = err["msg"].removeprefix("Value error, ")
-        shown = "" if field == "ingest_token" else f" (got {err.get('input')!r})"
-        problems.append(Problem(env_name(field), msg + shown))
+        given = err.get("input")
+        given = redact_url(given) if isinstance(given, str) else given
+        shown = "" if field == "ingest_token" else f" (got {given!r})"
+        problems.append(Problem(name(field), msg + shown))
     return problems
+
+
+def canary_problems(env_file: Path | None) -> list[Problem]:
+    """Every bad ``ARK_OBS_CANARY_*`` setting: the service builds its canary analysis from them at start."""
+    try:
+        canary.CanaryConfig(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        return _field_problems(exc, canary.env_name)
+    return []
 
 
 def slo_problems(settings: Settings) -> list[Problem]:
@@ -165,13 +191,35 @@ def _window_errors(settings: Settings) -> list[str]:
     return out
 
 
-def load_settings(env_file: Path | None = Path(".env"), **overrides: Any) -> tuple[Settings | None, list[Problem]]:
-    """Settings from the environment, ``env_file`` and ``overrides``, with every problem found."""
+def load_settings(
+    env_file: Path | None = Path(".env"), flags: dict[str, str] | None = None, **overrides: Any
+) -> tuple[Settings | None, list[Problem]]:
+    """Settings from the environment, ``env_file`` and ``overrides``, with every problem found, the canary
+    analysis' settings included. ``flags`` maps an overridden field to the option that set it (``--port``),
+    which then names its problems instead of the environment variable the user did not touch."""
+    named = flags or {}
+
+    def name(field: str) -> str:
+        return named.get(field) or env_name(field)
+
+    canary_found = canary_problems(env_file)
     try:
         settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
-        return None, _field_problems(exc)
-    return settings, [*settings.problems(), *slo_problems(settings)]
+        return None, [*_field_problems(exc, name), *canary_found]
+    found = [*settings.problems(), *slo_problems(settings), *canary_found]
+    by_env = {env_name(field): flag for field, flag in named.items()}
+    return settings, [Problem(by_env.get(p.setting, p.setting), p.why) for p in found]
+
+
+def _env_file(given: Path | None) -> tuple[Path | None, list[Problem]]:
+    """The dotenv file to read: ``--env-file`` must exist; the default ./.env is read when it does."""
+    if given is None:
+        default = Path(".env")
+        return (default if default.is_file() else None), []
+    if not given.is_file():
+        return None, [Problem("--env-file", f"no such file: {str(given)!r}")]
+    return given, []
 
 
 def _report(problems: Sequence[Problem], out: TextIO, heading: str) -> None:
@@ -186,13 +234,15 @@ def _report(problems: Sequence[Problem], out: TextIO, heading: str) -> None:
     "Run the ark-obs HTTP service.",
     arg("--host", help=f"address to bind (overrides {env_name('host')}; default 127.0.0.1)"),
     arg("--port", type=int, help=f"port to bind (overrides {env_name('port')}; default 9871)"),
-    arg("--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default: ./.env)"),
+    arg("--env-file", type=Path, help="dotenv file to read (default: ./.env if it exists)"),
     arg("--synthetic", action="store_true", help="feed the service with the synthetic loop (1 pass/s)"),
 )
 def serve(args: argparse.Namespace) -> int:
     """Validate the configuration, then serve until SIGTERM or Ctrl-C (both exit 0 once drained)."""
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings, problems = load_settings(args.env_file, **overrides)
+    env_file, missing = _env_file(args.env_file)
+    settings, problems = load_settings(env_file, {k: f"--{k}" for k in overrides}, **overrides)
+    problems = [*missing, *problems]
     if settings is None or problems:
         _report(problems, sys.stderr, "ark-obs: refusing to start; fix these settings:")
         return EXIT_BAD_CONFIG
@@ -208,6 +258,15 @@ async def _make_default(service: Any) -> None:
     metrics.set_collector(service.collector)
 
 
+async def _guard_event_loop(service: Any) -> None:
+    """Resource exhaustion reported by the event loop (EMFILE on accept) is logged once per interval."""
+    import asyncio
+
+    from ark_obs.connections import quiet_resource_errors
+
+    quiet_resource_errors(asyncio.get_running_loop())
+
+
 def run_server(settings: Settings, **app_options: Any) -> int:
     """Serve ``create_app(settings, **app_options)`` with uvicorn until SIGTERM or SIGINT.
 
@@ -216,12 +275,15 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     import uvicorn
 
     from ark_obs.app import create_app, freeze_long_lived_objects
+    from ark_obs.connections import OverCapacity, ShutdownSummary, guarded_protocol
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ark_obs").setLevel(settings.log_level.upper())
     # a long-running server with a big trace store: keep GC pauses out of the scrapes (see the hook)
     background = [_make_default, freeze_long_lived_objects, *app_options.pop("background", ())]
+    background.insert(0, _guard_event_loop)
     app = create_app(settings, background=background, **app_options)
+    closed = app.state.service.collector.metric(catalog.ARK_OBS_CONNECTIONS_CLOSED_TOTAL.name)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -231,9 +293,25 @@ def run_server(settings: Settings, **app_options: Any) -> int:
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         server_header=False,
+        # connections: see ark_obs.connections and the README's "Limits"
+        http=guarded_protocol(
+            settings.header_timeout_seconds, settings.body_timeout_seconds, lambda why: closed.labels(why).inc()
+        ),
+        timeout_keep_alive=settings.keepalive_timeout_seconds,
+        limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
+    logging.getLogger("uvicorn.error").addFilter(ShutdownSummary(settings.shutdown_timeout_seconds))
+    logging.getLogger("uvicorn.error").addFilter(
+        OverCapacity(lambda why: closed.labels(why).inc(), settings.max_connections)
+    )
     base = settings.bind_url
+    try:
+        # bound before the banner: a port in use is reported instead of URLs nobody answers at
+        sock = _bind(settings.host, settings.port)
+    except OSError as exc:
+        log.error("ark-obs cannot listen on %s: %s", settings.bind_url, exc.strerror or exc)
+        return EXIT_FAILED
     log.info(
         "ark-obs %s on %s: %s/metrics  %s/slos  %s/traces?status=incomplete  %s/readyz  %s/docs "
         "(trace store: %s; writes %s)",
@@ -244,7 +322,7 @@ def run_server(settings: Settings, **app_options: Any) -> int:
         base,
         base,
         base,
-        re.sub(r"//[^@/]*@", "//***@", settings.trace_store),  # never log a password
+        redact_url(settings.trace_store),
         "need the bearer token" if settings.token else "are open",
     )
     stopped: list[int] = []
@@ -255,26 +333,42 @@ def run_server(settings: Settings, **app_options: Any) -> int:
 
     previous = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run()
+        server.run(sockets=[sock])
     except SystemExit as exc:  # uvicorn exits 3 when it cannot bind or start: ours is 1
         log.error("ark-obs could not start on %s (uvicorn exit status %s)", settings.bind_url, exc.code)
         return EXIT_FAILED
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        sock.close()
     return EXIT_OK if server.started or stopped else EXIT_FAILED
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` as uvicorn binds one (address reuse on); OSError when it cannot."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 # --- check-config -------------------------------------------------------------------------------------
 @command(
     "check-config",
-    "Validate the configuration (environment, .env file, SLO file); exit status 2 on any problem.",
-    arg("--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default: ./.env)"),
+    "Validate the configuration (environment, .env file, SLO file, canary analysis); exit status 2 on any problem.",
+    arg("--env-file", type=Path, help="dotenv file to read (default: ./.env if it exists)"),
 )
 def check_config(args: argparse.Namespace) -> int:
     """Print every problem at once (exit 2) or the effective settings (exit 0)."""
-    env_file = args.env_file if args.env_file.exists() else None
+    env_file, missing = _env_file(args.env_file)
     settings, problems = load_settings(env_file)
+    problems = [*missing, *problems]
     if settings is None or problems:
         _report(problems, sys.stderr, f"ark-obs: {len(problems)} configuration problem(s):")
         return EXIT_BAD_CONFIG
@@ -287,7 +381,13 @@ def check_config(args: argparse.Namespace) -> int:
             value = "(set)" if value is not None else "(unset: writes are open)"
         elif isinstance(value, tuple):
             value = ",".join(value)
+        elif isinstance(value, str):
+            value = redact_url(value)
         print(f"  {env_name(name)}={value if value is not None else ''}")
+    analysis = canary.CanaryConfig(_env_file=env_file)  # type: ignore[call-arg]
+    for name in canary.CanaryConfig.model_fields:
+        shown = getattr(analysis, name)
+        print(f"  {canary.env_name(name)}={redact_url(shown) if isinstance(shown, str) else shown}")
     return EXIT_OK
 
 
@@ -296,6 +396,9 @@ command("synthetic", synthetic.HELP, *(arg(*flags, **options) for flags, options
     synthetic.main
 )
 command("canary-check", canary.HELP, *(arg(*flags, **options) for flags, options in canary.ARGUMENTS))(canary.main)
+command("validate", validate_command.HELP, *(arg(*f, **o) for f, o in validate_command.ARGUMENTS))(
+    validate_command.main
+)
 
 
 if __name__ == "__main__":  # pragma: no cover

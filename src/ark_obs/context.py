@@ -195,9 +195,10 @@ def canonical_trace_id(trace_id: str) -> str:
         return canonical  # the same str object at every hop: its hash is computed once
     # UUID-shaped: dashes at 8, 13, 18 and 23 and nowhere else. The digits are not checked (a regex or a
     # character-set test costs more than the whole mapping): an id of that shape and the same id without
-    # its dashes name one trace whatever its characters are.
+    # its dashes name one trace whatever its characters are. Lower case, as W3C ids are: a UUID printed
+    # in upper case (RFC 4122 allows it on input) still names the trace its traceparent carries.
     if trace_id[8] == trace_id[13] == trace_id[18] == trace_id[23] == "-":
-        digits = trace_id.replace("-", "")
+        digits = trace_id.replace("-", "").lower()
         if len(digits) == 32:
             if len(_canonical) >= _KNOWN_VALID_MAX:
                 _canonical.clear()

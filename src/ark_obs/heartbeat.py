@@ -9,12 +9,17 @@ agent down once it has been silent for ``down_after_intervals`` (1.5) intervals,
 reported within 1.75 intervals of its last beat; it counts ``agent_heartbeat_failures_total{agent}``
 once per outage (claimed in Redis, so once across replicas) and marks the agent up again when beats
 resume. Timestamps are the beating process' clock: hosts need synchronised clocks (NTP).
+
+The configured pipeline agents are always admitted and never forgotten (a dead Kenny stays reported
+down). Other agents are admitted up to ``max_agents`` and forgotten once silent for
+``forget_after_seconds``, so made-up names can neither lock the pipeline out nor stay forever;
+``ark_agent_in_pipeline`` tells the alert rules which agents page and which are summarized.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -23,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from ark_obs import catalog
 from ark_obs._periodic import Periodic
 from ark_obs.registry import MAX_LABEL_VALUE_LENGTH
-from ark_obs.traces import StoreHealth, StoreUnavailable, register, unregister
+from ark_obs.traces import StoreHealth, StoreUnavailable, default_pipeline, register, unregister
 
 if TYPE_CHECKING:
     from ark_obs.metrics import MetricsCollector
@@ -31,7 +36,9 @@ if TYPE_CHECKING:
 DEFAULT_INTERVAL_SECONDS: Final = 1.0
 DEFAULT_DOWN_AFTER_INTERVALS: Final = 1.5
 DEFAULT_MAX_AGENTS: Final = 1000
-DEFAULT_FORGET_AFTER_SECONDS: Final = 86_400.0
+# An agent outside the pipeline silent this long is forgotten: long enough for its ticket alert to be
+# seen, short enough that made-up names do not hold the agent cap for a day.
+DEFAULT_FORGET_AFTER_SECONDS: Final = 3600.0
 # ``metric`` label of heartbeats dropped in ark_obs_dropped_total
 HEARTBEAT_METRIC: Final = "agent_heartbeat"
 
@@ -78,6 +85,8 @@ class HeartbeatMonitor:
 
     ``sweep``: whether this monitor detects outages and exports the scrape-time families; None means
     yes for a store of its own (memory), no for a shared one (Redis), where the ark-obs service does.
+    ``pipeline``: agents always admitted and never forgotten (default: ``$ARK_OBS_PIPELINE``, else
+    Kyle..Aletheia); ``max_agents`` caps the others.
     """
 
     def __init__(
@@ -91,6 +100,7 @@ class HeartbeatMonitor:
         forget_after_seconds: float = DEFAULT_FORGET_AFTER_SECONDS,
         sweep: bool | None = None,
         background: bool = True,
+        pipeline: Sequence[str] | None = None,
     ) -> None:
         if not interval_seconds > 0:
             raise ValueError(f"interval_seconds must be positive, got {interval_seconds}")
@@ -102,11 +112,12 @@ class HeartbeatMonitor:
         self.down_after = self.interval * down_after_intervals
         self.forget_after = float(forget_after_seconds)
         self.max_agents = max_agents
+        self.pipeline = frozenset(pipeline if pipeline is not None else default_pipeline())
         self.store: HeartbeatStore = store if store is not None else collector.traces.store  # type: ignore[assignment]
         self.sweeping = (not self.store.shared) if sweep is None else sweep
         self._clock = collector.clock
         self._failures = collector.metric(catalog.AGENT_HEARTBEAT_FAILURES_TOTAL.name)
-        self._agents: set[str] = set()  # agents beating through this monitor (the cardinality cap)
+        self._agents: set[str] = set()  # agents outside the pipeline beating through this monitor (capped)
         self._beats: dict[str, float] = {}
         self._readable = False
         self._swept_at = 0.0
@@ -122,7 +133,7 @@ class HeartbeatMonitor:
 
     def beat(self, agent: str) -> None:
         """Record a heartbeat from ``agent`` now; never raises on bad data or a store failure."""
-        if agent not in self._agents:
+        if agent not in self._agents and agent not in self.pipeline:
             if not isinstance(agent, str) or not agent:
                 raise TypeError(f"agent must be a non-empty string, got {agent!r}")
             registry = self.collector.registry
@@ -153,7 +164,7 @@ class HeartbeatMonitor:
             now = self._clock() if now is None else now
             for agent, last in list(beats.items()):
                 silent = now - last
-                if silent > self.forget_after:
+                if silent > self.forget_after and agent not in self.pipeline:
                     self._forget(agent)
                     del beats[agent]
                 elif silent > self.down_after:
@@ -229,6 +240,7 @@ class _HeartbeatCollector:
             catalog.ARK_AGENT_LAST_HEARTBEAT_TIMESTAMP_SECONDS,
             catalog.ARK_AGENT_UP,
             catalog.ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS,
+            catalog.ARK_AGENT_IN_PIPELINE,
         ):
             yield GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
 
@@ -238,6 +250,11 @@ class _HeartbeatCollector:
         monitor.sweep()
         spec = catalog.ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS
         yield GaugeMetricFamily(spec.name, spec.help, value=monitor.interval)
+        spec = catalog.ARK_AGENT_IN_PIPELINE
+        in_pipeline = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+        for agent in sorted(monitor.pipeline):
+            in_pipeline.add_metric([agent], 1.0)
+        yield in_pipeline
         states = monitor.status()
         if states is None:
             return

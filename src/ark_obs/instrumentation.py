@@ -922,11 +922,27 @@ class MetricsContext:
 
 
 def track_state_operation(
-    operation: str, agent: str, latency_ms: float, *, collector: MetricsCollector | None = None
+    operation: str,
+    agent: str,
+    latency_ms: float,
+    *,
+    key: str | None = None,
+    revision: int | None = None,
+    collector: MetricsCollector | None = None,
 ) -> None:
     """Observe a Mutable Core state operation's latency on ``state_write_latency_ms{operation,agent}``.
 
+    With ``key`` and ``revision`` (the key's revision number after the write), also check that the
+    key's revisions are contiguous (``ark_obs.state_revisions``): gaps, regressions and duplicates are
+    counted in ``ark_state_revision_anomalies_total{agent,kind}`` and listed at ``GET /state/anomalies``.
+
     >>> track_state_operation("write", "Kenny", 3.2)
+    >>> track_state_operation("write", "Kenny", 3.2, key="position:AAPL", revision=8)
     """
-    metric = (collector or get_collector()).metric(catalog.STATE_WRITE_LATENCY_MS.name)
-    metric.labels(operation, agent).observe(latency_ms)
+    c = collector or get_collector()
+    c.metric(catalog.STATE_WRITE_LATENCY_MS.name).labels(operation, agent).observe(latency_ms)
+    if key is None and revision is None:
+        return
+    if key is None or revision is None:
+        raise TypeError("track_state_operation: key and revision go together (give both or neither)")
+    c.revisions.observe(agent, key, revision)

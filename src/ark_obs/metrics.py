@@ -36,11 +36,12 @@ from ark_obs.registry import (
     is_multiprocess,
     multiprocess_dir,
 )
+from ark_obs.slo import ProcessQuarantines, SloCollector, SloEngine, SloReport
 from ark_obs.window import TICKER, Clock, Reading, Window, histogram_quantile
 
 if TYPE_CHECKING:
     from ark_obs.heartbeat import HeartbeatMonitor
-    from ark_obs.slo import SloEngine, SloReport
+    from ark_obs.state_revisions import RevisionChecker
     from ark_obs.traces import TraceMonitor, TraceReport
 
 __all__ = [
@@ -116,13 +117,12 @@ class MetricsCollector:
         self._traces: TraceMonitor | None = None
         self._heartbeats: HeartbeatMonitor | None = None
         self._slos: SloEngine | None = None
+        self._revisions: RevisionChecker | None = None
         if is_multiprocess():
             # files of earlier runs persist: their totals are a baseline, not recent events
             self.window.prime(self._multiprocess_readings())
         if ticker:
             TICKER.add(self)
-        from ark_obs.collector import ProcessQuarantines, SloCollector
-
         # the scrape-time SLO families are there from the first scrape, not after a first check_slos()
         SloCollector.attach_default(self)
         if catalog.WATCHDOG_QUARANTINES_TOTAL.name in self.registry:
@@ -380,14 +380,27 @@ class MetricsCollector:
     def slos(self) -> SloEngine:
         """The SLO engine (ark_obs.slo), with the seed's four SLOs unless replaced."""
         if self._slos is None:
-            from ark_obs.slo import SloEngine
-
             self._slos = SloEngine(self)
         return self._slos
 
     @slos.setter
     def slos(self, engine: SloEngine) -> None:
         self._slos = engine
+
+    @property
+    def revisions(self) -> RevisionChecker:
+        """State revision continuity (ark_obs.state_revisions), in memory unless replaced."""
+        if self._revisions is None:
+            from ark_obs.state_revisions import RevisionChecker, backend_for
+
+            # with a shared (Redis) trace store, revisions are checked across processes too
+            store = self._traces.store if self._traces is not None else None
+            self._revisions = RevisionChecker(self.registry, backend=backend_for(store), clock=self.clock)
+        return self._revisions
+
+    @revisions.setter
+    def revisions(self, checker: RevisionChecker) -> None:
+        self._revisions = checker
 
     def record_trace_span(
         self,

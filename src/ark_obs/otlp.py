@@ -429,6 +429,26 @@ def _store(traces: TraceMonitor, spans: Sequence[OtlpSpan], dropped: Any) -> Non
         raise StoreUnavailable(health.detail or "spans were dropped")
 
 
+def _refuse_implausible(decoded: Decoded, traces: TraceMonitor) -> Decoded:
+    """Refuse the parts whose times the monitor finds implausible (older than the trace TTL, or in the future
+    beyond the clock-skew allowance), as ``POST /spans`` answers them 422: here they join the partial success.
+
+    Counted per agent part: several spans of one agent merged into an implausible part count as one.
+    """
+    now = traces.collector.clock()
+    implausible = traces.implausible
+    kept = [s for s in decoded.spans if not implausible(s.start, s.end, now)]
+    if len(kept) == len(decoded.spans):
+        return decoded
+    reasons = dict.fromkeys(decoded.reasons)
+    for s in decoded.spans:
+        why = implausible(s.start, s.end, now)
+        if why and len(reasons) < _MAX_REASONS:
+            reasons[f"implausible time: {why}"] = None
+    refused = len(decoded.spans) - len(kept)
+    return Decoded(tuple(kept), decoded.received, decoded.rejected + refused, tuple(reasons))
+
+
 def router(
     traces: TraceMonitor,
     *,
@@ -456,6 +476,7 @@ def router(
         decoded = decode(body, media, resource_attribute=resource_attribute, span_attribute=span_attribute)
         if decoded.received > max_spans:
             raise OtlpError(413, f"{decoded.received} spans in one request; the limit is {max_spans}")
+        decoded = _refuse_implausible(decoded, traces)
         try:
             _store(traces, decoded.spans, unavailable)
         except StoreUnavailable as exc:

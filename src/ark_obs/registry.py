@@ -11,11 +11,13 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import numbers
 import os
 import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterator, Mapping
+from decimal import Decimal
 from typing import Any, Final, Literal, TypeAlias
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -36,7 +38,9 @@ DEFAULT_MAX_SERIES: Final = 1000
 EXEMPLAR_REFRESH_SECONDS: Final = 1.0
 MAX_TRACE_ID_LENGTH: Final = 64  # OpenMetrics caps exemplar labels at 128 characters in all
 
-DropReason: TypeAlias = Literal["non_finite", "label_too_long", "cardinality", "store_unavailable"]
+DropReason: TypeAlias = Literal[
+    "non_finite", "label_too_long", "cardinality", "store_unavailable", "negative", "implausible_time", "trace_full"
+]
 LabelKey: TypeAlias = tuple[str, ...]
 
 
@@ -66,6 +70,23 @@ def is_multiprocess() -> bool:
     return bool(getattr(values.ValueClass, "_multiprocess", False))
 
 
+# --- numbers: one rule for every recording call ----------------------------------------------------
+def as_float(value: object) -> float:
+    """Any real number as a float (NaN when it has none); anything else is a programming error.
+
+    The recording calls take this slow path for every value that is not already a float: ints (also
+    ``10**400``), ``Decimal`` (also ``Decimal('NaN')`` and ``Decimal('1e400')``), ``Fraction`` and numpy
+    scalars (which register as ``numbers.Real``) are converted; a value no float can hold becomes NaN,
+    which the caller drops and counts. ``None``, strings and other objects raise ``TypeError`` at once.
+    """
+    if type(value) is int or isinstance(value, (numbers.Real, Decimal)):
+        try:
+            return float(value)
+        except (OverflowError, ValueError, ArithmeticError):
+            return math.nan  # 10**400, Fraction(10**400), Decimal('sNaN'): not representable
+    raise TypeError(f"a metric value must be a number, not {type(value).__name__} {value!r:.40}")
+
+
 # --- children: the objects the hot path calls ------------------------------------------------------
 class CounterChild:
     """One counter series."""
@@ -77,11 +98,13 @@ class CounterChild:
         self._drop = drop
 
     def inc(self, amount: float = 1.0) -> None:
-        """Add ``amount`` (>= 0); NaN or infinity is dropped and counted."""
+        """Add ``amount``; a negative amount, NaN or infinity is dropped and counted."""
+        if type(amount) is not float:
+            amount = as_float(amount)
         if 0.0 <= amount < INF:
             self._value.inc(amount)
         elif -INF < amount < 0.0:
-            raise ValueError(f"counters only go up: inc({amount}) is a decrement")
+            self._drop("negative")  # would make rate() see a counter reset
         else:
             self._drop("non_finite")
 
@@ -101,6 +124,8 @@ class GaugeChild:
 
     def set(self, value: float) -> None:
         """Set the value; NaN or infinity is dropped and counted."""
+        if type(value) is not float:
+            value = as_float(value)
         if value - value == 0.0:
             self._raw.set(value)
         else:
@@ -108,6 +133,8 @@ class GaugeChild:
 
     def inc(self, amount: float = 1.0) -> None:
         """Add ``amount``."""
+        if type(amount) is not float:
+            amount = as_float(amount)
         if amount - amount == 0.0:
             self._raw.inc(amount)
         else:
@@ -139,9 +166,15 @@ class HistogramChild:
         self.vmax = -INF
 
     def observe(self, value: float, trace_id: str | None = None) -> None:
-        """Observe ``value``; a bound or given trace id becomes the bucket's exemplar (rate-bounded)."""
-        if value - value != 0.0:  # NaN or +-inf
-            self._drop("non_finite")
+        """Observe ``value``; a bound or given trace id becomes the bucket's exemplar (rate-bounded).
+
+        A negative value, NaN or infinity is dropped and counted: a negative one would make ``_sum``
+        go down, which OpenMetrics parsers reject for the whole scrape.
+        """
+        if type(value) is not float:
+            value = as_float(value)
+        if not 0.0 <= value < INF:
+            self._drop("non_finite" if value - value != 0.0 else "negative")
             return
         i = bisect_left(self._bounds, value)
         self._sum.inc(value)
@@ -196,19 +229,23 @@ class DroppedChild:
         self._reason: DropReason = reason
 
     def inc(self, amount: float = 1.0) -> None:
-        """Count the drop."""
+        """Count the drop (a non-number still raises, as on a kept series)."""
+        _ = amount if type(amount) is float else as_float(amount)
         self._drop(self._reason)
 
     def set(self, value: float) -> None:
-        """Count the drop."""
+        """Count the drop (a non-number still raises, as on a kept series)."""
+        _ = value if type(value) is float else as_float(value)
         self._drop(self._reason)
 
     def dec(self, amount: float = 1.0) -> None:
-        """Count the drop."""
+        """Count the drop (a non-number still raises, as on a kept series)."""
+        _ = amount if type(amount) is float else as_float(amount)
         self._drop(self._reason)
 
     def observe(self, value: float, trace_id: str | None = None) -> None:
-        """Count the drop."""
+        """Count the drop (a non-number still raises, as on a kept series)."""
+        _ = value if type(value) is float else as_float(value)
         self._drop(self._reason)
 
 

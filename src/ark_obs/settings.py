@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ark_obs._redact import redact_url
+
 ENV_PREFIX: Final = "ARK_OBS_"
 DEFAULT_HOST: Final = "127.0.0.1"
 # 9871 collides with none of Prometheus (9090), Alertmanager (9093), Grafana (3000) or node_exporter
@@ -30,6 +32,14 @@ MIB: Final = 1024 * 1024
 MIN_TOKEN_LENGTH: Final = 16
 # Ports of the neighbouring services: binding there works, but a scrape config would point at the wrong thing.
 WELL_KNOWN_PORTS: Final = {9090: "Prometheus", 9093: "Alertmanager", 3000: "Grafana", 9100: "node_exporter"}
+
+# Every endpoint that needs the bearer token; tests/test_limits.py checks it against the app's routes.
+WRITE_ENDPOINTS: Final = (
+    "POST /spans",
+    "POST /traces/{trace_id}/spans",
+    "POST /traceparent/spans",
+    "POST /heartbeats/{agent}",
+)
 
 # Agent and stream names become label values: a conservative charset, and short.
 NAME_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$"
@@ -141,6 +151,19 @@ class Settings(BaseSettings):
     max_in_flight_traces: int = Field(
         default=100_000, ge=1, le=100_000_000, description="Most traces held in flight; older ones are evicted."
     )
+    max_clock_skew_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How far in the future a span may end; spans older than TRACE_TTL_SECONDS or later "
+        "are refused (422) or dropped (implausible_time).",
+    )
+    max_agents_per_trace: int = Field(
+        default=32,
+        ge=1,
+        le=10_000,
+        description="Distinct agents one trace may hold; spans of further agents are dropped and counted (trace_full).",
+    )
     pipeline: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_PIPELINE,
         description="Comma-separated agents every trace must pass, in order.",
@@ -150,6 +173,19 @@ class Settings(BaseSettings):
         gt=0,
         le=3600,
         description="Interval agents heartbeat at; an agent silent for 1.5 intervals is reported down.",
+    )
+    max_heartbeat_agents: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Agents outside PIPELINE tracked by heartbeat; beats of more get 503 (pipeline agents "
+        "are always admitted).",
+    )
+    heartbeat_forget_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86400,
+        description="An agent outside PIPELINE silent this long is forgotten (pipeline agents never are).",
     )
     redis_streams: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
@@ -162,7 +198,42 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: int = Field(
         default=10, ge=1, le=600, description="On SIGTERM, longest wait for in-flight requests to finish."
     )
+    keepalive_timeout_seconds: int = Field(
+        default=5, ge=1, le=600, description="An idle kept-alive connection is closed after this long."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="A request's headers must arrive within this long of the connection (or its first byte); "
+        "else the connection is closed.",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A request's body must arrive within this long of its headers; else the connection is closed.",
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=8,
+        le=100_000,
+        description="Open connections (or running requests) past which new requests get 503; keep it below "
+        "the file descriptor limit (ulimit -n).",
+    )
     log_level: LogLevel = Field(default="info", description="Log level of the service.")
+
+    # state history (ark_obs.state_revisions) -------------------------------------------------------
+    state_revision_max_keys: int = Field(
+        default=100_000,
+        ge=1,
+        le=100_000_000,
+        description="State keys whose last revision is kept for the continuity check; the least recently "
+        "written is forgotten beyond (counted in ark_obs_dropped_total).",
+    )
+    state_revision_recent_max: int = Field(
+        default=100, ge=1, le=100_000, description="Revision anomalies GET /state/anomalies keeps (newest)."
+    )
 
     # OpenTelemetry interop (POST /v1/traces, OTel spans around instrumented agent methods) --------------
     otlp_agent_attribute: str = Field(
@@ -214,18 +285,22 @@ class Settings(BaseSettings):
         value = value.strip()
         if value == "memory":
             return value
-        parts = urlsplit(value)
+        shown = redact_url(value)  # the message reaches check-config and the serve log
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            raise ValueError(f"{shown!r} is not a valid URL") from None
         if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"must be 'memory' or a redis://, rediss:// or unix:// URL, not {value!r}")
+            raise ValueError(f"must be 'memory' or a redis://, rediss:// or unix:// URL, not {shown!r}")
         if parts.scheme != "unix" and not parts.hostname:
-            raise ValueError(f"{value!r} has no host (e.g. redis://127.0.0.1:6379/0)")
+            raise ValueError(f"{shown!r} has no host (e.g. redis://127.0.0.1:6379/0)")
         try:
             _ = parts.port
-        except ValueError as exc:
-            raise ValueError(f"{value!r} has an invalid port") from exc
+        except ValueError:
+            raise ValueError(f"{shown!r} has an invalid port") from None
         db = parts.path.lstrip("/")
         if parts.scheme != "unix" and db and not db.isdigit():
-            raise ValueError(f"{value!r}: the database after the last '/' must be a number")
+            raise ValueError(f"{shown!r}: the database after the last '/' must be a number")
         return value
 
     @field_validator("slo_file")
@@ -280,8 +355,8 @@ class Settings(BaseSettings):
             out.append(
                 Problem(
                     env_name("host"),
-                    f"{self.host} is not a loopback address and the write endpoints (POST /spans, "
-                    f"/traces/{{id}}/spans, /heartbeats/{{agent}}) would be open to anyone who can reach "
+                    f"{self.host} is not a loopback address and the write endpoints "
+                    f"({', '.join(WRITE_ENDPOINTS)}) would be open to anyone who can reach "
                     f"it. Set {env_name('ingest_token')} to a secret of at least {MIN_TOKEN_LENGTH} "
                     f"characters, bind {DEFAULT_HOST}, or set {env_name('allow_open_ingest')}=true to "
                     "accept this on purpose.",
@@ -293,6 +368,14 @@ class Settings(BaseSettings):
                     env_name("redis_streams"),
                     f"stream depths are read from Redis, but {env_name('trace_store')} is 'memory'; "
                     "set it to a redis:// URL",
+                )
+            )
+        if self.max_agents_per_trace < len(self.pipeline):
+            out.append(
+                Problem(
+                    env_name("max_agents_per_trace"),
+                    f"{self.max_agents_per_trace} cannot hold the {len(self.pipeline)} agents of "
+                    f"{env_name('pipeline')}",
                 )
             )
         if 2 * self.slice_seconds > self.retention_seconds:

@@ -73,13 +73,14 @@ class MemoryStore:
         self._pipeline = frozenset(settings.pipeline)
         self._need = len(settings.pipeline)
         self._cap = settings.max_in_flight
+        self._max_agents = settings.max_agents
         self._recent = deque(self._recent, maxlen=settings.recent_max)
 
     # the hot path ------------------------------------------------------------------------------------
     def add(self, trace_id: str, agent: str, start: float, end: float, ok: bool, now: float) -> None:
         """Record a span; finalizes the trace when it completes the pipeline."""
         latency = -1.0
-        late = evicted = False
+        late = evicted = full = False
         self._acquire()
         try:
             live = self._live
@@ -95,8 +96,11 @@ class MemoryStore:
             else:
                 live.move_to_end(trace_id)
                 t[0] = now
-            t[2] += 1
             agents = t[4]
+            if len(agents) >= self._max_agents and agent not in agents:
+                full = True  # one trace must not grow without bound (nor its report)
+                return
+            t[2] += 1
             if agent in agents:  # a repeat (retry): widen that agent's span
                 i = 5 + 2 * agents.index(agent)
                 if start < t[i]:
@@ -125,6 +129,8 @@ class MemoryStore:
                 self._sink.on_late(1)
             if evicted:
                 self._sink.on_evicted("capacity", 1)
+            if full:
+                self._sink.on_refused(1, f"trace {trace_id} holds {self._max_agents} agents already")
 
     def _finalize(self, trace_id: str, t: _Trace, state: int, now: float) -> float:
         """Move ``t`` to the finalized traces (lock held); returns its latency in ms."""

@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ark_obs._periodic import Periodic
+from ark_obs._redact import redact_url, scrub
 from ark_obs.store_memory import MemoryStore
 from ark_obs.traces import (
     NullSink,
@@ -71,19 +72,21 @@ HEARTBEAT_KEY_TTL_MS: Final = 86_400_000
 _SWEEP_LIMIT: Final = 1000
 _REDIS_ERRORS: Final = (RedisError, OSError)
 
-# One call per batch. ARGV = prefix, ttl_ms, cap, pipeline (JSON list), spans (JSON list of
+# One call per batch. ARGV = prefix, ttl_ms, cap, pipeline (JSON list), max agents per trace, spans (JSON list of
 # [trace id, agent, start, end, ok, seen], or [trace id, agent, t] for the common ok span with
 # start = end = seen). Spans are grouped by trace so each trace costs one HMGET and one HSET whatever
-# its number of spans. A span for a finalized trace is late, also within a batch. Times are stored
-# with %.17g, which round-trips a double exactly. Returns how many traces it completed.
+# its number of spans. A span for a finalized trace is late, also within a batch. A span of a new agent
+# for a trace that holds max agents already (field ``a`` counts them) is refused. Times are stored
+# with %.17g, which round-trips a double exactly. Returns {traces completed, spans refused}.
 _ADD_LUA: Final = """
 local prefix = ARGV[1]
 local ttl_ms = tonumber(ARGV[2])
 local cap = tonumber(ARGV[3])
 local pipeline = cjson.decode(ARGV[4])
-local spans = cjson.decode(ARGV[5])
+local max_agents = tonumber(ARGV[5])
+local spans = cjson.decode(ARGV[6])
 local idx, done = prefix .. 'inflight', prefix .. 'done'
-local head = {'state', 'n', 'x'}
+local head = {'state', 'n', 'x', 'a'}
 local in_pipeline = {}
 for j = 1, #pipeline do
   local f = '@' .. pipeline[j]
@@ -100,7 +103,7 @@ for _, sp in ipairs(spans) do
   end
   g[#g + 1] = sp
 end
-local late = 0
+local late, refused = 0, 0
 local finished, unindex, touched = {}, {}, {}
 for _, id in ipairs(order) do
   local g = groups[id]
@@ -114,8 +117,9 @@ for _, id in ipairs(order) do
     local existed = vals[2]
     local n = tonumber(vals[2]) or 0
     local expiry_set_at = tonumber(vals[3])
+    local agents = tonumber(vals[4]) or 0
     local cur, missing = {}, #pipeline
-    for k = 4, #fields do
+    for k = 5, #fields do
       if vals[k] and not cur[fields[k]] then
         cur[fields[k]] = vals[k]
         if in_pipeline[fields[k]] then missing = missing - 1 end
@@ -125,6 +129,8 @@ for _, id in ipairs(order) do
     for _, sp in ipairs(g) do
       if missing == 0 then
         late = late + 1
+      elseif not cur['@' .. sp[2]] and agents >= max_agents then
+        refused = refused + 1
       else
         n = n + 1
         local f = '@' .. sp[2]
@@ -143,9 +149,11 @@ for _, id in ipairs(order) do
           local ts = string.format('%.17g', s)
           v = ts .. ' ' .. ts .. ' ' .. n .. ' 1'
           if in_pipeline[f] then missing = missing - 1 end
+          agents = agents + 1
         else
           v = string.format('%.17g %.17g %d %s', s, e, n, ok and '1' or '0')
           if in_pipeline[f] then missing = missing - 1 end
+          agents = agents + 1
         end
         if not changed[f] then
           changed[f] = true
@@ -155,7 +163,7 @@ for _, id in ipairs(order) do
         if t > seen then seen = t end
       end
     end
-    local args = {'n', n}
+    local args = {'n', n, 'a', agents}
     for _, f in ipairs(set) do
       args[#args + 1] = f
       args[#args + 1] = cur[f]
@@ -203,7 +211,7 @@ if over > 0 then
   redis.call('PEXPIRE', prefix .. 'evicted', 2 * ttl_ms)
 end
 redis.call('PEXPIRE', idx, 2 * ttl_ms)
-return completed
+return {completed, refused}
 """
 
 # ARGV = prefix, idle_before (now - ttl; '' = only claim outcomes), ttl_ms, limit, recent_max. The
@@ -354,7 +362,13 @@ class RedisStore:
         self.settings = settings
         self._sink = sink
         self._ttl_ms = max(1, math.ceil(settings.ttl_seconds * 1000))
-        self._head: list[Any] = [self.prefix, self._ttl_ms, settings.max_in_flight, json.dumps(settings.pipeline)]
+        self._head: list[Any] = [
+            self.prefix,
+            self._ttl_ms,
+            settings.max_in_flight,
+            json.dumps(settings.pipeline),
+            settings.max_agents,
+        ]
 
     # writes: buffered, never blocking ---------------------------------------------------------------
     def add(self, trace_id: str, agent: str, start: float, end: float, ok: bool, now: float) -> None:
@@ -420,7 +434,11 @@ class RedisStore:
             mapping: dict[Any, Any] = beats
             pipe.hset(key, mapping=mapping)
             pipe.pexpire(key, HEARTBEAT_KEY_TTL_MS)
-        pipe.execute()
+        results = pipe.execute()
+        if spans and int(results[0][1]):
+            self._sink.on_refused(
+                int(results[0][1]), f"a trace holds {self.settings.max_agents} agents already (batch of {len(spans)})"
+            )
 
     def _drop_pending(self) -> None:
         n = len(self._pending)
@@ -437,15 +455,17 @@ class RedisStore:
             self._failed(exc)
             return
         if not self._healthy:
-            log.warning("ark-obs trace store %s is reachable again", self.url or "redis")
+            log.warning("ark-obs trace store %s is reachable again", redact_url(self.url or "redis"))
         self._healthy, self._detail = True, ""
         self._next_probe = time.monotonic() + self._retry_seconds
 
     def _failed(self, exc: BaseException) -> None:
+        # the detail reaches logs, /readyz and the dropped counter's log line: no credential in it
+        why = scrub(repr(exc), self.url, secrets=_client_secrets(self.client))
         if self._healthy:
-            log.warning("ark-obs trace store %s is unavailable: %r", self.url or "redis", exc)
+            log.warning("ark-obs trace store %s is unavailable: %s", redact_url(self.url or "redis"), why)
         self._healthy = False
-        self._detail = f"redis unavailable: {exc!r}"
+        self._detail = f"redis unavailable: {why}"
         self._next_probe = time.monotonic() + self._retry_seconds
 
     def _check(self) -> None:
@@ -555,6 +575,12 @@ class RedisStore:
         self._call(forget)
 
 
+def _client_secrets(client: redis.Redis) -> list[str | None]:
+    """The password a client authenticates with (for ``scrub``)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    return [kwargs.get("password")]
+
+
 def _flush_at_exit(ref: weakref.ref[RedisStore]) -> None:
     store = ref()
     if store is not None and store._worker is not None:
@@ -604,7 +630,10 @@ class StreamDepths:
             self._retry_at = time.monotonic() + self._retry_seconds
             if not self._logged:
                 self._logged = True
-                log.warning("ark-obs could not read Redis stream lengths: %r (logged once)", exc)
+                log.warning(
+                    "ark-obs could not read Redis stream lengths: %s (logged once)",
+                    scrub(repr(exc), secrets=_client_secrets(self.client)),
+                )
             return None
         return {s: int(n) for s, n in zip(self.streams, lengths, strict=True) if isinstance(n, int)}
 
@@ -624,4 +653,4 @@ def open_store(url: str, **kw: Any) -> TraceStore:
         return MemoryStore()
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore.from_url(spec, **kw)
-    raise ValueError(f"unknown trace store {url!r}: use 'memory' or 'redis://host:port/db'")
+    raise ValueError(f"unknown trace store {redact_url(url)!r}: use 'memory' or 'redis://host:port/db'")

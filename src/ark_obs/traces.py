@@ -53,6 +53,13 @@ DEFAULT_TTL_SECONDS: Final = 300.0
 DEFAULT_MAX_IN_FLIGHT: Final = 100_000
 DEFAULT_RECENT_MAX: Final = 100
 DEFAULT_SWEEP_SECONDS: Final = 1.0
+# Hosts synchronised by NTP are within milliseconds; a minute covers a badly drifting one. A span further
+# in the future, or older than the TTL (its trace would already be finalized), is a broken clock or a unit
+# mistake (``at: 0``, milliseconds for seconds) that would poison ark_trace_latency_ms.
+DEFAULT_CLOCK_SKEW_SECONDS: Final = 60.0
+# Distinct agents one trace may hold: the pipeline's five, retries under other names, the Watchdog, with
+# room to spare. Without a cap one trace id took 104,000 agent names and a 12 MB report.
+DEFAULT_MAX_AGENTS_PER_TRACE: Final = 32
 MAX_TRACE_ID_LENGTH: Final = MAX_LABEL_VALUE_LENGTH
 # ``metric`` label of spans dropped in ark_obs_dropped_total (a span is not itself a metric)
 SPAN_METRIC: Final = "trace_span"
@@ -62,6 +69,7 @@ ENV_STORE: Final = "ARK_OBS_TRACE_STORE"
 ENV_PIPELINE: Final = "ARK_OBS_PIPELINE"
 ENV_TTL: Final = "ARK_OBS_TRACE_TTL_SECONDS"
 ENV_MAX_IN_FLIGHT: Final = "ARK_OBS_MAX_IN_FLIGHT_TRACES"
+ENV_MAX_AGENTS: Final = "ARK_OBS_MAX_AGENTS_PER_TRACE"
 
 
 class StoreUnavailable(Exception):
@@ -174,6 +182,7 @@ class TraceSettings:
     ttl_seconds: float = DEFAULT_TTL_SECONDS
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     recent_max: int = DEFAULT_RECENT_MAX
+    max_agents: int = DEFAULT_MAX_AGENTS_PER_TRACE
 
     def __post_init__(self) -> None:
         if not self.pipeline:
@@ -184,6 +193,8 @@ class TraceSettings:
             raise ValueError(f"ttl_seconds must be positive, got {self.ttl_seconds}")
         if self.max_in_flight < 1 or self.recent_max < 1:
             raise ValueError("max_in_flight and recent_max must be at least 1")
+        if self.max_agents < len(self.pipeline):
+            raise ValueError(f"max_agents ({self.max_agents}) must hold the pipeline's {len(self.pipeline)} agents")
 
 
 class TraceSink(Protocol):
@@ -204,6 +215,9 @@ class TraceSink(Protocol):
     def on_dropped(self, count: int, detail: str) -> None:
         """Spans could not be written (the store is unavailable)."""
 
+    def on_refused(self, count: int, detail: str) -> None:
+        """Spans of new agents were refused: their trace holds ``max_agents`` agents already."""
+
 
 class NullSink:
     """The sink of a store not bound to a monitor yet: outcomes are not counted."""
@@ -221,6 +235,9 @@ class NullSink:
         """Ignore."""
 
     def on_dropped(self, count: int, detail: str) -> None:
+        """Ignore."""
+
+    def on_refused(self, count: int, detail: str) -> None:
         """Ignore."""
 
 
@@ -399,6 +416,8 @@ class TraceMonitor:
         streams_url: str | None = None,
         stream_timeout: float = 0.25,
         store_timeout: float | None = None,
+        clock_skew_seconds: float = DEFAULT_CLOCK_SKEW_SECONDS,
+        max_agents_per_trace: int | None = None,
     ) -> None:
         self.collector = collector
         self.settings = TraceSettings(
@@ -408,8 +427,12 @@ class TraceMonitor:
             if max_in_flight is not None
             else int(_env_number(ENV_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT)),
             int(recent_max),
+            int(max_agents_per_trace)
+            if max_agents_per_trace is not None
+            else int(_env_number(ENV_MAX_AGENTS, DEFAULT_MAX_AGENTS_PER_TRACE)),
         )
         self._clock = collector.clock
+        self.clock_skew_seconds = float(clock_skew_seconds)
         self._owns_store = store is None or isinstance(store, str)
         if store is None or isinstance(store, str):
             from ark_obs.store_redis import open_store
@@ -482,8 +505,15 @@ class TraceMonitor:
             else:
                 start = at
                 end = at if duration_ms is None else at + duration_ms / 1000.0
-            # x - x is 0.0 for every finite float, NaN for NaN and infinities
-            bad_time = not (start <= end and start - start == 0.0 and end - end == 0.0)
+            # x - x is 0.0 for every finite float, NaN for NaN and infinities; the chained comparison
+            # also refuses times outside [now - ttl, now + clock skew]
+            bad_time = not (
+                start <= end
+                and start - start == 0.0
+                and end - end == 0.0
+                and now - self.settings.ttl_seconds <= start
+                and end <= now + self.clock_skew_seconds
+            )
         if (
             bad_time
             or type(trace_id) is not str
@@ -491,7 +521,7 @@ class TraceMonitor:
             or not 0 < len(trace_id) <= MAX_TRACE_ID_LENGTH
             or not 0 < len(agent) <= MAX_LABEL_VALUE_LENGTH
         ):
-            checked = self._check(trace_id, agent, start, end, duration_ms)
+            checked = self._check(trace_id, agent, start, end, duration_ms, now)
             if checked is None:
                 return
             trace_id, agent = checked
@@ -504,7 +534,7 @@ class TraceMonitor:
             self.on_dropped(1, repr(exc))
 
     def _check(
-        self, trace_id: object, agent: object, start: float, end: float, duration_ms: float | None
+        self, trace_id: object, agent: object, start: float, end: float, duration_ms: float | None, now: float
     ) -> tuple[str, str] | None:
         """The slow path of ``record_span``: coerce, raise on programming errors, drop bad data."""
         if isinstance(trace_id, uuid.UUID):
@@ -524,7 +554,25 @@ class TraceMonitor:
         if not (math.isfinite(start) and math.isfinite(end)):
             registry.drop(SPAN_METRIC, "non_finite", "span time or duration is not finite")
             return None
+        why = self.implausible(start, end, now)
+        if why:
+            registry.drop(SPAN_METRIC, "implausible_time", why)
+            return None
         return trace_id, agent
+
+    def implausible(self, start: float, end: float, now: float) -> str:
+        """Why a span from ``start`` to ``end`` cannot be right at ``now`` ('' when it can)."""
+        if start < now - self.settings.ttl_seconds:
+            return (
+                f"the span starts {now - start:.0f} s ago, before the trace TTL "
+                f"({self.settings.ttl_seconds:g} s): a clock or unit error"
+            )
+        if end > now + self.clock_skew_seconds:
+            return (
+                f"the span ends {end - now:.0f} s in the future, beyond the clock-skew allowance "
+                f"({self.clock_skew_seconds:g} s)"
+            )
+        return ""
 
     # queries ---------------------------------------------------------------------------------------------
     def validate(self, trace_id: str, expected_agents: Sequence[str] | None = None) -> TraceReport:
@@ -630,6 +678,14 @@ class TraceMonitor:
         self.collector.registry.drop(SPAN_METRIC, "store_unavailable", detail)
         if count > 1:
             self._dropped.labels(SPAN_METRIC, "store_unavailable").inc(count - 1)
+
+    def on_refused(self, count: int, detail: str) -> None:
+        """Count spans refused because their trace holds ``max_agents`` agents (logged once)."""
+        if count <= 0:
+            return
+        self.collector.registry.drop(SPAN_METRIC, "trace_full", detail)
+        if count > 1:
+            self._dropped.labels(SPAN_METRIC, "trace_full").inc(count - 1)
 
     def _log_once(self, where: str, exc: BaseException) -> None:
         if where not in self._errors_logged:

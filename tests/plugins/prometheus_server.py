@@ -16,7 +16,6 @@ temp storage, and ``--web.enable-lifecycle`` (``reload()``). Without the binary 
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -29,6 +28,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
+
+from plugins.ci import missing_dependency
 
 INSTALL_HINT = "prometheus not found: install it with `sudo apt-get install -y prometheus`"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -55,9 +56,7 @@ def prometheus_binary() -> str:
     """The prometheus path, or skip (fail under CI=true) with the install command."""
     binary = shutil.which("prometheus")
     if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
+        missing_dependency(INSTALL_HINT)
     return binary
 
 

@@ -8,7 +8,6 @@ makes sure it runs, empties its database and yields its URL. Without the binary 
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from plugins.ci import missing_dependency
 
 INSTALL_HINT = "redis-server not found: install it with `sudo apt-get install -y redis-server`"
 
@@ -32,16 +33,18 @@ def free_port() -> int:
 class RedisServer:
     """A ``redis-server`` process without persistence, bound to 127.0.0.1."""
 
-    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, binary: str, workdir: Path, port: int | None = None, password: str | None = None) -> None:
         self.binary = binary
         self.workdir = workdir
         self.port = port or free_port()
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://127.0.0.1:<port>/0`` (``redis://:<password>@...`` with a password)."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def running(self) -> bool:
@@ -50,7 +53,9 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A plain client (string responses)."""
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=2)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, decode_responses=True, socket_timeout=2
+        )
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it answers PING."""
@@ -66,6 +71,7 @@ class RedisServer:
                 "--appendonly", "no",
                 "--dir", str(self.workdir),
                 "--daemonize", "no",
+                *(("--requirepass", self.password) if self.password else ()),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -108,9 +114,7 @@ def redis_binary() -> str:
     """The redis-server path, or skip (fail under CI=true) with the install command."""
     binary = shutil.which("redis-server")
     if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
+        missing_dependency(INSTALL_HINT)
     return binary
 
 

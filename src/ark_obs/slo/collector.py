@@ -21,16 +21,15 @@ import math
 import time
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ark_obs import catalog
 from ark_obs.catalog import MetricSpec
-
-if TYPE_CHECKING:
-    from ark_obs.metrics import MetricsCollector
-    from ark_obs.slo import SloEngine, SloReport
+from ark_obs.slo.report import SloReport
+from ark_obs.slo.spec import SloConfigError
+from ark_obs.source import MetricSource
 
 __all__ = ["FAMILIES", "ProcessQuarantines", "SloCollector"]
 
@@ -48,7 +47,22 @@ FAMILIES: Final[tuple[MetricSpec, ...]] = (
 
 # One SloCollector per MetricsCollector: a registry refuses a second collector with the same names,
 # so a newer engine takes over the one already registered.
-_ATTACHED: Final[weakref.WeakKeyDictionary[MetricsCollector, SloCollector]] = weakref.WeakKeyDictionary()
+_ATTACHED: Final[weakref.WeakKeyDictionary[MetricSource, SloCollector]] = weakref.WeakKeyDictionary()
+
+
+class Checks(Protocol):
+    """What the collector evaluates at each scrape (an ``SloEngine``)."""
+
+    def check(self) -> SloReport:
+        """Every SLO evaluated now."""
+
+
+class SloOwner(MetricSource, Protocol):
+    """A source whose default engine is built on first use (``MetricsCollector.slos``)."""
+
+    @property
+    def slos(self) -> Checks:
+        """The default SLO engine."""
 
 
 def _family(spec: MetricSpec) -> GaugeMetricFamily:
@@ -62,7 +76,7 @@ class SloCollector:
     collector shows the SLO families, whether or not anybody called ``check_slos()`` before.
     """
 
-    def __init__(self, engine: SloEngine | None, owner: MetricsCollector | None = None) -> None:
+    def __init__(self, engine: Checks | None, owner: SloOwner | None = None) -> None:
         self.engine = engine
         # without an engine yet, the owner's default engine is built at the first scrape (lazily: building
         # it validates the SLO specs, which a collector with a custom catalogue may not satisfy)
@@ -70,7 +84,7 @@ class SloCollector:
         self._failed = False
 
     @classmethod
-    def attach(cls, collector: MetricsCollector, engine: SloEngine) -> SloCollector:
+    def attach(cls, collector: MetricSource, engine: Checks) -> SloCollector:
         """Register a collector for ``engine`` on ``collector``, or point the registered one at it."""
         existing = _ATTACHED.get(collector)
         if existing is not None:
@@ -82,7 +96,7 @@ class SloCollector:
         return scrape
 
     @classmethod
-    def attach_default(cls, collector: MetricsCollector) -> SloCollector:
+    def attach_default(cls, collector: SloOwner) -> SloCollector:
         """Register a collector that evaluates ``collector.slos`` (built at the first scrape if needed)."""
         existing = _ATTACHED.get(collector)
         if existing is not None:
@@ -92,14 +106,12 @@ class SloCollector:
         _ATTACHED[collector] = scrape
         return scrape
 
-    def _engine(self) -> SloEngine | None:
+    def _engine(self) -> Checks | None:
         if self.engine is not None:
             return self.engine
         owner = None if self._owner is None else self._owner()
         if owner is None:
             return None
-        from ark_obs.slo import SloConfigError
-
         try:
             return owner.slos  # builds the default engine, which points this collector at itself
         except SloConfigError:
@@ -162,7 +174,7 @@ class ProcessQuarantines:
     so the series still counts only what happened since this process started.
     """
 
-    def __init__(self, collector: MetricsCollector, started: float | None = None) -> None:
+    def __init__(self, collector: MetricSource, started: float | None = None) -> None:
         self._collector = collector
         self.started = time.time() if started is None else started
         self.boot = f"{self.started:.6f}"
