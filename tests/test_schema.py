@@ -125,6 +125,7 @@ def test_schema_is_valid_openapi() -> None:
         "/heartbeats/{agent}",
         "/canary/analysis",
         "/state/anomalies",
+        "/v1/traces",
     }
 
 

@@ -617,6 +617,105 @@ async def _store_timeout(env: Env) -> None:
         slow.close()
 
 
+# --- OpenTelemetry interop --------------------------------------------------------------------------------
+def _otlp_json(trace_id: str, resource: dict[str, str], span_attributes: dict[str, str] | None = None) -> bytes:
+    """One recent one-second span in OTLP JSON with these resource and span string attributes."""
+
+    def attrs(values: dict[str, str]) -> list[dict[str, Any]]:
+        return [{"key": k, "value": {"stringValue": v}} for k, v in values.items()]
+
+    start = time.time_ns() - 5_000_000_000
+    span = {
+        "traceId": trace_id,
+        "spanId": "00f067aa0ba902b7",
+        "name": "work",
+        "startTimeUnixNano": str(start),
+        "endTimeUnixNano": str(start + 1_000_000_000),
+        "attributes": attrs(span_attributes or {}),
+    }
+    doc = {"resourceSpans": [{"resource": {"attributes": attrs(resource)}, "scopeSpans": [{"spans": [span]}]}]}
+    return json.dumps(doc).encode()
+
+
+@case("otlp_agent_attribute")
+async def _otlp_agent_attribute(env: Env) -> None:
+    """ARK_OBS_OTLP_AGENT_ATTRIBUTE=service.namespace: an OTLP span's agent is that resource attribute, not
+    service.name."""
+    async with env.app(otlp_agent_attribute="service.namespace") as c:
+        body = _otlp_json(TRACE, {"service.name": "gateway", "service.namespace": "Kyle"})
+        r = await c.post("/v1/traces", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 200 and r.json() == {}, r.text
+        assert (await c.get(f"/traces/{TRACE}")).json()["agents_seen"] == ["Kyle"]
+
+
+@case("otlp_span_agent_attribute")
+async def _otlp_span_agent_attribute(env: Env) -> None:
+    """ARK_OBS_OTLP_SPAN_AGENT_ATTRIBUTE=agent.name: that span attribute overrides service.name (ark.agent no
+    longer does)."""
+    async with env.app(otlp_span_agent_attribute="agent.name") as c:
+        body = _otlp_json(TRACE, {"service.name": "Kyle"}, {"agent.name": "Joey", "ark.agent": "HRM"})
+        r = await c.post("/v1/traces", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert (await c.get(f"/traces/{TRACE}")).json()["agents_seen"] == ["Joey"]
+
+
+@case("max_decompressed_bytes")
+async def _max_decompressed_bytes(env: Env) -> None:
+    """ARK_OBS_MAX_DECOMPRESSED_BYTES=2048: a gzip body inflating past 2,048 bytes gets 413 naming the setting;
+    a smaller one is read."""
+    import gzip
+
+    async with env.app(max_decompressed_bytes="2048") as c:
+        small = _otlp_json(TRACE, {"service.name": "Kyle"})
+        big = _otlp_json(OTHER, {"service.name": "Kyle"}, {f"pad{i}": "x" * 40 for i in range(60)})
+        assert len(small) < 2048 < len(big)
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        r = await c.post("/v1/traces", content=gzip.compress(big), headers=headers)
+        assert r.status_code == 413 and "ARK_OBS_MAX_DECOMPRESSED_BYTES" in r.json()["message"]
+        r = await c.post("/v1/traces", content=gzip.compress(small), headers=headers)
+        assert r.status_code == 200, r.text
+
+
+@case("otel_spans")
+async def _otel_spans(env: Env) -> None:
+    """ARK_OBS_OTEL_SPANS=true (read where an agent decorates its methods): instrument_agent_method opens an
+    OpenTelemetry span per call; unset, it opens none."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from ark_obs.instrumentation import instrument_agent_method
+    from ark_obs.metrics import MetricsCollector
+
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exported = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exported)
+    provider.add_span_processor(processor)
+    collector = MetricsCollector(ticker=False)
+    try:
+
+        @instrument_agent_method(latency_metric="effect_off_ms", agent="Kyle", collector=collector)
+        def off() -> None:
+            pass
+
+        env.monkeypatch.setenv(env_name("otel_spans"), "true")
+
+        @instrument_agent_method(latency_metric="effect_on_ms", agent="Kyle", collector=collector)
+        def on() -> None:
+            pass
+
+        off()
+        assert exported.get_finished_spans() == ()
+        on()
+        assert len(exported.get_finished_spans()) == 1
+    finally:
+        processor.shutdown()
+
+
 # --- the table ------------------------------------------------------------------------------------------
 @pytest.fixture
 def env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Env]:

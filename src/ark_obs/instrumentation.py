@@ -20,10 +20,11 @@ Where a call's trace id comes from, first valid source wins:
 1. an explicit ``trace_id`` argument (keyword or positional);
 2. the trace id bound in the current context (an enclosing ``with_trace_id`` call, ``bind_trace_id``,
    ``MetricsContext``);
-3. an incoming W3C ``traceparent``: a ``traceparent`` argument (a header value; taken out of the call
+3. the trace id of the active OpenTelemetry span, if one is active;
+4. an incoming W3C ``traceparent``: a ``traceparent`` argument (a header value; taken out of the call
    unless the function declares that parameter), else a ``headers`` argument that is a mapping with a
    ``traceparent`` key (any case; the mapping is passed on untouched);
-4. a new trace id (``ark_obs.context.new_trace_id``).
+5. a new trace id (``ark_obs.context.new_trace_id``).
 
 Each malformed value met on the way is counted in ``ark_traceparent_invalid_total`` and skipped; it
 never raises into the agent.
@@ -36,11 +37,15 @@ import contextlib
 import functools
 import inspect
 import logging
+import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from time import perf_counter
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast, overload
+
+from opentelemetry import trace as otel_api
 
 from ark_obs import catalog
 from ark_obs.catalog import Kind, MetricSpec
@@ -52,10 +57,13 @@ from ark_obs.context import (
     format_traceparent,
     in_current_context,
     is_valid_trace_id,
+    new_parent_id,
     new_trace_id,
+    otel_trace_id,
     parse_traceparent,
     run_in_executor,
     traceparent_from_headers,
+    w3c_trace_id,
 )
 from ark_obs.metrics import MetricsCollector, get_collector
 from ark_obs.registry import ArkObsError, LabelError, MetricTypeError
@@ -85,6 +93,9 @@ AGENT_LABEL: Final = "agent"
 METHOD_LABEL: Final = "method"
 # per-class recorder cache bound: classes made at run time must not pin memory without limit
 _MAX_CACHED_CLASSES: Final = 1024
+# Read at decoration time when otel_span is not given: agents turn OpenTelemetry spans on by configuration
+# (name matches ark_obs.settings' otel_spans).
+ENV_OTEL_SPANS: Final = "ARK_OBS_OTEL_SPANS"
 _NEVER: Final = sys.maxsize  # "no such positional parameter": len(args) is never above it
 _INJECTOR_ATTR: Final = "__ark_trace_injector__"
 _CancelledError = asyncio.CancelledError
@@ -218,12 +229,15 @@ class _TraceInjector:
         return args, tid
 
     def ambient(self, args: tuple[Any, ...], kwargs: dict[str, Any], incoming: object) -> str:
-        """Sources 2 to 4: the bound trace id, an incoming traceparent, a new id."""
+        """Sources 2 to 5: the bound trace id, the active OpenTelemetry span's, an incoming traceparent, a new id."""
         tid = TRACE_ID.get()
         if tid is not None:
             if is_valid_trace_id(tid):
                 return tid
             _count_invalid(self.collector, "bound trace id", tid)
+        tid = otel_trace_id()
+        if tid is not None:
+            return tid
         if incoming is None and self.reads_incoming:
             incoming = self.incoming(args, kwargs)
         if incoming is not None:
@@ -259,7 +273,7 @@ def _resolve_given(given: object, collector: MetricsCollector | None) -> str:
         if is_valid_trace_id(tid):
             return tid
         _count_invalid(collector, "bound trace id", tid)
-    return new_trace_id()
+    return otel_trace_id() or new_trace_id()
 
 
 @overload
@@ -472,6 +486,8 @@ def instrument_agent_method(
     *,
     agent: str | None = None,
     collector: MetricsCollector | None = None,
+    otel_span: bool | None = None,
+    record_span: bool = False,
 ) -> Callable[[F], F]:
     """Time and count every call of a sync or async function or method, and count its exceptions.
 
@@ -483,6 +499,14 @@ def instrument_agent_method(
     ``self`` for a method (the defining class or the module otherwise) unless given; ``method`` is the
     function's name. Metrics not declared yet are declared with those two labels. Everything is
     resolved here, at decoration time, on ``collector`` (default ``get_collector()``).
+
+    ``otel_span=True`` (default: the ``ARK_OBS_OTEL_SPANS`` environment variable, off) opens an
+    OpenTelemetry span per call, named after the function, on the globally configured tracer provider
+    (none configured: OpenTelemetry's no-op; give the provider a Resource whose ``service.name`` is the
+    agent, which is what ``POST /v1/traces`` maps to the agent). The span joins the call's trace
+    id (a given or bound one becomes its parent context), so Tempo and ``/traces/{id}`` name one trace;
+    an exception marks it ERROR. ``record_span=True`` records the agent's continuity span for the call
+    (start, duration, failed on an exception) in ``collector.traces``: no ``record_trace`` call needed.
 
     >>> class Joey:
     ...     @instrument_agent_method(latency_metric="joey_match_latency_ms")
@@ -519,10 +543,140 @@ def instrument_agent_method(
             wrapper = _plain_wrapper(target, instruments)
         else:
             wrapper = _traced_wrapper(target, instruments, injector.on(instruments.collector))
+        if otel_span is None:
+            open_span = os.environ.get(ENV_OTEL_SPANS, "").strip().lower() in ("1", "true", "yes", "on")
+        else:
+            open_span = otel_span
+        if open_span or record_span:
+            wrapper = _span_wrapper(wrapper, target, instruments, injector, otel=open_span, record=record_span)
         functools.update_wrapper(wrapper, func)
         return cast(F, wrapper)
 
     return decorate
+
+
+def _span_wrapper(
+    inner: Callable[..., Any],
+    func: Callable[..., Any],
+    ins: _Instruments,
+    injector: _TraceInjector | None,
+    *,
+    otel: bool,
+    record: bool,
+) -> Callable[..., Any]:
+    """Around the metrics wrapper: an OpenTelemetry span and/or a continuity span per call.
+
+    The trace id is settled here, before the metrics wrapper runs: a given (``trace_id`` argument) or
+    bound id becomes the OTel span's parent; without one the new span's own trace id is bound, so the
+    exemplar, the continuity span and the OTel span all carry one id.
+    """
+    # The provider's own tracer, looked up again only when the global provider changes: the ProxyTracer
+    # that get_tracer() hands out before a provider is set adds a second context-manager layer per call.
+    tracers: dict[int, Any] = {}
+    name = getattr(func, "__qualname__", ins.method)
+    monitor = ins.collector.traces if record else None
+    position = injector.position if injector is not None else -1
+    fixed_agent = None if ins.per_class else ins.default_agent
+    get_trace, set_trace, reset_trace = TRACE_ID.get, TRACE_ID.set, TRACE_ID.reset
+
+    def given_id(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        tid = None
+        if injector is not None:
+            tid = kwargs.get(TRACE_ID_PARAM)
+            if tid is None and position < len(args):
+                tid = args[position]
+        if tid is None:
+            tid = get_trace()
+            if tid is None:
+                return None
+        return w3c_trace_id(tid) if is_valid_trace_id(tid) else None
+
+    def agent_of(args: tuple[Any, ...]) -> str:
+        if fixed_agent is not None:
+            return fixed_agent
+        return type(args[0]).__name__ if args else ins.default_agent
+
+    def open_span(tid: str | None) -> Any:
+        if not otel:
+            return contextlib.nullcontext()
+        provider = otel_api.get_tracer_provider()
+        tracer = tracers.get(id(provider))
+        if tracer is None:
+            tracers.clear()  # one provider at a time: never a stale id reused by a new object
+            tracer = tracers[id(provider)] = provider.get_tracer("ark_obs")
+        parent = None
+        if tid is not None and otel_trace_id() != tid:
+            remote = otel_api.SpanContext(
+                int(tid, 16), int(new_parent_id(), 16), is_remote=True, trace_flags=otel_api.TraceFlags(1)
+            )
+            parent = otel_api.set_span_in_context(otel_api.NonRecordingSpan(remote))
+        # no attributes: setting one costs ~35% of an SDK span; the resource's service.name names the agent
+        return tracer.start_as_current_span(name, context=parent)
+
+    def span_trace_id(span: Any) -> str | None:
+        """The trace id of the span just opened (read from it, not from the context: cheaper)."""
+        if span is None:
+            return otel_trace_id()
+        ctx = span.get_span_context()
+        return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+    if _is_async(func):
+
+        async def spanned_async(*args: Any, **kwargs: Any) -> Any:
+            tid = given_id(args, kwargs)
+            with open_span(tid) as span:
+                token = None
+                if tid is None:
+                    tid = span_trace_id(span) or new_trace_id()
+                    token = set_trace(tid)
+                if monitor is None:
+                    try:
+                        return await inner(*args, **kwargs)
+                    finally:
+                        if token is not None:
+                            reset_trace(token)
+                agent = agent_of(args)
+                started, start = time.time(), perf_counter()
+                try:
+                    result = await inner(*args, **kwargs)
+                except Exception:
+                    monitor.record_span(tid, agent, at=started, duration_ms=(perf_counter() - start) * 1000.0, ok=False)
+                    raise
+                finally:
+                    if token is not None:
+                        reset_trace(token)
+                monitor.record_span(tid, agent, at=started, duration_ms=(perf_counter() - start) * 1000.0)
+                return result
+
+        return spanned_async
+
+    def spanned(*args: Any, **kwargs: Any) -> Any:
+        tid = given_id(args, kwargs)
+        with open_span(tid) as span:
+            token = None
+            if tid is None:
+                tid = span_trace_id(span) or new_trace_id()
+                token = set_trace(tid)
+            if monitor is None:
+                try:
+                    return inner(*args, **kwargs)
+                finally:
+                    if token is not None:
+                        reset_trace(token)
+            agent = agent_of(args)
+            started, start = time.time(), perf_counter()
+            try:
+                result = inner(*args, **kwargs)
+            except Exception:
+                monitor.record_span(tid, agent, at=started, duration_ms=(perf_counter() - start) * 1000.0, ok=False)
+                raise
+            finally:
+                if token is not None:
+                    reset_trace(token)
+            monitor.record_span(tid, agent, at=started, duration_ms=(perf_counter() - start) * 1000.0)
+            return result
+
+    return spanned
 
 
 # The wrappers below are the per-call hot path: everything they use is resolved into closure cells; a call
@@ -586,7 +740,7 @@ def _traced_wrapper(
     fixed, by_class, for_call = ins.fixed, ins.by_class, ins.for_call
     pos, simple, resolve, ambient = injector.position, injector.simple, injector.resolve, injector.ambient
     get_trace, set_trace, reset_trace = TRACE_ID.get, TRACE_ID.set, TRACE_ID.reset
-    mint, valid = new_trace_id, is_valid_trace_id
+    mint, valid, otel = new_trace_id, is_valid_trace_id, otel_trace_id
     cancelled_error = _CancelledError
 
     # Trace id, inline for a call without keywords: the bound id is reused without binding it again;
@@ -608,7 +762,7 @@ def _traced_wrapper(
             else:
                 tid = get_trace()
                 if tid is None and simple:
-                    tid = mint()
+                    tid = otel() or mint()
                     token = set_trace(tid)
                 elif tid is not None and valid(tid):
                     token = None
@@ -650,7 +804,7 @@ def _traced_wrapper(
         else:
             tid = get_trace()
             if tid is None and simple:
-                tid = mint()
+                tid = otel() or mint()
                 token = set_trace(tid)
             elif tid is not None and valid(tid):
                 token = None

@@ -25,7 +25,7 @@ from prometheus_client.samples import Exemplar
 
 from ark_obs import catalog
 from ark_obs.catalog import Kind, MetricSpec
-from ark_obs.context import TRACE_ID, canonical_trace_id
+from ark_obs.context import TRACE_ID, canonical_trace_id, otel_trace_id
 from ark_obs.window import Reading
 
 log = logging.getLogger("ark_obs")
@@ -188,7 +188,9 @@ class HistogramChild:
         if trace_id is None:
             trace_id = TRACE_ID.get()
             if trace_id is None:
-                return
+                trace_id = otel_trace_id()  # an active OpenTelemetry span names the trace too
+                if trace_id is None:
+                    return
         now = time.monotonic()
         if now >= self._ex_due[i] and len(trace_id) <= MAX_TRACE_ID_LENGTH:
             self._ex_due[i] = now + EXEMPLAR_REFRESH_SECONDS

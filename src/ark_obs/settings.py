@@ -236,6 +236,28 @@ class Settings(BaseSettings):
         default=100, ge=1, le=100_000, description="Revision anomalies GET /state/anomalies keeps (newest)."
     )
 
+    # OpenTelemetry interop (POST /v1/traces, OTel spans around instrumented agent methods) --------------
+    otlp_agent_attribute: str = Field(
+        default="service.name",
+        pattern=r"^[A-Za-z0-9_.\-]{1,255}$",
+        description="Resource attribute of an OTLP span that names its agent.",
+    )
+    otlp_span_agent_attribute: str = Field(
+        default="ark.agent",
+        pattern=r"^[A-Za-z0-9_.\-]{1,255}$",
+        description="Span attribute that, when present, names the agent instead of the resource attribute.",
+    )
+    max_decompressed_bytes: int = Field(
+        default=8 * MIB,
+        ge=1024,
+        le=256 * MIB,
+        description="Largest size a gzip request body may inflate to; more gets 413 without inflating the rest.",
+    )
+    otel_spans: bool = Field(
+        default=False,
+        description="Agents: @instrument_agent_method opens an OpenTelemetry span per call (read at decoration).",
+    )
+
     # validators ------------------------------------------------------------------------------------
     @field_validator("pipeline", "redis_streams", mode="before")
     @classmethod

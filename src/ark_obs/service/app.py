@@ -30,7 +30,7 @@ from ark_obs.metrics import MetricsCollector
 from ark_obs.service import docs_ui, status_page
 from ark_obs.service.api import SpanBatch
 from ark_obs.service.middleware import BodyLimit, HeadAsGet
-from ark_obs.service.routes import health, heartbeats, ingest, scrape, slos, state, traces
+from ark_obs.service.routes import health, heartbeats, ingest, otlp, scrape, slos, state, traces
 from ark_obs.service.validation import BODY_PARSE_ERROR, MAX_VALIDATION_ERRORS, validation_response
 from ark_obs.service.wiring import BackgroundHook, Service, build_collector, close_service, run_hook
 from ark_obs.settings import Settings
@@ -116,4 +116,6 @@ def create_app(
     # the live status page at / and its data at /status.json: no Grafana needed to see the pipeline
     app.include_router(status_page.router(collector))
     app.include_router(canary.router(canary.CanaryConfig()))
+    # OTLP/HTTP: OpenTelemetry exporters feed continuity; same token and body limit as the other writes
+    app.include_router(otlp.router(service))
     return app

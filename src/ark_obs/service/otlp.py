@@ -1,0 +1,448 @@
+"""OTLP/HTTP trace ingest: any OpenTelemetry-instrumented agent feeds trace continuity, no ark_obs import.
+
+``POST /v1/traces`` takes an ``ExportTraceServiceRequest`` as binary protobuf (``application/x-protobuf``,
+the SDKs' default) or as OTLP JSON (``application/json``: lowerCamelCase keys, hex ids, int64 times as
+strings or numbers), optionally gzip-compressed. Each span becomes one continuity span:
+
+- agent: the span attribute ``span_attribute`` (``ark.agent`` by default) when the span has it, else the
+  resource attribute ``resource_attribute`` (``service.name`` by default);
+- trace id: the 16 id bytes as 32 lowercase hex (already ark-obs' canonical form, so an OTel trace and
+  ``/traces/{id}`` name one trace); start and end from ``start/endTimeUnixNano``; ``ok`` unless the
+  span's status code is ERROR.
+
+Several spans of one agent in one trace are that agent's part once (first start, last end, failed if any
+failed). A span with no valid agent name, a bad id or impossible times is refused on its own and counted
+(``ark_obs_dropped_total{metric="trace_span",reason="otlp_rejected"}``); the answer then carries
+``partial_success.rejected_spans`` and an ``error_message``, which exporters do not retry. Per the spec
+the response mirrors the request's encoding; 400 for a body that cannot be decoded, 413 over a limit,
+415 for another content type or encoding, 503 with ``Retry-After`` when the store cannot take the spans
+(nothing is acknowledged before it is in the store, and a repeated span is harmless).
+
+The decoding and mapping are pure functions; ``ark_obs.service.routes.otlp`` wires them to the trace monitor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from pydantic import BaseModel, Field
+
+from ark_obs.settings import is_valid_name
+from ark_obs.traces import StoreUnavailable, TraceMonitor
+
+__all__ = [
+    "CONTENT_TYPE_JSON",
+    "CONTENT_TYPE_PROTOBUF",
+    "DEFAULT_RESOURCE_ATTRIBUTE",
+    "DEFAULT_SPAN_ATTRIBUTE",
+    "Decoded",
+    "OtlpError",
+    "OtlpSpan",
+    "decode",
+    "decode_json",
+    "decode_protobuf",
+    "encode_response",
+    "encode_status",
+    "gunzip",
+    "media_type",
+    "refuse_implausible",
+    "store_spans",
+]
+
+CONTENT_TYPE_PROTOBUF: Final = "application/x-protobuf"
+CONTENT_TYPE_JSON: Final = "application/json"
+DEFAULT_RESOURCE_ATTRIBUTE: Final = "service.name"
+DEFAULT_SPAN_ATTRIBUTE: Final = "ark.agent"
+REJECTED_REASON: Final = "otlp_rejected"
+STATUS_CODE_ERROR: Final = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
+_ZERO_ID: Final = bytes(16)
+_HEX: Final = frozenset("0123456789abcdefABCDEF")
+# error_message lists this many distinct reasons at most: the response stays small whatever the batch
+_MAX_REASONS: Final = 5
+# google.rpc.Status codes for the error body (the spec says clients may log, not act on, them)
+_RPC_INVALID_ARGUMENT: Final = 3
+_RPC_RESOURCE_EXHAUSTED: Final = 8
+_RPC_UNAVAILABLE: Final = 14
+_RPC_UNAUTHENTICATED: Final = 16
+
+
+class OtlpSpan(NamedTuple):
+    """One agent's part in one trace, merged over that agent's spans of the request (Unix seconds).
+
+    A named tuple rather than a frozen dataclass: one is built per span, and on the ingest path the
+    dataclass' construction cost as much as decoding the protobuf.
+    """
+
+    trace_id: str
+    agent: str
+    start: float
+    end: float
+    ok: bool
+
+    @property
+    def duration_ms(self) -> float:
+        """End minus start, in milliseconds."""
+        return (self.end - self.start) * 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A request's spans mapped to continuity: the accepted parts, and how many spans were refused why."""
+
+    spans: tuple[OtlpSpan, ...]
+    received: int
+    rejected: int
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def error_message(self) -> str:
+        """The ``partial_success.error_message``: empty when nothing was refused."""
+        if not self.rejected:
+            return ""
+        return f"{self.rejected} of {self.received} span(s) rejected: {'; '.join(self.reasons)}"
+
+
+class PartialSuccessJson(BaseModel):
+    """``ExportTracePartialSuccess`` in OTLP JSON."""
+
+    rejectedSpans: str = Field(description="Spans refused (an int64, so a string in OTLP JSON).")
+    errorMessage: str = Field(description="Why, for the first few reasons.")
+
+
+class ExportResponseJson(BaseModel):
+    """``ExportTraceServiceResponse`` in OTLP JSON: empty when every span was accepted."""
+
+    partialSuccess: PartialSuccessJson | None = None
+
+
+class StatusJson(BaseModel):
+    """``google.rpc.Status`` in JSON: the body of every OTLP error answer."""
+
+    code: int = Field(description="gRPC status code (informational; the HTTP status is what counts).")
+    message: str
+
+
+class OtlpError(Exception):
+    """A request refused as a whole: HTTP ``status`` and a developer-facing message."""
+
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+# --- body ----------------------------------------------------------------------------------------------
+def gunzip(body: bytes, limit: int) -> bytes:
+    """Inflate a gzip body, refusing (413) once the output would pass ``limit`` bytes.
+
+    At most ``limit + 1`` bytes are ever inflated, so a gzip bomb costs what its first ``limit`` bytes
+    cost and no more. A corrupt or truncated stream is a 400.
+    """
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise OtlpError(400, f"gzip body could not be decompressed: {exc}") from exc
+    if len(out) > limit:
+        raise OtlpError(413, f"gzip body inflates past the {limit}-byte limit (ARK_OBS_MAX_DECOMPRESSED_BYTES)")
+    if not inflater.eof:
+        raise OtlpError(400, "gzip body is truncated")
+    return out
+
+
+# --- mapping ---------------------------------------------------------------------------------------------
+class _Merger:
+    """Collects spans, merging one agent's spans of one trace; counts the refused ones by reason."""
+
+    __slots__ = ("names", "parts", "reasons", "received", "rejected")
+
+    def __init__(self) -> None:
+        self.parts: dict[tuple[str, object], OtlpSpan] = {}
+        self.names: dict[object, bool] = {}  # agent name -> valid: a batch names a handful of agents
+        self.received = 0
+        self.rejected = 0
+        self.reasons: dict[str, None] = {}
+
+    def reject(self, reason: str) -> None:
+        self.rejected += 1
+        if len(self.reasons) < _MAX_REASONS:
+            self.reasons[reason] = None
+
+    def valid(self, agent: object) -> bool:
+        ok = self.names.get(agent)
+        if ok is None:
+            ok = self.names[agent] = isinstance(agent, str) and is_valid_name(agent)
+        return ok
+
+    def add(self, trace_id: str, agent: object, start_ns: int, end_ns: int, ok: bool) -> None:
+        if not self.valid(agent):
+            self.reject(f"agent {agent!r} is not a valid agent name" if agent else "span has no agent attribute")
+            return
+        if start_ns <= 0 or end_ns < start_ns:
+            self.reject(f"span times {start_ns}..{end_ns} ns are missing or end before they start")
+            return
+        key = (trace_id, agent)
+        part = self.parts.get(key)
+        if part is None:
+            self.parts[key] = OtlpSpan(trace_id, agent, start_ns / 1e9, end_ns / 1e9, ok)  # type: ignore[arg-type]
+        else:
+            self.parts[key] = OtlpSpan(
+                trace_id,
+                part.agent,
+                min(part.start, start_ns / 1e9),
+                max(part.end, end_ns / 1e9),
+                part.ok and ok,
+            )
+
+    def result(self) -> Decoded:
+        return Decoded(tuple(self.parts.values()), self.received, self.rejected, tuple(self.reasons))
+
+
+def decode_protobuf(
+    body: bytes,
+    *,
+    resource_attribute: str = DEFAULT_RESOURCE_ATTRIBUTE,
+    span_attribute: str = DEFAULT_SPAN_ATTRIBUTE,
+) -> Decoded:
+    """Map a binary ``ExportTraceServiceRequest`` to continuity spans; OtlpError(400) if it does not parse."""
+    try:
+        request = ExportTraceServiceRequest.FromString(body)
+    except (DecodeError, ValueError) as exc:
+        raise OtlpError(400, f"body is not an ExportTraceServiceRequest: {exc}") from exc
+    merger = _Merger()
+    parts, valid, add = merger.parts, merger.valid, merger.add
+    received = 0
+    # The common case inline (a valid resource agent, no override, sane times, first span of its agent
+    # in its trace): per span, a few field reads and one dict store. Everything else goes through add().
+    for resource_spans in request.resource_spans:
+        default_agent: object = None
+        for attribute in resource_spans.resource.attributes:
+            if attribute.key == resource_attribute:
+                default_agent = attribute.value.string_value if attribute.value.HasField("string_value") else ""
+        default_valid = valid(default_agent)
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                received += 1
+                raw_id = span.trace_id
+                if len(raw_id) != 16 or raw_id == _ZERO_ID:
+                    merger.reject(f"trace id of {len(raw_id)} bytes (want 16, not all zero)")
+                    continue
+                agent = default_agent
+                if span.attributes:
+                    for attribute in span.attributes:
+                        if attribute.key == span_attribute:
+                            value = attribute.value
+                            agent = value.string_value if value.HasField("string_value") else ""
+                trace_id = raw_id.hex()
+                start, end = span.start_time_unix_nano, span.end_time_unix_nano
+                ok = span.status.code != STATUS_CODE_ERROR
+                key = (trace_id, agent)
+                if agent is default_agent and default_valid and 0 < start <= end and key not in parts:
+                    parts[key] = OtlpSpan(trace_id, agent, start / 1e9, end / 1e9, ok)  # type: ignore[arg-type]
+                else:
+                    add(trace_id, agent, start, end, ok)
+    merger.received = received
+    return merger.result()
+
+
+def _json_trace_id(value: object) -> str | None:
+    """32 hex digits (any case; the spec's encoding) or base64 of 16 bytes (some exporters) -> 32 lowercase hex."""
+    if not isinstance(value, str):
+        return None
+    if len(value) == 32 and _HEX.issuperset(value):
+        tid = value.lower()
+    else:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        if len(raw) != 16:
+            return None
+        tid = raw.hex()
+    return None if tid == "0" * 32 else tid
+
+
+def _json_int(value: object) -> int:
+    """An int64 as OTLP JSON sends it (a decimal string or a number); -1 when it is neither."""
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return -1
+
+
+def _json_string_attribute(attributes: object, key: str) -> object:
+    """The string value of ``key`` in an OTLP JSON attribute list; None absent, "" present but not a string."""
+    found: object = None
+    if isinstance(attributes, list):
+        for attribute in attributes:
+            if isinstance(attribute, dict) and attribute.get("key") == key:
+                value = attribute.get("value")
+                found = value.get("stringValue", "") if isinstance(value, dict) else ""
+    return found
+
+
+def _json_list(parent: dict[str, Any], key: str) -> list[Any]:
+    value = parent.get(key, [])
+    if not isinstance(value, list):
+        raise OtlpError(400, f"{key} must be a list")
+    return value
+
+
+def _json_object(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise OtlpError(400, f"{what} must be an object")
+    return value
+
+
+def decode_json(
+    body: bytes,
+    *,
+    resource_attribute: str = DEFAULT_RESOURCE_ATTRIBUTE,
+    span_attribute: str = DEFAULT_SPAN_ATTRIBUTE,
+) -> Decoded:
+    """Map an OTLP JSON ``ExportTraceServiceRequest`` to continuity spans; OtlpError(400) if it does not parse.
+
+    Unknown keys are ignored (the spec: receivers MUST), snake_case keys included; a span whose own
+    fields are wrong is refused on its own, a request whose structure is wrong as a whole.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OtlpError(400, f"body is not JSON: {exc}") from exc
+    root = _json_object(document, "the request")
+    merger = _Merger()
+    for resource_spans in _json_list(root, "resourceSpans"):
+        resource_spans = _json_object(resource_spans, "resourceSpans[]")
+        resource = _json_object(resource_spans.get("resource", {}), "resource")
+        default_agent = _json_string_attribute(resource.get("attributes"), resource_attribute)
+        for scope_spans in _json_list(resource_spans, "scopeSpans"):
+            for span in _json_list(_json_object(scope_spans, "scopeSpans[]"), "spans"):
+                merger.received += 1
+                if not isinstance(span, dict):
+                    merger.reject("span is not an object")
+                    continue
+                trace_id = _json_trace_id(span.get("traceId"))
+                if trace_id is None:
+                    merger.reject(f"trace id {span.get('traceId')!r} is not 32 hex digits or base64 of 16 bytes")
+                    continue
+                agent = _json_string_attribute(span.get("attributes"), span_attribute)
+                status = span.get("status")
+                code = status.get("code") if isinstance(status, dict) else None
+                merger.add(
+                    trace_id,
+                    default_agent if agent is None else agent,
+                    _json_int(span.get("startTimeUnixNano")),
+                    _json_int(span.get("endTimeUnixNano")),
+                    code not in (STATUS_CODE_ERROR, "STATUS_CODE_ERROR"),
+                )
+    return merger.result()
+
+
+def decode(
+    body: bytes,
+    content_type: str,
+    *,
+    resource_attribute: str = DEFAULT_RESOURCE_ATTRIBUTE,
+    span_attribute: str = DEFAULT_SPAN_ATTRIBUTE,
+) -> Decoded:
+    """Decode by content type (``CONTENT_TYPE_PROTOBUF`` or ``CONTENT_TYPE_JSON``)."""
+    if content_type == CONTENT_TYPE_PROTOBUF:
+        return decode_protobuf(body, resource_attribute=resource_attribute, span_attribute=span_attribute)
+    return decode_json(body, resource_attribute=resource_attribute, span_attribute=span_attribute)
+
+
+# --- responses -------------------------------------------------------------------------------------------
+def encode_response(decoded: Decoded, content_type: str) -> bytes:
+    """An ``ExportTraceServiceResponse``; ``partial_success`` set only when spans were refused (the spec)."""
+    if content_type == CONTENT_TYPE_JSON:
+        if not decoded.rejected:
+            return b"{}"
+        partial = {"rejectedSpans": str(decoded.rejected), "errorMessage": decoded.error_message}
+        return json.dumps({"partialSuccess": partial}).encode()
+    response = ExportTraceServiceResponse()
+    if decoded.rejected:
+        response.partial_success.rejected_spans = decoded.rejected
+        response.partial_success.error_message = decoded.error_message
+    return bytes(response.SerializeToString())
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_status(http_status: int, message: str, content_type: str) -> bytes:
+    """The ``google.rpc.Status`` error body the spec asks for (code 1, message 2), in the request's encoding.
+
+    Encoded by hand: the message has two scalar fields, and the generated class is not in
+    ``opentelemetry-proto``.
+    """
+    code = {400: _RPC_INVALID_ARGUMENT, 401: _RPC_UNAUTHENTICATED, 413: _RPC_RESOURCE_EXHAUSTED}.get(
+        http_status, _RPC_UNAVAILABLE if http_status >= 500 else _RPC_INVALID_ARGUMENT
+    )
+    if content_type != CONTENT_TYPE_PROTOBUF:
+        return json.dumps({"code": code, "message": message}).encode()
+    text = message.encode()
+    return b"\x08" + _varint(code) + b"\x12" + _varint(len(text)) + text
+
+
+# --- the route -----------------------------------------------------------------------------------------
+def media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def store_spans(traces: TraceMonitor, spans: Sequence[OtlpSpan], dropped: Any) -> None:
+    """Record ``spans`` and flush: on return they are in the store; StoreUnavailable otherwise."""
+    if not spans:
+        return  # nothing to acknowledge falsely: an empty (or wholly refused) export needs no store
+    health = traces.check()
+    if not health.healthy:
+        raise StoreUnavailable(health.detail or health.backend)
+    before = dropped.get()
+    record = traces.record_span
+    for trace_id, agent, start, end, ok in spans:
+        record(trace_id, agent, at=start, duration_ms=(end - start) * 1000.0, ok=ok)
+    traces.store.flush()
+    health = traces.check()
+    if not health.healthy or dropped.get() != before:
+        raise StoreUnavailable(health.detail or "spans were dropped")
+
+
+def refuse_implausible(decoded: Decoded, traces: TraceMonitor) -> Decoded:
+    """Refuse the parts whose times the monitor finds implausible (older than the trace TTL, or in the future
+    beyond the clock-skew allowance), as ``POST /spans`` answers them 422: here they join the partial success.
+
+    Counted per agent part: several spans of one agent merged into an implausible part count as one.
+    """
+    now = traces.collector.clock()
+    implausible = traces.implausible
+    kept = [s for s in decoded.spans if not implausible(s.start, s.end, now)]
+    if len(kept) == len(decoded.spans):
+        return decoded
+    reasons = dict.fromkeys(decoded.reasons)
+    for s in decoded.spans:
+        why = implausible(s.start, s.end, now)
+        if why and len(reasons) < _MAX_REASONS:
+            reasons[f"implausible time: {why}"] = None
+    refused = len(decoded.spans) - len(kept)
+    return Decoded(tuple(kept), decoded.received, decoded.rejected + refused, tuple(reasons))
