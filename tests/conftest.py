@@ -7,4 +7,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-pytest_plugins = ["plugins.redis_server", "plugins.redis_cluster", "plugins.prometheus_server"]
+pytest_plugins = [
+    "plugins.redis_server",
+    "plugins.redis_cluster",
+    "plugins.prometheus_server",
+    "plugins.serve",
+    "plugins.stores",
+]

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from ark_obs.metrics import MetricsCollector
 from plugins.redis_server import RedisServer, redis_binary
-from test_service import Server
+from plugins.serve import Server
 
 PASSWORD = "hunter2-Very-Secret-pw"
 TOKEN = "tok-0123456789abcdef-SECRET"

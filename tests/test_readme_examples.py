@@ -18,7 +18,7 @@ import uvicorn
 
 from ark_obs.service import create_app
 from ark_obs.settings import Settings
-from test_status_page import free_port
+from plugins.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MANUALS = [ROOT / "README.md", *sorted((ROOT / "deploy").rglob("*.md"))]

@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from ark_obs.cli import load_settings
 from ark_obs.service import create_app
 from ark_obs.settings import Settings, env_name
+from plugins.net import free_port
 
 ARK_OBS = Path(sys.executable).with_name("ark-obs")
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -40,13 +41,6 @@ OTHER = "0af7651916cd43dd8448eb211c80319c"
 THIRD = "b7ad6b7169203331b7ad6b7169203331"
 TOKEN = "correct-horse-battery-staple"
 STREAM = "ark:test:signals"
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sample_values(text: str, name: str, **labels: str) -> list[float]:

@@ -17,7 +17,6 @@ temp storage, and ``--web.enable-lifecycle`` (``reload()``). Without the binary 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -30,6 +29,7 @@ import pytest
 import yaml
 
 from plugins.ci import missing_dependency
+from plugins.net import free_port as _free_port
 
 INSTALL_HINT = "prometheus not found: install it with `sudo apt-get install -y prometheus`"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,13 +58,6 @@ def prometheus_binary() -> str:
     if binary is None:
         missing_dependency(INSTALL_HINT)
     return binary
-
-
-def _free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def render_config(

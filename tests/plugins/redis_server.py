@@ -9,7 +9,6 @@ makes sure it runs, empties its database and yields its URL. Without the binary 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,15 +18,9 @@ import pytest
 import redis
 
 from plugins.ci import missing_dependency
+from plugins.net import free_port
 
 INSTALL_HINT = "redis-server not found: install it with `sudo apt-get install -y redis-server`"
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

@@ -41,35 +41,6 @@ def dropped(collector: MetricsCollector, reason: str, metric: str = SPAN_METRIC)
     return sample(collector, "ark_obs_dropped_total", metric=metric, reason=reason)
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def store_factory(backend: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., TraceStore]]:
-    """Makes stores of the parametrized backend (Redis: the session server, emptied; cluster: the
-    session Redis Cluster, emptied)."""
-    made: list[TraceStore] = []
-    url = {"redis": "redis_url", "cluster": "redis_cluster_url"}.get(backend)
-    url = request.getfixturevalue(url) if url else None
-
-    def make(**kw: Any) -> TraceStore:
-        store: TraceStore
-        if url is None:
-            store = MemoryStore()
-        elif backend == "cluster":
-            store = RedisStore.from_cluster_url(url, **kw)
-        else:
-            store = RedisStore.from_url(url)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

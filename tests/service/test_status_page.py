@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
-import struct
-import subprocess
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,36 +19,11 @@ from ark_obs.service import create_app, status_page
 from ark_obs.settings import Settings
 from ark_obs.synthetic import PIPELINE, Fault, SyntheticConfig, background_hook, run_loop
 from ark_obs.traces.heartbeats import HeartbeatMonitor
-from plugins.ci import missing_dependency
+from plugins.browser import ARTIFACTS, headless, png_size_and_variety
+from plugins.net import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
+ROOT = Path(__file__).resolve().parents[2]
 INTERVAL = 0.25  # heartbeat interval of the live service (s)
-
-
-def chromium() -> str:
-    """The Chromium binary; with CI=true its absence fails the test, else it is skipped."""
-    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-    if path is None:
-        message = "chromium is not installed: sudo apt-get install -y chromium"
-        missing_dependency(message)
-    return path
-
-
-def headless(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """Load ``url`` in headless Chromium, letting its scripts run for 5 s of virtual time."""
-    return subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--window-size=1280,1000", "--virtual-time-budget=5000", *extra, url],
-        capture_output=True, text=True, timeout=90, check=False,
-    )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -154,21 +123,6 @@ def test_chromium_shows_slos_agents_latency_and_a_stuck_trace(live_service: dict
     assert len(bars) >= 5 and sum(float(c) for _, c in bars) > 0
     assert "400" in [le.removesuffix(".0") for le, _ in bars]  # the SLO threshold is always on the chart
     assert int(re.search(r'data-refreshed="(\d+)"', dom).group(1)) >= 2  # type: ignore[union-attr]  # it polls
-
-
-def png_size_and_variety(path: Path) -> tuple[int, int, int]:
-    """Width, height and the number of distinct bytes in the decoded image data of a PNG."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    width, height = struct.unpack(">II", data[16:24])
-    idat, pos = b"", 8
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        if kind == b"IDAT":
-            idat += data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
-    return width, height, len(set(zlib.decompress(idat)))
 
 
 def test_chromium_screenshot_is_kept_as_an_artifact(live_service: dict[str, Any], tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,77 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 pytestmark = pytest.mark.slow
 
-ARK_OBS = Path(sys.executable).with_name("ark-obs")
 PIPELINE = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """An ``ark-obs serve`` subprocess; its output goes to ``log``."""
-
-    def __init__(self, workdir: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / f"ark-obs-{self.port}.log"
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("ARK_OBS_", "PROMETHEUS_MULTIPROC"))}
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [str(ARK_OBS), "serve", "--port", str(self.port), *args],
-                env={**clean, "ARK_OBS_LOG_LEVEL": "info", **env},
-                cwd=workdir,  # no stray .env
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait_healthy(self, timeout: float = 30.0) -> None:
-        """Poll /healthz until it answers 200 (fail with the log if the process dies)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"ark-obs exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"ark-obs did not answer /healthz in {timeout} s:\n{self.output()}")
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait for the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def output(self) -> str:
-        """Everything the process printed."""
-        return self.log.read_text(errors="replace")
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Any]:
-    """Start servers with extra environment; every one still running is stopped afterwards."""
-    servers: list[Server] = []
-
-    def _start(env: dict[str, str] | None = None, args: tuple[str, ...] = (), healthy: bool = True) -> Server:
-        server = Server(tmp_path, env or {}, args)
-        servers.append(server)
-        if healthy:
-            server.wait_healthy()
-        return server
-
-    yield _start
-    for server in servers:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(10)
 
 
 def test_serve_end_to_end_and_graceful_sigterm(start: Any) -> None:

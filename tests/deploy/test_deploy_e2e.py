@@ -6,7 +6,7 @@ uvicorn in a background thread on a free loopback port, so the test records traf
 the served collector with the library (``observe_histogram``, ``inc_counter``, ``set_gauge``,
 ``record_trace_span``) and knows exactly which events Prometheus must see. That is more faithful
 than ``ark-obs synthetic --target``, whose agent metrics stay in their own process, and less flaky
-than a multiprocess directory (no exemplars there, and ``tests/test_service.py`` already covers the
+than a multiprocess directory (no exemplars there, and ``tests/service/test_service.py`` already covers the
 ``ark-obs serve`` process itself). Heartbeats come over HTTP from real agent subprocesses, one of
 which is killed with SIGKILL.
 
@@ -46,7 +46,7 @@ from ark_obs.service import build_collector, create_app
 from ark_obs.settings import Settings
 from plugins.prometheus_server import SHIPPED_RULE_FILES, PrometheusFactory, PrometheusQueryError, PrometheusServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy/grafana/dashboards/ark-overview.json"
 ALERT_RULES = ROOT / "deploy/prometheus/rules/ark-alerts.rules.yml"
 
@@ -390,7 +390,7 @@ def test_every_dashboard_query_parses_and_returns_data(feed: Feed) -> None:
 
     Grafana's ``$__rate_interval`` and friends become 1m (the range queries run as instant ones); the
     dashboard's variables take their defaults (job ark-obs, every instance and track: this Prometheus
-    scrapes one service without a track label). tests/test_dashboard_tracks.py selects each of two tracks.
+    scrapes one service without a track label). tests/deploy/test_dashboard_tracks.py selects each of two tracks.
     """
     targets = dashboard_targets()
     assert len(targets) >= 17

@@ -24,10 +24,12 @@ import uvicorn
 from ark_obs.service import create_app
 from ark_obs.settings import Settings
 from ark_obs.synthetic import PIPELINE, Fault, SyntheticConfig, background_hook
-from test_status_page import ARTIFACTS, INTERVAL, free_port, headless, png_size_and_variety
+from plugins.browser import ARTIFACTS, headless, png_size_and_variety
+from plugins.net import free_port
 
 Ready = Callable[[str], bool]
 # heartbeats over HTTP from another process: an interval a loaded 2-core machine keeps without a gap
+INTERVAL = 0.25  # heartbeat interval of the live services (s)
 HTTP_INTERVAL = 1.0
 
 

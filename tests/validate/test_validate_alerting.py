@@ -29,11 +29,12 @@ import uvicorn
 from ark_obs.cli import main
 from ark_obs.service import build_collector, create_app
 from ark_obs.settings import Settings
+from plugins.net import free_port as _free_port
 from plugins.prometheus_server import PrometheusFactory
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 AM_CONFIG = ROOT / "deploy/alertmanager/alertmanager.yml"
 HEARTBEAT_S = 1.0
 SCRAPE_S = EVAL_S = 1.0
@@ -53,12 +54,6 @@ while True:
     due += interval
     time.sleep(max(0.0, due - time.monotonic()))
 """
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_ready(url: str, proc_alive: Any, what: str) -> None:

@@ -240,7 +240,7 @@ async def test_readers_sum_counter_series_by_label_subset() -> None:
                 await ArkObsReader(other, "http://127.0.0.1:9").counter("hrm_denials_total", {})
 
 
-ROLLOUT_HOOKS = Path(__file__).resolve().parent.parent / "deploy/rollouts/validate"
+ROLLOUT_HOOKS = Path(__file__).resolve().parents[2] / "deploy/rollouts/validate"
 
 
 def test_shipped_plan_loads_and_covers_the_seed_checklist() -> None:

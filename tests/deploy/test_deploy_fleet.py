@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from test_deploy_static import PROM_DIR, binary, run
 
 RULE_FILES = [PROM_DIR / "rules" / "ark-slo.rules.yml", PROM_DIR / "rules" / "ark-canary.rules.yml"]

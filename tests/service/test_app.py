@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -30,19 +29,13 @@ from ark_obs.traces import TraceMonitor
 from ark_obs.traces.heartbeats import HeartbeatMonitor
 from ark_obs.traces.redis_store import RedisStore
 from plugins.clock import FakeClock
+from plugins.net import free_port
 
 PIPELINE = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 UUID_TRACE = "0af76519-16cd-43dd-8448-eb211c80319c"
 TOKEN = "correct-horse-battery-staple"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def settings(**kw: Any) -> Settings:

@@ -13,9 +13,10 @@ import pytest
 
 from ark_obs.metrics import MetricsCollector
 from ark_obs.slo.collector import ProcessQuarantines
-from plugins.prometheus_server import PrometheusFactory, PrometheusServer, _free_port
+from plugins.net import free_port as _free_port
+from plugins.prometheus_server import PrometheusFactory, PrometheusServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SLO_RULES = ROOT / "deploy/prometheus/rules/ark-slo.rules.yml"
 SCRAPE_S = 1.0
 TOLERANCE = 0.003

@@ -58,24 +58,19 @@ from ark_obs.canary.analysis import _Analysis
 from ark_obs.metrics import MetricsCollector
 from ark_obs.service import create_app
 from ark_obs.settings import Settings
+from plugins.net import free_port
 
 if TYPE_CHECKING:
     from plugins.prometheus_server import PrometheusFactory, PrometheusServer
 
 pytest_plugins = ["plugins.prometheus_server"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy/prometheus/rules"
 ROLLOUTS = ROOT / "deploy/rollouts"
 RATE = 20  # decisions per second on every track with traffic
 LATENCY_FOR = 5.0
 TRACKS = ("stable", "healthy", "denials", "quarantine", "slow", "idle")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(coro: Any) -> Any:

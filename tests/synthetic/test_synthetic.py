@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from ark_obs.synthetic import (
 )
 from ark_obs.traces import TraceMonitor
 from ark_obs.traces.heartbeats import HeartbeatMonitor
+from plugins.net import free_port
 
 FAST = 0.2  # heartbeat interval (s) of the runs below: faults show within a second
 
@@ -60,12 +60,6 @@ def run(config: SyntheticConfig, collector: MetricsCollector | None = None) -> t
 
 def criterion(report: SyntheticReport, prefix: str) -> Any:
     return next(c for c in report.criteria if c.name.startswith(prefix))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- a healthy run ---------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,13 +23,14 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from ark_obs import catalog
 from plugins.ci import missing_dependency
+from plugins.net import free_port as _free_port
 
 if TYPE_CHECKING:
     from plugins.prometheus_server import PrometheusFactory
 
 # Until tests/conftest.py registers it for the whole suite.
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PROM_DIR = DEPLOY / "prometheus"
 PROM_CONFIG = PROM_DIR / "prometheus.yml"
@@ -276,12 +276,6 @@ def test_alert_routes_to_its_receiver(rule: dict[str, Any]) -> None:
 def test_alertmanager_groups_by_alertname_and_slo() -> None:
     """The root route groups notifications by alertname and slo."""
     assert load_yaml(AM_CONFIG)["route"]["group_by"] == ["alertname", "slo"]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from ark_obs.service import build_collector, create_app
 from ark_obs.settings import Settings
 from plugins.prometheus_server import PrometheusFactory, PrometheusServer, ScrapeTarget
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = json.loads((ROOT / "deploy/grafana/dashboards/ark-overview.json").read_text())
 PIPELINE = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
 TRACKS = ("canary", "stable")

@@ -27,7 +27,7 @@ from opentelemetry.trace import Status, StatusCode
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from ark_obs.service import otlp
-from test_service import Server
+from plugins.serve import Server
 
 PIPELINE = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
 TOKEN = "otlp-test-token-0123456789"

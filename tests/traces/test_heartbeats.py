@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,26 +29,6 @@ def failures(collector: MetricsCollector, agent: str) -> float:
     return sample(collector, "agent_heartbeat_failures_total", agent=agent) or 0.0
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
-def make_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], HeartbeatStore]]:
-    """Makes heartbeat stores of the parametrized backend (Redis: the session server, emptied;
-    cluster: the session Redis Cluster, emptied)."""
-    fixture = {"redis": "redis_url", "cluster": "redis_cluster_url"}.get(request.param)
-    url = request.getfixturevalue(fixture) if fixture else None
-    made: list[Any] = []
-
-    def make() -> HeartbeatStore:
-        store: Any = MemoryStore()
-        if url is not None:
-            store = RedisStore.from_cluster_url(url) if request.param == "cluster" else RedisStore.from_url(url)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -66,10 +46,10 @@ def beat(monitor: HeartbeatMonitor, agent: str) -> None:
 
 
 def test_silent_agent_is_down_within_two_intervals_once_per_outage(
-    make_store: Callable[[], HeartbeatStore], clock: FakeClock
+    store_factory: Callable[[], HeartbeatStore], clock: FakeClock
 ) -> None:
     """Silent for more than 1.5 intervals: down, counted once; beats resume: up; a new outage counts again."""
-    monitor = monitor_on(make_store(), clock)
+    monitor = monitor_on(store_factory(), clock)
     c = monitor.collector
     beat(monitor, "Kenny")
     monitor.sweep()
@@ -94,9 +74,11 @@ def test_silent_agent_is_down_within_two_intervals_once_per_outage(
     assert failures(c, "Kenny") == 2
 
 
-def test_scrape_exports_last_beat_up_and_interval(make_store: Callable[[], HeartbeatStore], clock: FakeClock) -> None:
+def test_scrape_exports_last_beat_up_and_interval(
+    store_factory: Callable[[], HeartbeatStore], clock: FakeClock
+) -> None:
     """Scrape time: last heartbeat timestamp and up per agent, and the expected interval."""
-    monitor = monitor_on(make_store(), clock)
+    monitor = monitor_on(store_factory(), clock)
     c = monitor.collector
     beat(monitor, "Kyle")
     clock.advance(1)

@@ -18,7 +18,6 @@ from ark_obs.traces.redis_cluster import DEFAULT_CLUSTER_SHARDS, cluster_prefixe
 from ark_obs.traces.redis_store import RedisStore, open_store
 from plugins.clock import FakeClock
 from plugins.redis_cluster import RedisClusterServers, wait_until
-from test_service import start  # noqa: F401 - the fixture that runs `ark-obs serve`
 
 PIPELINE = list(DEFAULT_PIPELINE)
 
@@ -262,7 +261,7 @@ def metric_sum(servers: list[Any], name: str) -> float:
 
 @pytest.mark.slow
 def test_three_serve_replicas_on_one_cluster_count_each_trace_once(
-    start: Any,  # noqa: F811
+    start: Any,
     redis_cluster_url: str,
 ) -> None:
     """Three ``ark-obs serve`` replicas on one cluster, each trace's spans sent to different replicas: every
@@ -286,7 +285,7 @@ def test_three_serve_replicas_on_one_cluster_count_each_trace_once(
 
 @pytest.mark.slow
 def test_serve_answers_503_while_a_primary_is_lost_and_200_after_promotion(
-    start: Any,  # noqa: F811
+    start: Any,
     redis_cluster: RedisClusterServers,
     redis_cluster_url: str,
 ) -> None:

@@ -14,7 +14,8 @@ import uvicorn
 
 from ark_obs.service import create_app
 from ark_obs.settings import Settings
-from test_status_page import free_port, headless
+from plugins.browser import headless
+from plugins.net import free_port
 
 EXTERNAL = re.compile(r"""(?i)(?:src|href|url)\s*[=:]\s*["']?\s*(?:https?:)?//""")
 
