@@ -240,7 +240,7 @@ ARK_AVAILABILITY_RATIO = gauge(
     collected=True,
 )
 
-# --- restart-proof availability input, read at scrape time (see ark_obs.collector.ProcessQuarantines) ---
+# --- restart-proof availability input, read at scrape time (see ark_obs.slo.collector.ProcessQuarantines)
 ARK_OBS_START_TIME_SECONDS = gauge(
     "ark_obs_start_time_seconds",
     "Unix time the exporting process started; boot names the process in ark_watchdog_quarantines_process_total.",

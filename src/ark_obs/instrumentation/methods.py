@@ -1,49 +1,21 @@
-"""Agent instrumentation: one decorator times and counts a method, another gives it a trace id.
+"""The decorators: ``instrument_agent_method`` (latency, calls, errors, cancellations) and ``with_trace_id``.
 
->>> from ark_obs.instrumentation import instrument_agent_method, with_trace_id
->>> class Kyle:
-...     @instrument_agent_method(
-...         latency_metric="kyle_process_latency_ms",
-...         counter_metric="kyle_signals_processed_total",
-...     )
-...     @with_trace_id
-...     async def process_signal(self, signal, trace_id):
-...         return {"signal": signal, "trace_id": trace_id}
-
-Both work on sync and async functions and methods. On an ``async def`` the awaited work is timed (not
-the creation of the coroutine, which is what prometheus_client's decorators time). Stacked as above,
-the two fuse into one wrapper: the trace id is bound before the clock starts and until the latency is
-observed, so the observation carries it as an exemplar.
-
-Where a call's trace id comes from, first valid source wins:
-
-1. an explicit ``trace_id`` argument (keyword or positional);
-2. the trace id bound in the current context (an enclosing ``with_trace_id`` call, ``bind_trace_id``,
-   ``MetricsContext``);
-3. the trace id of the active OpenTelemetry span, if one is active;
-4. an incoming W3C ``traceparent``: a ``traceparent`` argument (a header value; taken out of the call
-   unless the function declares that parameter), else a ``headers`` argument that is a mapping with a
-   ``traceparent`` key (any case; the mapping is passed on untouched);
-5. a new trace id (``ark_obs.context.new_trace_id``).
-
-Each malformed value met on the way is counted in ``ark_traceparent_invalid_total`` and skipped; it
-never raises into the agent.
+One concept read top to bottom, and longer than most modules for it: the decorator picks one of three
+wrappers (plain, traced, with an OpenTelemetry span), each written out in full rather than composed,
+because on the hot path every extra call or closure costs what the raw Prometheus client costs
+(bench/bench_instrumentation.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import inspect
-import logging
 import os
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from time import perf_counter
-from types import TracebackType
-from typing import Any, Final, TypeVar, cast, overload
+from typing import Any, Final, cast, overload
 
 from opentelemetry import trace as otel_api
 
@@ -51,259 +23,33 @@ from ark_obs import catalog
 from ark_obs.catalog import Kind, MetricSpec
 from ark_obs.context import (
     TRACE_ID,
-    bind_trace_id,
-    current_trace_id,
-    current_traceparent,
-    format_traceparent,
-    in_current_context,
     is_valid_trace_id,
     new_parent_id,
     new_trace_id,
     otel_trace_id,
-    parse_traceparent,
-    run_in_executor,
-    traceparent_from_headers,
     w3c_trace_id,
+)
+from ark_obs.instrumentation._common import (
+    _INJECTOR_ATTR,
+    _MAX_CACHED_CLASSES,
+    AGENT_LABEL,
+    ENV_OTEL_SPANS,
+    METHOD_LABEL,
+    TRACE_ID_PARAM,
+    F,
+    _CancelledError,
+    _check_decoratable,
+    _is_async,
+    _name,
+    log,
+)
+from ark_obs.instrumentation.trace_ids import (
+    _TraceInjector,
 )
 from ark_obs.metrics import MetricsCollector, get_collector
 from ark_obs.registry import ArkObsError, LabelError, MetricTypeError
 
-__all__ = [
-    "MetricsContext",
-    "bind_trace_id",
-    "current_trace_id",
-    "current_traceparent",
-    "format_traceparent",
-    "in_current_context",
-    "instrument_agent_method",
-    "new_trace_id",
-    "parse_traceparent",
-    "run_in_executor",
-    "track_state_operation",
-    "with_trace_id",
-]
 
-F = TypeVar("F", bound=Callable[..., Any])
-log = logging.getLogger("ark_obs")
-
-TRACE_ID_PARAM: Final = "trace_id"
-TRACEPARENT_PARAM: Final = "traceparent"
-HEADERS_PARAM: Final = "headers"
-AGENT_LABEL: Final = "agent"
-METHOD_LABEL: Final = "method"
-# per-class recorder cache bound: classes made at run time must not pin memory without limit
-_MAX_CACHED_CLASSES: Final = 1024
-# Read at decoration time when otel_span is not given: agents turn OpenTelemetry spans on by configuration
-# (name matches ark_obs.settings' otel_spans).
-ENV_OTEL_SPANS: Final = "ARK_OBS_OTEL_SPANS"
-_NEVER: Final = sys.maxsize  # "no such positional parameter": len(args) is never above it
-_INJECTOR_ATTR: Final = "__ark_trace_injector__"
-_CancelledError = asyncio.CancelledError
-_logged: set[str] = set()
-
-
-def _name(func: object) -> str:
-    qualname = getattr(func, "__qualname__", None)
-    if qualname is None:
-        return repr(func)
-    return f"{getattr(func, '__module__', '?')}.{qualname}"
-
-
-def _log_once(key: str, message: str, *args: object) -> None:
-    if key not in _logged:
-        _logged.add(key)
-        log.warning(message, *args)
-
-
-def _check_decoratable(func: object, decorator: str, metrics: str = "") -> None:
-    """Raise a clear TypeError for what the decorators cannot wrap (at decoration time)."""
-    about = f" ({metrics})" if metrics else ""
-    if isinstance(func, (staticmethod, classmethod)):
-        raise TypeError(
-            f"@{decorator}{about} on {_name(func.__func__)}: put it below @{type(func).__name__}, "
-            "so it wraps the function itself"
-        )
-    if not callable(func):
-        raise TypeError(f"@{decorator}{about} needs a function or method, got {func!r}")
-    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
-        raise TypeError(
-            f"@{decorator}{about} on {_name(func)}: generators are not supported (the wrapper would "
-            "only see the generator being created, not the work done while iterating it)"
-        )
-
-
-def _is_async(func: object) -> bool:
-    """True for an ``async def`` function or method, or an object whose ``__call__`` is one."""
-    call = getattr(type(func), "__call__", None)  # noqa: B004 -- the method itself, to ask if it is async
-    return inspect.iscoroutinefunction(func) or (not inspect.isroutine(func) and inspect.iscoroutinefunction(call))
-
-
-# --- trace ids ---------------------------------------------------------------------------------------
-def _count_invalid(collector: MetricsCollector | None, source: str, value: object) -> None:
-    """Count a malformed trace id or traceparent; log the first one. Never raises."""
-    with contextlib.suppress(ArkObsError):  # a collector built without the catalogue entry
-        (collector or get_collector()).metric(catalog.ARK_TRACEPARENT_INVALID_TOTAL.name).inc()
-    _log_once(
-        "invalid_trace",
-        "ark-obs replaced a malformed %s (%.80r) with another trace id; further ones are only "
-        "counted in ark_traceparent_invalid_total",
-        source,
-        value,
-    )
-
-
-class _TraceInjector:
-    """Resolves the trace id of one call of a function decorated with ``with_trace_id``."""
-
-    __slots__ = (
-        "collector",
-        "consume_traceparent",
-        "func",
-        "headers_position",
-        "position",
-        "reads_incoming",
-        "simple",
-        "traceparent_position",
-        "wrapper",
-    )
-
-    def __init__(self, func: Callable[..., Any], collector: MetricsCollector | None) -> None:
-        try:
-            params = inspect.signature(func).parameters
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"@with_trace_id on {_name(func)}: cannot read its signature ({exc})") from exc
-        var_keyword = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        positional = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        trace = params.get(TRACE_ID_PARAM)
-        if trace is None and not var_keyword:
-            raise TypeError(
-                f"@with_trace_id on {_name(func)}: it has no {TRACE_ID_PARAM} parameter to receive the trace id"
-            )
-        if trace is not None and trace.kind not in (trace.POSITIONAL_OR_KEYWORD, trace.KEYWORD_ONLY):
-            raise TypeError(
-                f"@with_trace_id on {_name(func)}: {TRACE_ID_PARAM} must be an ordinary or keyword-only "
-                "parameter, so it can be passed by name"
-            )
-
-        def position(name: str) -> int:
-            return positional.index(name) if name in positional else _NEVER
-
-        self.func = func
-        self.wrapper: object = None
-        self.collector = collector
-        self.position = position(TRACE_ID_PARAM)
-        self.traceparent_position = position(TRACEPARENT_PARAM)
-        self.headers_position = position(HEADERS_PARAM)
-        # a traceparent the function does not take is accepted by the wrapper and taken out of the call
-        self.consume_traceparent = TRACEPARENT_PARAM not in params and not var_keyword
-        self.reads_incoming = var_keyword or TRACEPARENT_PARAM in params or HEADERS_PARAM in params
-        # no traceparent or headers can come positionally: a call without keywords needs no look-up
-        self.simple = self.traceparent_position == _NEVER and self.headers_position == _NEVER
-
-    def on(self, collector: MetricsCollector) -> _TraceInjector:
-        """This injector, counting malformed ids on ``collector`` unless it was given one."""
-        if self.collector is not None:
-            return self
-        other = _TraceInjector.__new__(_TraceInjector)
-        for slot in _TraceInjector.__slots__:
-            setattr(other, slot, getattr(self, slot))
-        other.collector = collector
-        return other
-
-    def resolve(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
-        """The trace id of a call given keyword arguments or a positional ``trace_id``, and its args.
-
-        The id goes into ``kwargs`` unless it was passed positionally.
-        """
-        incoming = kwargs.pop(TRACEPARENT_PARAM, None) if kwargs and self.consume_traceparent else None
-        i = self.position
-        tid = args[i] if len(args) > i else kwargs.get(TRACE_ID_PARAM)
-        if tid is not None:
-            if is_valid_trace_id(tid):
-                return args, cast(str, tid)
-            _count_invalid(self.collector, "trace_id argument", tid)
-        tid = self.ambient(args, kwargs, incoming)
-        if len(args) > i:
-            return (*args[:i], tid, *args[i + 1 :]), tid
-        kwargs[TRACE_ID_PARAM] = tid
-        return args, tid
-
-    def ambient(self, args: tuple[Any, ...], kwargs: dict[str, Any], incoming: object) -> str:
-        """Sources 2 to 5: the bound trace id, the active OpenTelemetry span's, an incoming traceparent, a new id."""
-        tid = TRACE_ID.get()
-        if tid is not None:
-            if is_valid_trace_id(tid):
-                return tid
-            _count_invalid(self.collector, "bound trace id", tid)
-        tid = otel_trace_id()
-        if tid is not None:
-            return tid
-        if incoming is None and self.reads_incoming:
-            incoming = self.incoming(args, kwargs)
-        if incoming is not None:
-            parsed = parse_traceparent(incoming)
-            if parsed is not None:
-                return parsed.trace_id
-            _count_invalid(self.collector, "traceparent", incoming)
-        return new_trace_id()
-
-    def incoming(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
-        """A traceparent argument, else the traceparent of a headers mapping argument, else None."""
-        value = kwargs.get(TRACEPARENT_PARAM)
-        if value is None and self.traceparent_position < len(args):
-            value = args[self.traceparent_position]
-        if value is not None:
-            return value
-        headers = kwargs.get(HEADERS_PARAM)
-        if headers is None and self.headers_position < len(args):
-            headers = args[self.headers_position]
-        if isinstance(headers, Mapping):
-            return traceparent_from_headers(headers)
-        return None
-
-
-def _resolve_given(given: object, collector: MetricsCollector | None) -> str:
-    """A given trace id if valid, else the bound one if valid, else a new one (malformed ones counted)."""
-    if given is not None:
-        if is_valid_trace_id(given):
-            return cast(str, given)
-        _count_invalid(collector, "trace_id argument", given)
-    tid = TRACE_ID.get()
-    if tid is not None:
-        if is_valid_trace_id(tid):
-            return tid
-        _count_invalid(collector, "bound trace id", tid)
-    return otel_trace_id() or new_trace_id()
-
-
-@overload
-def with_trace_id(func: F, /) -> F: ...
-@overload
-def with_trace_id(*, collector: MetricsCollector | None = None) -> Callable[[F], F]: ...
-def with_trace_id(func: F | None = None, /, *, collector: MetricsCollector | None = None) -> F | Callable[[F], F]:
-    """Give each call a ``trace_id`` keyword argument and bind it in the context for the call.
-
-    Use bare (``@with_trace_id``) or with the collector that counts malformed ids
-    (``@with_trace_id(collector=c)``; default: the instrumenting decorator's collector when stacked
-    under ``instrument_agent_method``, else ``get_collector()``). See the module docstring for where the
-    trace id comes from.
-    """
-    if func is None:
-        return lambda f: _with_trace_id(f, collector)
-    return _with_trace_id(func, collector)
-
-
-def _with_trace_id(func: F, collector: MetricsCollector | None) -> F:
-    _check_decoratable(func, "with_trace_id")
-    injector = _TraceInjector(func, collector)
-    wrapper = _traced_wrapper(func, _UNINSTRUMENTED, injector)
-    functools.update_wrapper(wrapper, func)
-    injector.wrapper = wrapper
-    setattr(wrapper, _INJECTOR_ATTR, injector)
-    return cast(F, wrapper)
-
-
-# --- metrics for instrumented methods ----------------------------------------------------------------
 def _noop(*_: object) -> None:
     """Stands in for a metric that was not asked for."""
 
@@ -832,117 +578,28 @@ def _traced_wrapper(
     return instrumented
 
 
-# --- operations and state writes ---------------------------------------------------------------------
-class MetricsContext:
-    """Time a block as one operation of an agent, with its trace id bound; ``with`` or ``async with``.
+@overload
+def with_trace_id(func: F, /) -> F: ...
+@overload
+def with_trace_id(*, collector: MetricsCollector | None = None) -> Callable[[F], F]: ...
+def with_trace_id(func: F | None = None, /, *, collector: MetricsCollector | None = None) -> F | Callable[[F], F]:
+    """Give each call a ``trace_id`` keyword argument and bind it in the context for the call.
 
-    On exit the latency (ms) goes to ``ark_operation_latency_ms{operation,agent,outcome}`` with outcome
-    ``success`` or ``error``; an exception is also counted in ``ark_agent_errors_total`` (``method`` =
-    the operation) and propagates; a cancellation is counted in ``ark_agent_cancellations_total`` only.
-    The trace id: the given one if valid, else the bound one, else a new one.
-
-    >>> async def ingest(signal, trace_id):
-    ...     async with MetricsContext(operation_name="kyle_signal_ingestion", agent_name="Kyle",
-    ...                               trace_id=trace_id) as ctx:
-    ...         ctx.set_result(await parse(signal))
-    ...     return ctx.result
+    Use bare (``@with_trace_id``) or with the collector that counts malformed ids
+    (``@with_trace_id(collector=c)``; default: the instrumenting decorator's collector when stacked
+    under ``instrument_agent_method``, else ``get_collector()``). See the module docstring for where the
+    trace id comes from.
     """
-
-    def __init__(
-        self,
-        operation_name: str,
-        agent_name: str,
-        trace_id: str | None = None,
-        *,
-        collector: MetricsCollector | None = None,
-    ) -> None:
-        for argument, value in (("operation_name", operation_name), ("agent_name", agent_name)):
-            if not (isinstance(value, str) and value):
-                raise ValueError(f"MetricsContext: {argument} must be a non-empty string, got {value!r}")
-        self.operation_name = operation_name
-        self.agent_name = agent_name
-        self.collector = collector or get_collector()
-        self._given = trace_id
-        self._latency = self.collector.metric(catalog.ARK_OPERATION_LATENCY_MS.name)
-        self.trace_id: str | None = None
-        self.result: Any = None
-        self.outcome: str | None = None
-        self.latency_ms: float | None = None
-        self._token: Any = None
-        self._start = 0.0
-
-    def set_result(self, result: Any) -> Any:
-        """Keep the operation's result (``ctx.result``) and return it."""
-        self.result = result
-        return result
-
-    def __enter__(self) -> MetricsContext:
-        if self._token is not None:
-            raise RuntimeError(f"MetricsContext {self.operation_name!r} is already entered")
-        self.trace_id = _resolve_given(self._given, self.collector)
-        self.result = self.outcome = self.latency_ms = None
-        self._token = TRACE_ID.set(self.trace_id)
-        self._start = perf_counter()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        elapsed_ms = (perf_counter() - self._start) * 1000.0
-        try:
-            self._record(exc_type, elapsed_ms)
-        except Exception:  # recording must never replace the block's own exception
-            log.exception("ark-obs could not record operation %s of %s", self.operation_name, self.agent_name)
-        finally:
-            TRACE_ID.reset(self._token)
-            self._token = None
-
-    def _record(self, exc_type: type[BaseException] | None, elapsed_ms: float) -> None:
-        op, agent = self.operation_name, self.agent_name
-        if exc_type is None:
-            self.outcome, self.latency_ms = "success", elapsed_ms
-            self._latency.labels(op, agent, "success").observe(elapsed_ms)
-        elif issubclass(exc_type, _CancelledError):
-            self.outcome = "cancelled"
-            self.collector.metric(catalog.ARK_AGENT_CANCELLATIONS_TOTAL.name).labels(agent, op).inc()
-        elif issubclass(exc_type, Exception):
-            self.outcome, self.latency_ms = "error", elapsed_ms
-            self._latency.labels(op, agent, "error").observe(elapsed_ms)
-            errors = self.collector.metric(catalog.ARK_AGENT_ERRORS_TOTAL.name)
-            errors.labels(agent, op, exc_type.__name__).inc()
-        # KeyboardInterrupt, SystemExit: the process is stopping, not the operation failing
-
-    async def __aenter__(self) -> MetricsContext:
-        return self.__enter__()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
+    if func is None:
+        return lambda f: _with_trace_id(f, collector)
+    return _with_trace_id(func, collector)
 
 
-def track_state_operation(
-    operation: str,
-    agent: str,
-    latency_ms: float,
-    *,
-    key: str | None = None,
-    revision: int | None = None,
-    collector: MetricsCollector | None = None,
-) -> None:
-    """Observe a Mutable Core state operation's latency on ``state_write_latency_ms{operation,agent}``.
-
-    With ``key`` and ``revision`` (the key's revision number after the write), also check that the
-    key's revisions are contiguous (``ark_obs.traces.revisions``): gaps, regressions and duplicates are
-    counted in ``ark_state_revision_anomalies_total{agent,kind}`` and listed at ``GET /state/anomalies``.
-
-    >>> track_state_operation("write", "Kenny", 3.2)
-    >>> track_state_operation("write", "Kenny", 3.2, key="position:AAPL", revision=8)
-    """
-    c = collector or get_collector()
-    c.metric(catalog.STATE_WRITE_LATENCY_MS.name).labels(operation, agent).observe(latency_ms)
-    if key is None and revision is None:
-        return
-    if key is None or revision is None:
-        raise TypeError("track_state_operation: key and revision go together (give both or neither)")
-    c.revisions.observe(agent, key, revision)
+def _with_trace_id(func: F, collector: MetricsCollector | None) -> F:
+    _check_decoratable(func, "with_trace_id")
+    injector = _TraceInjector(func, collector)
+    wrapper = _traced_wrapper(func, _UNINSTRUMENTED, injector)
+    functools.update_wrapper(wrapper, func)
+    injector.wrapper = wrapper
+    setattr(wrapper, _INJECTOR_ATTR, injector)
+    return cast(F, wrapper)
