@@ -13,4 +13,5 @@ pytest_plugins = [
     "plugins.prometheus_server",
     "plugins.serve",
     "plugins.stores",
+    "plugins.alertmanager",
 ]

@@ -12,8 +12,6 @@ import itertools
 import json
 import math
 import re
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from ark_obs.metrics import MetricsCollector
-from ark_obs.service import build_collector, create_app
-from ark_obs.settings import Settings
+from plugins.inprocess import running_service
 from plugins.prometheus_server import PrometheusFactory, PrometheusServer, ScrapeTarget
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,33 +55,8 @@ class Service:
 def start(track: str) -> Iterator[Service]:
     """An ark-obs service as ``ark-obs serve`` builds it, on a free loopback port (a long heartbeat interval:
     the agents' one beat keeps them up for the whole test)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        port=port,
-        trace_ttl_seconds=0.5,
-        heartbeat_interval_seconds=60,
-        pipeline=PIPELINE,
-        log_level="warning",
-    )
-    collector, owned = build_collector(settings)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, collector), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, f"{track} ark-obs did not start"
-        time.sleep(0.05)
-    try:
-        yield Service(track, collector, f"127.0.0.1:{port}")
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        for monitor in owned:
-            monitor.close()
-        sock.close()
+    with running_service(trace_ttl_seconds=0.5, heartbeat_interval_seconds=60, pipeline=PIPELINE) as running:
+        yield Service(track, running.collector, running.url.removeprefix("http://"))
 
 
 def traffic(service: Service, n: int, slow: bool) -> None:

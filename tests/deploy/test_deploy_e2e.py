@@ -22,10 +22,7 @@ import json
 import math
 import re
 import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections import Counter
@@ -37,13 +34,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 
 from ark_obs.catalog import LATENCY_BUCKETS_MS
 from ark_obs.metrics import MetricsCollector
-from ark_obs.service import build_collector, create_app
-from ark_obs.settings import Settings
+from plugins.inprocess import heartbeat_agent, running_service
 from plugins.prometheus_server import SHIPPED_RULE_FILES, PrometheusFactory, PrometheusQueryError, PrometheusServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,20 +77,6 @@ DENIALS = {("GY-001", "Kenny"): 7, ("GY-007", "Joey"): 3}
 # Phase 2 incomplete traces by first missing agent, on top of one missing Kenny in phase 1.
 INCOMPLETE = {"Kenny": 6, "HRM": 4}
 PIPELINE = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
-
-# An agent that heartbeats over HTTP on a fixed schedule until killed.
-HEARTBEAT_AGENT = """
-import sys, time, urllib.request
-url, interval = sys.argv[1], float(sys.argv[2])
-due = time.monotonic()
-while True:
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=interval).close()
-    except OSError:
-        pass
-    due += interval
-    time.sleep(max(0.0, due - time.monotonic()))
-"""
 
 
 def unix(rfc3339: str) -> float:
@@ -158,51 +139,16 @@ class Ark:
 @pytest.fixture(scope="module")
 def ark() -> Iterator[Ark]:
     """The app ``ark-obs serve`` runs, on a socket bound to a free loopback port, in a background thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # bound here and handed to uvicorn: no window for another process
-    port = sock.getsockname()[1]
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        port=port,
-        heartbeat_interval_seconds=HEARTBEAT_S,
-        trace_ttl_seconds=TRACE_TTL_S,
-        pipeline=PIPELINE,
-        log_level="warning",
-    )
-    collector, owned = build_collector(settings)
-    app = create_app(settings, collector)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="ark-obs-e2e", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while True:
-        assert thread.is_alive() and time.monotonic() < deadline, "ark-obs did not become ready"
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    try:
-        yield Ark(collector, url)
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        for monitor in owned:
-            monitor.close()
-        sock.close()
+    with running_service(
+        "/readyz", heartbeat_interval_seconds=HEARTBEAT_S, trace_ttl_seconds=TRACE_TTL_S, pipeline=PIPELINE
+    ) as running:
+        yield Ark(running.collector, running.url)
 
 
 @pytest.fixture(scope="module")
 def agents(ark: Ark) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """Kyle and Joey: real processes that POST /heartbeats/{agent} every heartbeat interval."""
-    procs = {
-        agent: subprocess.Popen(
-            [sys.executable, "-I", "-c", HEARTBEAT_AGENT, f"{ark.url}/heartbeats/{agent}", str(HEARTBEAT_S)]
-        )
-        for agent in ("Kyle", "Joey")
-    }
+    procs = {agent: heartbeat_agent(f"{ark.url}/heartbeats/{agent}", HEARTBEAT_S) for agent in ("Kyle", "Joey")}
     try:
         yield procs
     finally:

@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,6 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from ark_obs import catalog
 from plugins.ci import missing_dependency
-from plugins.net import free_port as _free_port
 
 if TYPE_CHECKING:
     from plugins.prometheus_server import PrometheusFactory
@@ -276,46 +274,6 @@ def test_alert_routes_to_its_receiver(rule: dict[str, Any]) -> None:
 def test_alertmanager_groups_by_alertname_and_slo() -> None:
     """The root route groups notifications by alertname and slo."""
     assert load_yaml(AM_CONFIG)["route"]["group_by"] == ["alertname", "slo"]
-
-
-@pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[str]:
-    """A real Alertmanager with the shipped config on a free loopback port; yields its URL."""
-    port = _free_port()
-    log = open(tmp_path / "alertmanager.log", "wb")  # noqa: SIM115 - owned by the child process
-    proc = subprocess.Popen(
-        [
-            binary("prometheus-alertmanager"),
-            f"--config.file={AM_CONFIG}",
-            f"--storage.path={tmp_path}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((tmp_path / "alertmanager.log").read_text()[-2000:])
-            time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_page_inhibits_ticket_of_the_same_slo_only(alertmanager: str) -> None:

@@ -10,26 +10,14 @@ Debian binaries.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 
 from ark_obs.cli import main
-from ark_obs.service import build_collector, create_app
-from ark_obs.settings import Settings
-from plugins.net import free_port as _free_port
+from plugins.inprocess import heartbeat_agent, running_service
 from plugins.prometheus_server import PrometheusFactory
 
 pytestmark = pytest.mark.slow
@@ -42,96 +30,19 @@ SLACK_S = 1.0
 # ArkAgentSilent has no `for`: active at the first evaluation after the first scrape that shows
 # 2 intervals of silence (the runbook's promise), plus scheduling slack.
 ALERT_PROMISE_S = 2 * HEARTBEAT_S + SCRAPE_S + EVAL_S + SLACK_S
-HEARTBEAT_AGENT = """
-import sys, time, urllib.request
-url, interval = sys.argv[1], float(sys.argv[2])
-due = time.monotonic()
-while True:
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=interval).close()
-    except OSError:
-        pass
-    due += interval
-    time.sleep(max(0.0, due - time.monotonic()))
-"""
-
-
-def _wait_ready(url: str, proc_alive: Any, what: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert proc_alive() and time.monotonic() < deadline, f"{what} did not become ready"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def ark_obs_url() -> Iterator[str]:
-    """The app `ark-obs serve` runs, on a free loopback port, in a background thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    settings = Settings(_env_file=None, port=port, heartbeat_interval_seconds=HEARTBEAT_S, log_level="warning")  # type: ignore[call-arg]
-    collector, owned = build_collector(settings)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, collector), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url + "/readyz", thread.is_alive, "ark-obs")
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        for monitor in owned:
-            monitor.close()
-        sock.close()
-
-
-@pytest.fixture
-def alertmanager_url(tmp_path: Path) -> Iterator[str]:
-    """A real Alertmanager with the shipped config on a free loopback port."""
-    binary = shutil.which("prometheus-alertmanager")
-    if binary is None:
-        hint = "prometheus-alertmanager not found: sudo apt-get install -y prometheus-alertmanager"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(hint)
-        pytest.skip(hint)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, f"--config.file={AM_CONFIG}", f"--storage.path={tmp_path}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url + "/-/ready", lambda: proc.poll() is None, "alertmanager")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_plan_observes_the_silent_agent_alert_firing_and_received(
     tmp_path: Path,
     ark_obs_url: str,
-    alertmanager_url: str,
+    alertmanager: str,
     prometheus_factory: PrometheusFactory,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Killing Kyle (a command injection) is seen by ark-obs within 2 heartbeats, then ArkAgentSilent fires in
     Prometheus and reaches Alertmanager, each step within the rule's promised delay; the run exits 0."""
-    agent = subprocess.Popen([sys.executable, "-I", "-c", HEARTBEAT_AGENT, f"{ark_obs_url}/heartbeats/Kyle", "1"])
-    prom = prometheus_factory(
-        [ark_obs_url.removeprefix("http://")], alertmanager=alertmanager_url.removeprefix("http://")
-    )
+    agent = heartbeat_agent(f"{ark_obs_url}/heartbeats/Kyle", 1)
+    prom = prometheus_factory([ark_obs_url.removeprefix("http://")], alertmanager=alertmanager.removeprefix("http://"))
     try:
         prom.wait_targets_up(samples=2)
         plan = tmp_path / "plan.toml"
@@ -140,7 +51,7 @@ def test_plan_observes_the_silent_agent_alert_firing_and_received(
 [sources]
 ark_obs = "{ark_obs_url}"
 prometheus = "{prom.url}"
-alertmanager = "{alertmanager_url}"
+alertmanager = "{alertmanager}"
 
 [[steps]]
 name = "Kyle up in Prometheus"
@@ -177,3 +88,10 @@ expect = {{ kind = "alert_received", alertname = "ArkAgentSilent", labels = {{ a
             agent.kill()
             agent.wait(5)
         prom.stop()
+
+
+@pytest.fixture
+def ark_obs_url() -> Iterator[str]:
+    """The app `ark-obs serve` runs, on a free loopback port, in a background thread."""
+    with running_service("/readyz", heartbeat_interval_seconds=HEARTBEAT_S) as ark:
+        yield ark.url
