@@ -39,6 +39,7 @@ WRITE_ENDPOINTS: Final = (
     "POST /traces/{trace_id}/spans",
     "POST /traceparent/spans",
     "POST /heartbeats/{agent}",
+    "POST /v1/traces",
 )
 
 # Agent and stream names become label values: a conservative charset, and short.
