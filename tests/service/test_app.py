@@ -528,6 +528,31 @@ async def test_batch_over_limit_is_413() -> None:
         assert (await c.post("/spans", json={"spans": spans[:10]})).status_code == 200
 
 
+@pytest.mark.parametrize("padding", [0, 4_000], ids=["one-call-path", "sliced-path"])
+async def test_batch_answers_do_not_depend_on_the_body_size(padding: int) -> None:
+    """Bodies under and over FAST_VALIDATION_BYTES (validated in one call, or parsed and validated in
+    slices) get the same answers: a valid batch is stored; 25 invalid spans after ``padding`` valid ones
+    are a 422 listing 20 errors at their positions plus the total; over the batch limit is 413, valid or not."""
+    from ark_obs.service.validation import FAST_VALIDATION_BYTES
+
+    valid = [{"trace_id": f"{i + 1:032x}", "agent": "Kyle", "duration_ms": 1.5} for i in range(padding)]
+    invalid = [{"trace_id": "x", "agent": "Kyle"}] * 25
+    body = json.dumps({"spans": valid + invalid}).encode()
+    assert (len(body) > FAST_VALIDATION_BYTES) == (padding > 0)
+    async with serve(create_app(settings(max_batch_spans=padding + 25))) as c:
+        r = await c.post("/spans", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422
+        assert r.json()["total"] == 25 and len(r.json()["detail"]) == 20
+        assert r.json()["detail"][0]["loc"] == ["body", "spans", padding, "trace_id"]
+        stored = valid + [{"trace_id": TRACE, "agent": "Kyle"}] * 25
+        r = await c.post("/spans", json={"spans": stored})
+        assert r.status_code == 200 and r.json() == {"accepted": padding + 25}
+        assert (await c.get(f"/traces/{TRACE}")).status_code == 200
+        for spans in (stored + stored[:1], valid + invalid + invalid[:1]):
+            r = await c.post("/spans", json={"spans": spans})
+            assert r.status_code == 413 and f"limit is {padding + 25}" in r.json()["detail"]
+
+
 async def test_body_over_limit_is_413() -> None:
     """A body over ARK_OBS_MAX_BODY_BYTES is a 413, whether Content-Length says so or the stream shows it."""
     async with serve(create_app(settings(max_body_bytes=4096))) as c:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic.types import FailFast
 from starlette.requests import ClientDisconnect
 
 from ark_obs.service.api import BatchSpanIn, SpanBatch
@@ -59,14 +60,30 @@ def _unreadable(why: str) -> _BoundedValidationError:
 
 _SPAN_LIST: Final = TypeAdapter(list[BatchSpanIn])
 
+# A body up to this size is parsed and validated in one call of pydantic's Rust JSON validator (about
+# 1.3 ms for 1,000 spans, half of json.loads + validate_python; 256 KiB is about 3 ms, what json.loads
+# alone costs for it). That call stops at the first error, so an invalid body costs no more than a
+# valid one before it takes the careful path below.
+FAST_VALIDATION_BYTES: Final = 256 * 1024
+
+
+class _FastBatch(BaseModel):
+    """SpanBatch as its fast path validates it: the same rules, stopping at the first error."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    spans: Annotated[list[BatchSpanIn], FailFast()]
+
 
 async def read_batch(request: Request, max_spans: int) -> SpanBatch:
     """POST /spans' body as a SpanBatch; 413 past ``max_spans``, a bounded 422 when invalid.
 
-    Parsing and validating hold the GIL, so a worker thread would not spare the event loop: the JSON
-    is parsed at once (about 10 ms a MiB) and the batch's size checked before any validation, then the
-    spans are validated ``VALIDATION_SLICE`` at a time with a yield to the loop in between, so a
-    megabyte of invalid spans never holds up /healthz. At most MAX_VALIDATION_ERRORS are kept.
+    A valid body up to FAST_VALIDATION_BYTES is validated in one call (the common case: an agent's
+    flush). Any other body takes the careful path: parsing and validating hold the GIL, so a worker
+    thread would not spare the event loop; the JSON is parsed at once (about 10 ms a MiB) and the
+    batch's size checked before any validation, then the spans are validated ``VALIDATION_SLICE`` at a
+    time with a yield to the loop in between, so a megabyte of invalid spans never holds up /healthz.
+    At most MAX_VALIDATION_ERRORS are kept. Either way a batch over ``max_spans`` is 413, never 422.
     """
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
@@ -75,6 +92,15 @@ async def read_batch(request: Request, max_spans: int) -> SpanBatch:
         body = await request.body()
     except ClientDisconnect:  # closed mid-body (by the client, or by the body deadline): nobody to answer
         raise HTTPException(400, "the client disconnected before sending the whole body") from None
+    if len(body) <= FAST_VALIDATION_BYTES:
+        try:
+            fast = _FastBatch.model_validate_json(body)
+        except ValidationError:
+            pass  # errors are listed (bounded, 413 first) by the careful path
+        else:
+            if len(fast.spans) > max_spans:
+                raise _too_many(len(fast.spans), max_spans)
+            return SpanBatch.model_construct(spans=fast.spans)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:  # also not UTF-8, a 5,000-digit integer, deep nesting
@@ -86,7 +112,7 @@ async def read_batch(request: Request, max_spans: int) -> SpanBatch:
         except ValidationError as exc:
             raise _bounded(exc) from None
     if len(spans) > max_spans:
-        raise HTTPException(413, f"{len(spans)} spans in one batch; the limit is {max_spans}")
+        raise _too_many(len(spans), max_spans)
     errors: list[Any] = []
     total = 0
     try:
@@ -109,6 +135,10 @@ async def read_batch(request: Request, max_spans: int) -> SpanBatch:
         first = [{**e, "loc": ("body", *e["loc"])} for e in errors[:MAX_VALIDATION_ERRORS]]
         raise _BoundedValidationError(first, total)
     return SpanBatch.model_construct(spans=valid)
+
+
+def _too_many(count: int, max_spans: int) -> HTTPException:
+    return HTTPException(413, f"{count} spans in one batch; the limit is {max_spans}")
 
 
 def _bounded(exc: ValidationError) -> _BoundedValidationError:
