@@ -329,6 +329,27 @@ def test_serve_answers_503_while_a_primary_is_lost_and_200_after_promotion(
         redis_cluster.wait_whole()
 
 
+def test_fixture_restores_a_primary_that_lost_a_slot_from_its_own_view(
+    redis_cluster: RedisClusterServers, redis_cluster_url: str
+) -> None:
+    """The state a reshard plus kill/restart once left behind (one primary without one of its slots in its own
+    view, cluster_state:fail on it alone, the others still routing the slot to it) is detected and repaired by
+    the fixture's wait_whole, so later tests start on a whole cluster."""
+    port = redis_cluster.primaries()[0]
+    client = redis_cluster.nodes[port].client()
+    try:
+        slot = next(int(r[0]) for r in client.execute_command("CLUSTER SLOTS") if int(r[2][1]) == port)
+        client.execute_command("CLUSTER DELSLOTS", slot)  # changes this node's own view only
+        wait_until(lambda: dict(client.execute_command("CLUSTER INFO"))["cluster_state"] == "fail", 30, "no fail")
+        assert not redis_cluster.agree()
+        redis_cluster.wait_whole()
+        assert int(client.execute_command("CLUSTER COUNTKEYSINSLOT", slot)) == 0
+        assert any(int(r[0]) <= slot <= int(r[1]) and int(r[2][1]) == port
+                   for r in client.execute_command("CLUSTER SLOTS"))  # fmt: skip
+    finally:
+        client.close()
+
+
 def test_an_unreachable_cluster_never_raises_into_the_agent() -> None:
     """A store opened while no cluster node answers: recording never raises, spans are dropped and counted,
     reads raise StoreUnavailable, and health says why (redis-py's cluster client connects in its constructor)."""
