@@ -139,6 +139,12 @@ ARK_AGENT_ERRORS_TOTAL = counter(
 ARK_TRACEPARENT_INVALID_TOTAL = counter(
     "ark_traceparent_invalid_total", "Malformed incoming trace ids or traceparent headers that were replaced."
 )
+ARK_OBS_REQUESTS_REFUSED_TOTAL = counter(
+    "ark_obs_requests_refused_total",
+    "HTTP requests ark-obs refused, by reason: unauthorized (401), too_large (413: body or batch over its "
+    "limit), invalid (422), busy (429: canary analyses at their cap), unavailable (503: the store).",
+    labels=("reason",),
+)
 ARK_OBS_CONNECTIONS_CLOSED_TOTAL = counter(
     "ark_obs_connections_closed_total",
     "Connections closed because no complete request came in time (idle, slow_headers, slow_body) or "
@@ -278,6 +284,7 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ARK_AGENT_CANCELLATIONS_TOTAL,
     ARK_OPERATION_LATENCY_MS,
     ARK_OBS_CONNECTIONS_CLOSED_TOTAL,
+    ARK_OBS_REQUESTS_REFUSED_TOTAL,
     ARK_TRACES_COMPLETE_TOTAL,
     ARK_TRACES_INCOMPLETE_TOTAL,
     ARK_TRACE_LATENCY_MS,

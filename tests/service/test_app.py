@@ -129,6 +129,9 @@ async def test_store_down_is_503_not_200() -> None:
         assert r.status_code == 503
         assert (await c.get(f"/traces/{TRACE}")).status_code == 503
         assert (await c.post("/heartbeats/Kyle")).status_code == 503
+        refused = families((await c.get("/metrics")).text)["ark_obs_requests_refused"].samples
+    # the four 503s above and the one /readyz answered when the poll ended
+    assert [s.value for s in refused if s.labels["reason"] == "unavailable" and s.name.endswith("_total")] == [5.0]
 
 
 # --- /metrics --------------------------------------------------------------------------------------
@@ -778,3 +781,31 @@ async def test_heartbeat_over_the_agent_limit_is_503_not_200() -> None:
         assert r.status_code == 503 and "cardinality" in r.json()["detail"]
         assert (await c.post("/heartbeats/Extra1")).status_code == 200  # known agents still beat
         assert (await c.post("/heartbeats/Kenny")).status_code == 200  # the pipeline is never locked out
+
+
+# --- refusals are counted ---------------------------------------------------------------------------
+async def test_every_refusal_is_counted_by_reason() -> None:
+    """401, 413 (body and batch) and 422 answers each add one to ark_obs_requests_refused_total under their
+    reason, every reason is exported at 0 from the first scrape, and a 200 counts nothing (503: the
+    store-down test)."""
+    app = create_app(settings(ingest_token="t" * 16, max_body_bytes=2048, max_batch_spans=2))
+
+    def refused(text: str) -> dict[str, float]:
+        fams = families(text)
+        return {
+            s.labels["reason"]: s.value for s in fams["ark_obs_requests_refused"].samples if s.name.endswith("_total")
+        }
+
+    auth = {"Authorization": "Bearer " + "t" * 16}
+    async with serve(app) as c:
+        assert refused((await c.get("/metrics")).text) == dict.fromkeys(
+            ("unauthorized", "too_large", "invalid", "busy", "unavailable"), 0.0
+        )
+        assert (await c.post("/heartbeats/Kyle")).status_code == 401
+        assert (await c.post("/spans", content=b"x" * 4096, headers=auth)).status_code == 413
+        spans = [{"trace_id": "c" * 32, "agent": a} for a in ("Kyle", "Joey", "HRM")]
+        assert (await c.post("/spans", json={"spans": spans}, headers=auth)).status_code == 413
+        assert (await c.post("/spans", json={"spans": [{"agent": "Kyle"}]}, headers=auth)).status_code == 422
+        assert (await c.post("/heartbeats/Kyle", headers=auth)).status_code == 200
+        counts = refused((await c.get("/metrics")).text)
+    assert counts == {"unauthorized": 1.0, "too_large": 2.0, "invalid": 1.0, "busy": 0.0, "unavailable": 0.0}

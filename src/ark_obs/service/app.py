@@ -25,11 +25,11 @@ from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ark_obs import __version__, canary
+from ark_obs import __version__, canary, catalog
 from ark_obs.metrics import MetricsCollector
 from ark_obs.service import docs_ui, status_page
 from ark_obs.service.api import SpanBatch
-from ark_obs.service.middleware import BodyLimit, HeadAsGet
+from ark_obs.service.middleware import REFUSALS, BodyLimit, HeadAsGet, RefusalCounter
 from ark_obs.service.routes import health, heartbeats, ingest, otlp, scrape, slos, state, traces
 from ark_obs.service.validation import BODY_PARSE_ERROR, MAX_VALIDATION_ERRORS, validation_response
 from ark_obs.service.wiring import BackgroundHook, Service, build_collector, close_service, run_hook
@@ -79,6 +79,9 @@ def create_app(
     docs_ui.mount(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(HeadAsGet)
+    refused = collector.metric(catalog.ARK_OBS_REQUESTS_REFUSED_TOTAL.name)
+    children = {reason: refused.labels(reason) for reason in REFUSALS.values()}  # at 0 from the first scrape
+    app.add_middleware(RefusalCounter, count=lambda reason: children[reason].inc())
     app.state.service = service
     generate_openapi = app.openapi
 

@@ -1,12 +1,15 @@
-"""ASGI middleware of the service: the request body limit and HEAD answered like GET."""
+"""ASGI middleware of the service: the request body limit, HEAD answered like GET, refusals counted."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimit", "BodyTooLarge", "HeadAsGet"]
+__all__ = ["REFUSALS", "BodyLimit", "BodyTooLarge", "HeadAsGet", "RefusalCounter"]
 
 
 class BodyTooLarge(HTTPException):
@@ -88,3 +91,33 @@ class HeadAsGet:
             await send(message)
 
         await self.app({**scope, "method": "GET"}, receive, headless)
+
+
+# the statuses that mean "refused by a limit or a rule", and the reason label each is counted under
+REFUSALS: Final = {401: "unauthorized", 413: "too_large", 422: "invalid", 429: "busy", 503: "unavailable"}
+
+
+class RefusalCounter:
+    """ASGI middleware: every answer in ``REFUSALS`` is counted (``ark_obs_requests_refused_total{reason}``).
+
+    The outermost layer, so refusals made by the other middleware (the body limit's 413) count too.
+    """
+
+    def __init__(self, app: ASGIApp, count: Callable[[str], None]) -> None:
+        self.app = app
+        self.count = count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        count = self.count
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                reason = REFUSALS.get(message["status"])
+                if reason is not None:
+                    count(reason)
+            await send(message)
+
+        await self.app(scope, receive, watch)
