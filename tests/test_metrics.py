@@ -294,9 +294,8 @@ def test_stats_aggregate_or_select_labelled_series(collector: MetricsCollector) 
 
 def test_stats_memory_does_not_grow_with_observations() -> None:
     """Memory held by a collector with a full window is the same after 1,000 and 100,000 observations."""
-    import tracemalloc
-
     import gc
+    import tracemalloc
 
     # only what ark_obs and prometheus_client allocated: threads other tests left running (servers,
     # sweepers, tickers) allocate while this measures, and must not decide the verdict
@@ -320,7 +319,7 @@ def test_stats_memory_does_not_grow_with_observations() -> None:
         return size
 
     small, large = held(1_000), held(100_000)
-    assert 0 < small and large < small * 1.1, (small, large)
+    assert small > 0 and large < small * 1.1, (small, large)
 
 
 def test_drops_are_counted_even_when_every_other_metric_is_capped() -> None:
