@@ -357,7 +357,7 @@ def test_hostile_bodies_get_4xx_and_the_service_keeps_serving(server: Server) ->
 def test_store_down_is_503_with_retry_after(tmp_path: Path) -> None:
     """With the Redis trace store unreachable an export is never acknowledged: 503 + Retry-After, which
     OTLP exporters retry, in the request's encoding."""
-    from test_service import free_port
+    from plugins.net import free_port
 
     srv = Server(tmp_path, {"ARK_OBS_TRACE_STORE": f"redis://127.0.0.1:{free_port()}/0"})
     try:
