@@ -49,8 +49,8 @@ def fast_plan(watch: float = 1.0) -> Plan:
     return plan.model_copy(update={"steps": steps})
 
 
-async def run_synthetic(plan: Plan, faults: tuple[str, ...] = ()) -> ValidationReport:
-    deployment = SyntheticDeployment(rate=40, heartbeat_interval_seconds=HEARTBEAT_S, latency_scale=0.1,
+async def run_synthetic(plan: Plan, faults: tuple[str, ...] = (), heartbeat: float = HEARTBEAT_S) -> ValidationReport:
+    deployment = SyntheticDeployment(rate=40, heartbeat_interval_seconds=heartbeat, latency_scale=0.1,
                                      faults=faults, seed=1)  # fmt: skip
     async with deployment:
         return await validate(plan, deployment=deployment)
@@ -83,7 +83,9 @@ async def test_default_plan_passes_against_the_synthetic_pipeline() -> None:
 )
 async def test_a_broken_safeguard_fails_exactly_its_step(fault: str, step: str) -> None:
     """Each fault breaks one safeguard: the run fails (exit 1) naming that step, and only that one."""
-    report = await run_synthetic(fast_plan(watch=0.5), (fault,))
+    # 1 s heartbeats: a fault that keeps an agent failing loads the loop, and the other steps' 2-heartbeat
+    # deadline must not be decided by scheduling jitter on a busy 2-core machine
+    report = await run_synthetic(fast_plan(watch=0.5), (fault,), heartbeat=1.0)
     assert report.verdict is Verdict.FAIL
     assert report.failed == [step], report.steps
     assert report.exit_status == 1
