@@ -33,47 +33,20 @@ class ClusterNodeServer(RedisServer):
         super().__init__(binary, workdir, port)
         self.bus_port = free_port()
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Start with cluster mode on; the node keeps its identity in ``nodes.conf`` across restarts."""
-        if self.running:
-            return
-        log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - owned by the child process
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.workdir),
-                "--daemonize", "no",
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                # the bus port of its own: the default (port + 10000) may not exist for a high free port
-                "--cluster-port", str(self.bus_port),
-                # a lost primary is detected and replaced within a few seconds
-                "--cluster-node-timeout", "1000",
-                "--cluster-replica-validity-factor", "0",
-                # replicas in sync at once, not after the default 5 s diskless-sync delay
-                "--repl-diskless-sync-delay", "0",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    def extra_args(self) -> tuple[str, ...]:
+        """Cluster mode on; the node keeps its identity in ``nodes.conf`` across restarts."""
+        return (
+            *super().extra_args(),
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            # the bus port of its own: the default (port + 10000) may not exist for a high free port
+            "--cluster-port", str(self.bus_port),
+            # a lost primary is detected and replaced within a few seconds
+            "--cluster-node-timeout", "1000",
+            "--cluster-replica-validity-factor", "0",
+            # replicas in sync at once, not after the default 5 s diskless-sync delay
+            "--repl-diskless-sync-delay", "0",
         )  # fmt: skip
-        log.close()
-        wait_until(lambda: self._pings(), timeout, f"cluster node {self.port} did not answer PING")
-
-    def _pings(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            tail = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"redis-server exited with {self.proc.returncode}:\n{tail}")
-        client = self.client()
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-        finally:
-            client.close()
 
     def kill(self) -> None:
         """SIGKILL: the node vanishes as a crashed host would."""

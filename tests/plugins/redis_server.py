@@ -50,6 +50,10 @@ class RedisServer:
             host="127.0.0.1", port=self.port, password=self.password, decode_responses=True, socket_timeout=2
         )
 
+    def extra_args(self) -> tuple[str, ...]:
+        """Arguments past the common ones (a password; a cluster node adds its own)."""
+        return ("--requirepass", self.password) if self.password else ()
+
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it answers PING."""
         if self.running:
@@ -64,7 +68,7 @@ class RedisServer:
                 "--appendonly", "no",
                 "--dir", str(self.workdir),
                 "--daemonize", "no",
-                *(("--requirepass", self.password) if self.password else ()),
+                *self.extra_args(),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
