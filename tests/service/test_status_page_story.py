@@ -278,7 +278,7 @@ def test_incomplete_list_and_its_counts_cover_the_same_period(faulted: str, tmp_
     """While traces are held, the list's header counts them over the trace TTL and shows the newest."""
     dom = render(faulted, tmp_path, "status_faulted.png")
     m = re.search(
-        r'id="incomplete-sub">\(expired before every agent saw them; held 1.5 s after expiry: ([\d,]+) '
+        r'id="incomplete-sub">\(expired before every agent saw them; held 1.5 s after expiry: ([\d,]+)\+? '
         r"in the last 1.5 s, the (\d+) newest shown\)",
         dom,
     )

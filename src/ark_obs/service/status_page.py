@@ -15,8 +15,9 @@ and JavaScript, nothing fetched from outside the service) polls every 1.5 s:
 One time base: every counter the page shows (``StatusOut.period``) is an increase over the SLO window
 (``window_seconds``, 5 minutes), the same window ``/slos`` judges, and the page says how much of it
 this process has observed (``observed_seconds``). The incomplete-trace list holds traces for one trace
-TTL after they expire, so ``period.incomplete_listed_period`` counts over that same TTL: the list and
-its count never disagree. A counter nothing has reported to this process (no series: HRM denials and
+TTL after they expire; the page counts them from the same answer it lists them from
+(``/traces?status=incomplete&limit=100``, the newest 10 shown), so the list and its count never disagree
+(``period.incomplete_listed_period`` is the counter's increase over that TTL, for readers of the JSON). A counter nothing has reported to this process (no series: HRM denials and
 quarantines when agents only post spans and heartbeats over HTTP) is None, shown as "not reported".
 """
 
