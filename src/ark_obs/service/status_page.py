@@ -17,7 +17,8 @@ One time base: every counter the page shows (``StatusOut.period``) is an increas
 this process has observed (``observed_seconds``). The incomplete-trace list holds traces for one trace
 TTL after they expire; the page counts them from the same answer it lists them from
 (``/traces?status=incomplete&limit=100``, the newest 10 shown), so the list and its count never disagree
-(``period.incomplete_listed_period`` is the counter's increase over that TTL, for readers of the JSON). A counter nothing has reported to this process (no series: HRM denials and
+(``period.incomplete_listed_period`` is the counter's increase over that TTL, for readers of the JSON).
+A counter nothing has reported to this process (no series: HRM denials and
 quarantines when agents only post spans and heartbeats over HTTP) is None, shown as "not reported".
 """
 
