@@ -5,6 +5,7 @@
     ark-obs synthetic [--rate R] [...]      the seed's validation loop, with a report (exit 1 on a failure)
     ark-obs canary-check --prometheus URL   canary vs baseline verdict: exit 0 pass, 1 fail, 2 inconclusive
     ark-obs validate --synthetic | --plan F post-deploy validation: exit 0 pass, 1 a step failed, 2 inconclusive
+    ark-obs up [--port P] [--watch 30s]     check-config, serve, wait for /readyz, validate --synthetic, summary
 
 A subcommand is one decorated function: ``@command(name, help, arg(...), ...)`` above
 ``def run(args) -> int`` registers its parser, its arguments and what it runs.
@@ -26,7 +27,7 @@ from typing import Any, Final, TextIO
 
 from pydantic import ValidationError
 
-from ark_obs import __version__, canary, catalog, synthetic
+from ark_obs import __version__, canary, catalog, synthetic, up
 from ark_obs._redact import redact_url
 from ark_obs.settings import Problem, Settings, env_name
 from ark_obs.validate import command as validate_command
@@ -401,6 +402,8 @@ command("canary-check", canary.HELP, *(arg(*flags, **options) for flags, options
 command("validate", validate_command.HELP, *(arg(*f, **o) for f, o in validate_command.ARGUMENTS))(
     validate_command.main
 )
+
+command("up", up.HELP, *(arg(*f, **o) for f, o in up.ARGUMENTS))(up.main)
 
 
 if __name__ == "__main__":  # pragma: no cover
