@@ -83,7 +83,13 @@ def test_build_makes_a_wheel_and_an_sdist_with_every_data_file(built: tuple[Path
     assert not missing, f"package data left out of the wheel (pyproject [tool.setuptools.package-data]): {missing}"
     with tarfile.open(sdist) as tar:
         members = {m.split("/", 1)[1] for m in tar.getnames() if "/" in m}
-    for must in ("pyproject.toml", "README.md", "CHANGELOG.md", "src/ark_obs/py.typed"):
+    for must in (
+        "pyproject.toml",
+        "README.md",
+        "CHANGELOG.md",
+        "src/ark_obs/py.typed",
+        "deploy/systemd/ark-obs.service",
+    ):
         assert must in members, must
 
 
