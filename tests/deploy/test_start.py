@@ -91,3 +91,22 @@ def test_up_with_a_bad_configuration_starts_nothing(tmp_path: Path) -> None:
     assert "[2/5]" not in done.stdout
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_up_stops_a_service_that_never_gets_ready(tmp_path: Path) -> None:
+    """A trace store nobody answers at: /readyz stays 503, so up names the failing check, stops the service it
+    started and exits 1 (or, should check-config learn to probe the store, refuses at step 1 with exit 2)."""
+    port, dead = free_port(), free_port()
+    done = subprocess.run(
+        [str(ARK_OBS), "up", "--port", str(port), "--ready-timeout", "3"],
+        cwd=tmp_path, env=clean_env(ARK_OBS_TRACE_STORE=f"redis://127.0.0.1:{dead}/0"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if done.returncode == 2:
+        assert "nothing started" in done.stderr
+    else:
+        assert done.returncode == 1, done
+        assert "not ready after 3 s (503: failing trace_store)" in done.stderr
+        assert "[4/5]" not in done.stdout
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
