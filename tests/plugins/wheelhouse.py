@@ -100,7 +100,7 @@ def build_dists(outdir: Path) -> tuple[Path, Path]:
     dist = outdir / "dist"
     subprocess.run(
         [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(tree)],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     (wheel,) = dist.glob("*.whl")
     (sdist,) = dist.glob("*.tar.gz")
@@ -115,6 +115,6 @@ def clean_venv(where: Path, wheel: Path, house: Path) -> Path:
     subprocess.run(
         [str(bindir / "python"), "-m", "pip", "install", "--quiet", "--no-index", "--isolated",
          "--find-links", str(house), str(wheel)],
-        check=True, capture_output=True, text=True, env=env, cwd=where,
+        check=True, capture_output=True, text=True, env=env, cwd=where, timeout=180,
     )  # fmt: skip
     return bindir
