@@ -21,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from ark_obs.canary import CanaryConfig
 from ark_obs.cli import build_parser
 from ark_obs.settings import Settings
 
@@ -202,8 +203,11 @@ def test_shipped_settings_need_the_secret_replaced(tmp_path: Path) -> None:
     slo_file = tmp_path / "slos.toml"
     slo_file.write_text(find("ConfigMap", "ark-obs-slos")["data"]["slos.toml"])
     env["ARK_OBS_SLO_FILE"] = str(slo_file)
-    Settings(**{k.removeprefix("ARK_OBS_").lower(): v for k, v in env.items()})  # every value parses, the URL too
-    # the trace store is not reachable here: check the rest of the combination with the memory store
+    # every value parses, the URLs too; their servers are not reachable here, so the combination is checked below
+    # with the memory store and the default Prometheus
+    canary_url = env.pop("ARK_OBS_CANARY_PROMETHEUS_URL")
+    assert CanaryConfig(prometheus_url=canary_url).prometheus_url == canary_url
+    Settings(**{k.removeprefix("ARK_OBS_").lower(): v for k, v in env.items()})
     env["ARK_OBS_TRACE_STORE"] = "memory"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ARK_OBS_")}
 
