@@ -467,3 +467,55 @@ async def test_status_json_counts_over_one_window_and_says_what_is_not_reported(
     assert after.period.denials == 1
     joey = next(a for a in after.agents if a.agent == "Joey")  # the Watchdog reports: Joey had none
     assert joey.quarantines_in_window == 0 and joey.quarantines_total == 0
+
+
+# --- the latency chart at the rates ARK runs at -------------------------------------------------------------
+@pytest.fixture(scope="module", params=[0.1, 1000.0], ids=["0.1-per-s", "1000-per-s"])
+def rate_chart(request: pytest.FixtureRequest) -> Iterator[tuple[float, str]]:
+    """A service whose decision latency histogram holds 5 minutes at ``rate`` decisions per second: 30 fast
+    decisions, or 300,000 mostly between 350 ms and 3 s (the 400 ms marker near the chart's left edge)."""
+    import random
+
+    from ark_obs.service.wiring import build_collector
+
+    rate: float = request.param
+    st = settings()
+    collector, owned = build_collector(st)
+    rng = random.Random(7)
+    for _ in range(round(rate * 300)):
+        value = rng.uniform(60, 220) if rate < 1 else rng.uniform(350, 3000)
+        collector.observe_histogram("ark_pass_latency_ms", value)
+    app = create_app(st, collector)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=st.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{st.port}"
+    try:
+        wait_for(lambda: status(url)["decision_latency"]["count"] == round(rate * 300), "the histogram served")
+        yield rate, url
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        for item in owned:
+            item.close()
+
+
+def test_latency_chart_is_legible_at_low_and_high_rates(rate_chart: tuple[float, str], tmp_path: Path) -> None:
+    """At 0.1 and 1,000 decisions/s the y ticks are distinct numbers (never all "0"), the count is whole, and
+    the 400 ms label sits above the plot, clear of the y axis, its ticks and its title."""
+    rate, url = rate_chart
+    dom = render(url, tmp_path, f"status_chart_{rate:g}_per_s.png")
+    yaxis = re.search(r'<g id="latency-yaxis">(.*?)</g>', dom, re.S)
+    assert yaxis
+    yticks = re.findall(r'<text class="tick"[^>]*>([^<]+)</text>', yaxis.group(1))
+    assert len(yticks) >= 3 and len(set(yticks)) == len(yticks) and any(t.strip("0.,") for t in yticks), yticks
+    assert f"{round(rate * 300):,} events)" in dom
+    label = re.search(r'<g class="threshold"><line x1="([\d.]+)"[^>]*></line><text x="([\d.]+)" y="([\d.]+)" '
+                      r'text-anchor="(start|end)">400 ms SLO</text>', dom)  # fmt: skip
+    assert label, re.search(r'<g class="threshold">.*?</g>', dom)
+    line_x, text_x, text_y = (float(label.group(i)) for i in (1, 2, 3))
+    width = 7 * len("400 ms SLO")  # 12 px text: at most 7 px a character
+    left = text_x - width if label.group(4) == "end" else text_x
+    assert left >= 64, "the label covers the y axis"  # L: the plot's left edge, right of the ticks and title
+    top_of_plot = min(float(y) for y in re.findall(r'class="gridline"[^>]*y1="([\d.]+)"', yaxis.group(1)))
+    assert text_y < top_of_plot and abs(text_x - line_x) == 4
