@@ -9,6 +9,7 @@ status_after_stop.png, status_fresh.png, status_store_down.png). Each state is r
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import subprocess
 import sys
@@ -519,3 +520,55 @@ def test_latency_chart_is_legible_at_low_and_high_rates(rate_chart: tuple[float,
     assert left >= 64, "the label covers the y axis"  # L: the plot's left edge, right of the ticks and title
     top_of_plot = min(float(y) for y in re.findall(r'class="gridline"[^>]*y1="([\d.]+)"', yaxis.group(1)))
     assert text_y < top_of_plot and abs(text_x - line_x) == 4
+
+
+# --- stalled traces (GET /traces?status=stalled, where the service offers it) -------------------------------
+STALLED = [
+    {"trace_id": f"{i:032x}", "status": "stalled", "waiting_on": "Kenny", "waited_seconds": 2.5 + i,
+     "complete": False, "agents_seen": ["Kyle", "Joey", "HRM"], "missing_agents": ["Kenny", "Aletheia"]}
+    for i in range(1, 13)
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stalled() -> Iterator[str]:
+    """A service whose /traces?status=stalled answers in the shape of the stall API (items with waiting_on and
+    waited_seconds): 12 traces waiting on Kenny."""
+    st = settings()
+    app = create_app(st)
+
+    async def stall_api(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/traces" and b"status=stalled" in scope["query_string"]:
+            body = json.dumps({"status": "stalled", "count": len(STALLED), "traces": STALLED}).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    server = uvicorn.Server(uvicorn.Config(stall_api, host="127.0.0.1", port=st.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{st.port}"
+    try:
+        wait_for(lambda: httpx.get(url + "/traces?status=stalled", timeout=2).json()["count"] == 12, "the stub")
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_stalled_traces_are_shown_with_the_agent_waited_on(stalled: str, fresh: str, tmp_path: Path) -> None:
+    """Where /traces?status=stalled answers, the page shows a stalled tile (count, who they wait on, runbook)
+    and the newest 10 with the agent each waits on and for how long; where it does not, neither is shown."""
+    dom = render(stalled, tmp_path, "status_stalled.png")
+    assert '<div class="tile warn" id="tile-stalled">' in dom
+    assert text_of(element(dom, "sum-stalled")) == "12"
+    detail = r'id="sum-stalled-detail">12 waiting on Kenny<a class="runbook" href="[^"]+/runbook#traces-stalled"'
+    assert re.search(detail, dom)
+    rows = re.findall(r'<tr data-stalled="([0-9a-f]{32})" data-waiting-on="Kenny">', dom)
+    assert len(rows) == 10 and "and 2 more" in dom
+    assert '<section class="wide" id="stalled-panel">' in dom
+    plain = render(fresh, tmp_path, "status_fresh.png")  # /traces?status=stalled is refused there (422)
+    assert '<section class="wide" id="stalled-panel" hidden="">' in plain
+    assert re.search(r'<div class="tile" id="tile-stalled" hidden="">', plain)

@@ -335,7 +335,7 @@ def snapshot(
     rows, more = _incomplete(collector, now, window, period.incomplete)
     here = "this ark-obs process"
     sources = {
-        "traces": f"{here} (ark_traces_complete_total, ark_traces_incomplete_total)",
+        "traces": f"{here} (ark_traces_*_total)",
         "denials": f"{here} (hrm_denials_total)",
         "quarantines": f"{here} (watchdog_quarantines_total)",
         "availability": f"{here} (/slos)",
