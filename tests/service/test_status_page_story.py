@@ -94,12 +94,11 @@ def _render(url: str, profile: Path, shot: str) -> str:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / shot
     path.unlink(missing_ok=True)
-    taken = headless(url + "/", profile / "shot", f"--screenshot={path}")
-    assert taken.returncode == 0 and path.exists(), taken.stderr[-2000:]
+    # one Chromium run: the screenshot and the DOM of the same page, after the same 5 s of virtual time
+    result = headless(url + "/", profile / "chromium", f"--screenshot={path}", "--dump-dom")
+    assert result.returncode == 0 and path.exists() and "</html>" in result.stdout, result.stderr[-2000:]
     width, height, variety = png_size_and_variety(path)
     assert (width, height) == (1280, 1000) and variety > 100
-    result = headless(url + "/", profile / "dom", "--dump-dom")
-    assert result.returncode == 0 and "</html>" in result.stdout, result.stderr[-2000:]
     return result.stdout
 
 
@@ -193,7 +192,7 @@ def store_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         server.proc.wait(5)
         killed = time.monotonic()
         wait_for(lambda: status(url)["store"]["state"] == "down", "store reported down", timeout=10)
-        yield {"url": url, "seconds": time.monotonic() - killed}
+        yield {"url": url, "seconds": time.monotonic() - killed, "redis": server}
     finally:
         service.close()
         server.stop()
@@ -468,6 +467,24 @@ async def test_status_json_counts_over_one_window_and_says_what_is_not_reported(
     assert after.period.denials == 1
     joey = next(a for a in after.agents if a.agent == "Joey")  # the Watchdog reports: Joey had none
     assert joey.quarantines_in_window == 0 and joey.quarantines_total == 0
+
+
+def test_store_back_after_an_outage_is_degraded_not_healthy(store_down: dict[str, Any], tmp_path: Path) -> None:
+    """Once the killed Redis is back (same port), the store reconnects by itself and the page says it is
+    degraded, amber, counting the spans the outage dropped in the window: not red, and not silently green."""
+    url, server = store_down["url"], store_down["redis"]
+    status(url)  # the down state was rendered by the test before
+    server.start()
+    wait_for(lambda: status(url)["store"]["state"] == "degraded", "store reported degraded", timeout=20)
+    store = status(url)["store"]
+    assert store["dropped_in_window"] > 0 and store["since"] is None
+    dom = render(url, tmp_path, "status_store_degraded.png", live="degraded")
+    banner = re.search(r'<div id="store-banner" class="degraded" data-state="degraded">(.*?)</div>', dom, re.S)
+    assert banner and re.match(
+        r"Trace store \(redis\) degraded: \d+ spans dropped in the window", text_of(banner.group(1))
+    )
+    assert "/runbook#trace-store-unavailable" in banner.group(1)
+    assert "trace store degraded" in text_of(element(dom, "updated"))
 
 
 # --- the latency chart at the rates ARK runs at -------------------------------------------------------------
