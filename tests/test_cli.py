@@ -196,14 +196,15 @@ def test_check_config_probes_the_store_and_prometheus(
     from plugins.net import free_port
 
     nowhere = free_port()
-    monkeypatch.setenv("ARK_OBS_TRACE_STORE", f"redis://127.0.0.1:{nowhere}/0")
-    monkeypatch.setenv("ARK_OBS_PROMETHEUS_URL", f"http://127.0.0.1:{nowhere}")
+    monkeypatch.setenv("ARK_OBS_TRACE_STORE", f"redis://:pr0be-s3cret@127.0.0.1:{nowhere}/0")
+    monkeypatch.setenv("ARK_OBS_PROMETHEUS_URL", f"http://ops:pr0be-s3cret@127.0.0.1:{nowhere}")
     started = time.monotonic()
     assert cli.main(["check-config"]) == 2
     assert time.monotonic() - started < 2 * cli.PROBE_TIMEOUT_SECONDS + 2
     err = capsys.readouterr().err
-    assert f"ARK_OBS_TRACE_STORE: redis://127.0.0.1:{nowhere}/0 does not answer PING" in err
-    assert f"ARK_OBS_PROMETHEUS_URL: Prometheus http://127.0.0.1:{nowhere} does not answer" in err
+    assert f"ARK_OBS_TRACE_STORE: redis://***@127.0.0.1:{nowhere}/0 does not answer PING" in err
+    assert f"ARK_OBS_PROMETHEUS_URL: Prometheus http://***@127.0.0.1:{nowhere} does not answer" in err
+    assert "pr0be-s3cret" not in err  # credentials never reach the report
     assert cli.main(["check-config", "--offline"]) == 0
     monkeypatch.delenv("ARK_OBS_PROMETHEUS_URL")
     monkeypatch.setenv("ARK_OBS_TRACE_STORE", redis_url)

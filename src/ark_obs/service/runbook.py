@@ -80,7 +80,12 @@ def router() -> APIRouter:
         """What to do for each alert and each red or amber state of the status page; a section per alert."""
         return HTMLResponse(render())
 
-    @api.get("/runbook.md", response_class=PlainTextResponse, summary="Runbook (markdown)")
+    @api.get(
+        "/runbook.md",
+        response_class=PlainTextResponse,
+        summary="Runbook (markdown)",
+        responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}}},
+    )
     async def markdown() -> Any:
         """The runbook's markdown source."""
         return PlainTextResponse(runbook_markdown(), media_type="text/markdown; charset=utf-8")
