@@ -128,7 +128,11 @@ def test_check_config_and_errors_never_show_credentials(tmp_path: Path) -> None:
     def check(store: str) -> subprocess.CompletedProcess[str]:
         env = {**clean, "ARK_OBS_TRACE_STORE": store, "ARK_OBS_INGEST_TOKEN": TOKEN}
         return subprocess.run(
-            [str(ark_obs), "check-config", "--offline"], env=env, cwd=tmp_path, capture_output=True, text=True,
+            [str(ark_obs), "check-config", "--offline"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
             timeout=60,
         )
 
