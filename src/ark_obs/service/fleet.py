@@ -7,7 +7,8 @@ HRM denials and Watchdog quarantines are counters in the agents' processes, whic
 this service does not see; availability and SLO burn across replicas are the rules' job. With a
 Prometheus configured, those tiles come from the same series Grafana and the alerts read, each naming
 its rule; an unreachable Prometheus is a state of its own (``reachable`` false, with why), never a blank
-or a stale number. Each read is one round of instant queries, bounded by ``timeout`` seconds.
+or a stale number. Each read is one round of instant queries, bounded by ``timeout`` seconds, shared by
+every page refresh within ``cache_seconds`` (1 s), so viewers do not multiply the load on Prometheus.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ark_obs.canary.prometheus import PrometheusClient, PrometheusError
 __all__ = ["QUERIES", "FleetOut", "FleetSource"]
 
 TIMEOUT_SECONDS: Final = 2.0
+CACHE_SECONDS: Final = 1.0  # every viewer's refresh within this long shares one round of queries
 
 # tile -> (PromQL over the shipped recording rules, what the tile says it shows)
 QUERIES: Final = {
@@ -53,12 +55,24 @@ class FleetOut(BaseModel):
 class FleetSource:
     """Reads the fleet's numbers from the Prometheus at ``url``; remembers since when it fails."""
 
-    def __init__(self, url: str, timeout: float = TIMEOUT_SECONDS) -> None:
+    def __init__(self, url: str, timeout: float = TIMEOUT_SECONDS, cache_seconds: float = CACHE_SECONDS) -> None:
         self.url = url
         self.timeout = timeout
+        self.cache_seconds = cache_seconds
         self._down_since: float | None = None
+        self._last: tuple[float, FleetOut] | None = None
+        self._lock = asyncio.Lock()
 
     async def read(self) -> FleetOut:
+        """The numbers now, or as read less than ``cache_seconds`` ago (concurrent readers share one round)."""
+        async with self._lock:
+            if self._last is not None and time.monotonic() - self._last[0] < self.cache_seconds:
+                return self._last[1]
+            out = await self._query()
+            self._last = (time.monotonic(), out)
+            return out
+
+    async def _query(self) -> FleetOut:
         shown = redact_url(self.url)
         where = f"Prometheus {shown}"
         sources = {
