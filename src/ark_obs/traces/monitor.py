@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -44,6 +45,10 @@ from ark_obs.traces.model import (
 from ark_obs.traces.redis_store import RedisStore, StreamDepths, open_store
 
 log = logging.getLogger("ark_obs")
+
+# Incomplete traces this monitor finalized, kept in memory with their reports for the status page
+# (the store forgets a trace one TTL after it expired; the page lists what its counter counts).
+EXPIRED_KEPT = 1000
 
 
 def register(collector: MetricSource, scrape: Any, owner: str) -> None:
@@ -152,6 +157,7 @@ class TraceMonitor:
         self._late = collector.metric(catalog.ARK_TRACE_LATE_SPANS_TOTAL.name)._unlabelled()
         self._dropped = collector.metric(catalog.ARK_OBS_DROPPED_TOTAL.name)
         self._add = store.add  # bound once: the hot path calls it per span
+        self._expired: deque[tuple[float, TraceReport]] = deque(maxlen=EXPIRED_KEPT)
         self._errors_logged: set[str] = set()
         if streams and not self.sweeping:
             raise ValueError("stream depths are exported by a sweeping monitor: pass sweep=True")
@@ -363,6 +369,20 @@ class TraceMonitor:
         seen = set(record.agents)
         missing = next((a for a in self.pipeline if a not in seen), "")
         self._incomplete.labels(missing).inc()
+        self._expired.appendleft((self._clock(), build_report(record.trace_id, record, self.pipeline)))
+
+    def expired_since(self, since: float) -> list[tuple[float, TraceReport]]:
+        """(when, report) of the incomplete traces this monitor finalized after ``since``, newest first.
+
+        Kept in memory, the newest ``EXPIRED_KEPT``: what this process counted in
+        ``ark_traces_incomplete_total``, with reports that outlive the store's copy.
+        """
+        out = []
+        for item in list(self._expired):
+            if item[0] < since:
+                break
+            out.append(item)
+        return out
 
     def on_late(self, count: int) -> None:
         """Count spans that arrived after their trace was finalized."""
