@@ -405,6 +405,30 @@ def test_overview_dashboard_shows_what_operators_need() -> None:
         assert not unknown, (target["expr"], unknown)
 
 
+def test_slo_panels_are_generic_over_the_slos_present() -> None:
+    """A row repeated over the `slo` variable (every SLO ark-obs exports, custom ones included) holds the
+    Prometheus verdict and the burn rate at every recorded window; no SLO panel names an SLO or a window."""
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "ark-overview.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    slo = variables["slo"]
+    assert slo["definition"] == 'label_values(ark_slo_objective{job=~"$job"}, slo)'
+    assert slo["multi"] and slo["includeAll"] and slo["allValue"] == ".*"
+    panels = dashboard["panels"]
+    (row,) = [p for p in panels if p.get("repeat") == "slo"]
+    assert row["type"] == "row" and "$slo" in row["title"]
+    start = panels.index(row) + 1
+    end = next(i for i in range(start, len(panels)) if panels[i]["type"] == "row")
+    repeated = panels[start:end]
+    exprs = [t["expr"] for p in repeated for t in p["targets"]]
+    assert any("ark:slo_met:bool" in e for e in exprs)
+    assert any("ark:slo_error_budget_remaining:ratio" in e for e in exprs)
+    assert '{__name__=~"ark:slo_burn_rate:ratio_rate.+", slo=~"$slo", track=~"$track"}' in exprs
+    scrape_time = [t["expr"] for p in panels[:4] for t in p.get("targets", [])]
+    for expr in exprs + scrape_time:
+        assert 'slo=~"$slo"' in expr, expr
+        assert not re.search(r"availability|latency|ethics|ratio_rate\d", expr), expr
+
+
 # --- README --------------------------------------------------------------------------------------
 def test_readme_documents_the_command_line_and_the_corrections() -> None:
     """deploy/README.md shows the exemplar-storage command line, the availability fix and le=".0"."""
