@@ -46,7 +46,9 @@ error ratio / (1 - compliance objective), for the 5m, 30m and 1h windows that fi
 
 Modules: ``spec`` (the SLO kinds, durations, loading and validating SLO files), ``report`` (what an
 evaluation returns: ``SloReport``, ``SloStatus``), ``engine`` (``SloEngine``: evaluation on a
-``MetricSource``), ``collector`` (the scrape-time families), ``defaults.toml`` (the seed's four SLOs).
+``MetricSource``), ``collector`` (the scrape-time families), ``rules`` (the Prometheus recording rules,
+burn-rate alerts and promtool tests generated from the specs: ``ark-obs rules``), ``defaults.toml`` (the
+seed's four SLOs).
 """
 
 from ark_obs.slo.collector import FAMILIES, ProcessQuarantines, SloCollector
