@@ -566,12 +566,14 @@ class _Burn:
     burn: Fraction
 
 
-def _input(spec: SloSpec, burn: Fraction, interval: int, steps: int, options: RuleOptions) -> _Burn | None:
+def _input(
+    spec: SloSpec, burn: Fraction, interval: int, steps: int, options: RuleOptions, track: str | None = None
+) -> _Burn | None:
     """Series of one SLO with a constant error ratio of ``burn`` x its budget; None if impossible."""
     error = burn * Fraction(budget(spec))
     if error > 1 or error < 0:
         return None
-    base = {"job": "ark-obs", "instance": "127.0.0.1:9871"}
+    base = {"job": "ark-obs", "instance": "127.0.0.1:9871", **({"track": track} if track else {})}
 
     def sel(name: str, labels: Mapping[str, str], **extra: str) -> str:
         return _selector(name, {**base, **labels, **extra})
@@ -647,11 +649,12 @@ def render_tests(
     windows = {w for s in windowed for w in rule_windows(s)}
     eval_every = _gcd(windows) if windows else 60
     tests: list[dict[str, Any]] = []
-    for leg in _legs(windowed):
+    for i, leg in enumerate(_legs(windowed)):
         owners = [s for s in windowed if leg in burn_alerts(s)]
         steps = int(leg.long // eval_every) + 1
         for above in (True, False):
-            tests.append(_leg_case(leg, owners, windowed, above, eval_every, steps, options))
+            tracks = i == 0 and above
+            tests.append(_leg_case(leg, owners, windowed, above, eval_every, steps, options, tracks))
     if windowed:
         tests.append(_objective_case(windowed, eval_every, options))
         tests.append(_no_data_case(windowed, eval_every))
@@ -685,7 +688,12 @@ def _burn_at(spec: SloSpec, burn: Fraction, window: float, at: float) -> Fractio
 
 
 def _expected_burn_alerts(
-    specs: Sequence[SloSpec], burns: Mapping[str, Fraction], tier: str, options: RuleOptions, at: float
+    specs: Sequence[SloSpec],
+    burns: Mapping[str, Fraction],
+    tier: str,
+    options: RuleOptions,
+    at: float,
+    track: str | None = None,
 ) -> list[dict[str, Any]]:
     out = []
     for spec in specs:
@@ -701,10 +709,10 @@ def _expected_burn_alerts(
             value = format(float(long_burn), ".2f")
             out.append(
                 {
-                    "exp_labels": dict(rule["labels"]),
+                    "exp_labels": {**rule["labels"], **({"track": track} if track else {})},
                     "exp_annotations": {
                         **rule["annotations"],
-                        "description": _description(spec, alert, value, ""),
+                        "description": _description(spec, alert, value, f" (track {track})" if track else ""),
                     },
                 }
             )
@@ -719,16 +727,22 @@ def _leg_case(
     eval_every: int,
     steps: int,
     options: RuleOptions,
+    tracks: bool = False,
 ) -> dict[str, Any]:
+    """One leg at a burn just above (below) its factor. With ``tracks`` the burn is on track "canary" while
+    track "stable" has no bad event: the alerts are per track."""
     series: list[dict[str, str]] = []
     burns: dict[str, Fraction] = {}
-    skipped: list[str] = []
+    track = "canary" if tracks else None
     for spec in owners:
-        made = _input(spec, _near(leg.factor, spec, above), eval_every, steps, options)
+        made = _input(spec, _near(leg.factor, spec, above), eval_every, steps, options, track)
         if made is None:
-            skipped.append(spec.id)
             continue
         burns[spec.id] = made.burn
+        if tracks:
+            clean = _input(spec, Fraction(0), eval_every, steps, options, "stable")
+            assert clean is not None
+            made.series.extend(clean.series)
         series += [{"series": s, "values": v} for s, v in made.series if {"series": s, "values": v} not in series]
     long, short = format_duration(leg.long), format_duration(leg.short)
     name = burn_alert_name(leg)
@@ -737,12 +751,13 @@ def _leg_case(
         {
             "eval_time": long,
             "alertname": name,
-            "exp_alerts": _expected_burn_alerts(windowed, burns, leg.tier, options, leg.long),
+            "exp_alerts": _expected_burn_alerts(windowed, burns, leg.tier, options, leg.long, track),
         }
     ]
     case: dict[str, Any] = {
         "name": f"{name} {long}/{short} at {where} {_num(leg.factor)}x "
-        f"({'fires' if above else 'silent'}; {', '.join(burns) or 'no SLO can burn that fast'})",
+        f"({'fires' if above else 'silent'}; {', '.join(burns) or 'no SLO can burn that fast'})"
+        + (" on the canary track only" if tracks else ""),
         "interval": format_duration(eval_every),
         "input_series": series,
         "alert_rule_test": checks,
