@@ -567,9 +567,19 @@ class _Burn:
 
 
 def _input(
-    spec: SloSpec, burn: Fraction, interval: int, steps: int, options: RuleOptions, track: str | None = None
+    spec: SloSpec,
+    burn: Fraction,
+    interval: int,
+    steps: int,
+    options: RuleOptions,
+    track: str | None = None,
+    history: int = 0,
 ) -> _Burn | None:
-    """Series of one SLO with a constant error ratio of ``burn`` x its budget; None if impossible."""
+    """Series of one SLO with a constant error ratio of ``burn`` x its budget; None if impossible.
+
+    ``history``: event counters start at that many intervals' worth of events, so a window longer than
+    the samples is extrapolated by increase() (numerator and denominator each by a float factor).
+    """
     error = burn * Fraction(budget(spec))
     if error > 1 or error < 0:
         return None
@@ -593,16 +603,19 @@ def _input(
     if isinstance(spec, LatencySlo):
         return _Burn(
             [
-                (sel(f"{spec.metric}_bucket", spec.labels, le=le_label(spec.threshold)), f"0+{total - bad}x{steps}"),
-                (sel(f"{spec.metric}_count", spec.labels), f"0+{total}x{steps}"),
+                (
+                    sel(f"{spec.metric}_bucket", spec.labels, le=le_label(spec.threshold)),
+                    f"{history * (total - bad)}+{total - bad}x{steps}",
+                ),
+                (sel(f"{spec.metric}_count", spec.labels), f"{history * total}+{total}x{steps}"),
             ],
             Fraction(bad, total) / Fraction(budget(spec)),
         )
     assert isinstance(spec, RatioSlo)
     return _Burn(
         [
-            (sel(spec.good_metric, spec.good_labels), f"0+{total - bad}x{steps}"),
-            (sel(spec.total_metric, spec.total_labels), f"0+{total}x{steps}"),
+            (sel(spec.good_metric, spec.good_labels), f"{history * (total - bad)}+{total - bad}x{steps}"),
+            (sel(spec.total_metric, spec.total_labels), f"{history * total}+{total}x{steps}"),
         ],
         Fraction(bad, total) / Fraction(budget(spec)),
     )
@@ -785,7 +798,9 @@ def _objective_case(windowed: Sequence[SloSpec], eval_every: int, options: RuleO
     series: list[dict[str, str]] = []
     exprs: list[dict[str, Any]] = []
     for spec in windowed:
-        made = _input(spec, Fraction(1), eval_every, steps, options)
+        # counters with history: windows longer than the samples are extrapolated, so the float noise
+        # of increase() is really there (without the rounding, 2h..3d read 0.9999999999999999)
+        made = _input(spec, Fraction(1), eval_every, steps, options, history=7)
         assert made is not None
         series += [{"series": s, "values": v} for s, v in made.series if {"series": s, "values": v} not in series]
         sel = f'{{slo="{spec.id}"}}'
