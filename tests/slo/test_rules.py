@@ -49,7 +49,7 @@ quantile = 0.999
 window = "10m"
 burn_alerts = [
   { tier = "page", factor = 14.4, long = "20m", short = "2m" },
-  { tier = "ticket", factor = 2, long = "40m", short = "4m" },
+  { tier = "ticket", factor = 2, long = "40m", short = "4m", for = "6m" },
 ]
 
 [[slos]]
@@ -67,7 +67,7 @@ id = "availability"
 kind = "availability"
 objective = 0.999
 window = "10m"
-burn_alerts = [{ tier = "page", factor = 14.4, long = "20m", short = "2m" }]
+burn_alerts = [{ tier = "page", factor = 14.4, long = "20m", short = "2m", for = "2m" }]
 
 [[slos]]
 id = "drift"
@@ -285,6 +285,10 @@ def test_generated_tests_of_a_custom_file_pass_promtool(tmp_path: Path) -> None:
     ok = subprocess.run([binary, "test", "rules", tests.name], cwd=tmp_path, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     good = rules.read_text()
+    # a `for:` is honoured: the same rules without it fire earlier than the tests expect
+    rules.write_text(good.replace("        for: 6m\n", ""))
+    early = subprocess.run([binary, "test", "rules", tests.name], cwd=tmp_path, capture_output=True, text=True)
+    assert early.returncode != 0, early.stdout
     rules.write_text(good.replace('{slo="decision_latency_300"} > 14.4', '{slo="decision_latency_300"} > 15'))
     broken = subprocess.run([binary, "test", "rules", tests.name], cwd=tmp_path, capture_output=True, text=True)
     assert broken.returncode != 0 and "just above 14.4x" in broken.stdout + broken.stderr

@@ -441,6 +441,7 @@ def _burn_alert(spec: SloSpec, alert: BurnAlert, options: RuleOptions) -> dict[s
         "alert": name,
         "expr": f"ark:slo_burn_rate:ratio_rate{long}{sel} > {factor}\nand\n"
         f"ark:slo_burn_rate:ratio_rate{short}{sel} > {factor}\n",
+        **({"for": format_duration(alert.for_)} if alert.for_ else {}),
         "labels": {
             "severity": "critical" if alert.tier == "page" else "warning",
             "tier": alert.tier,
@@ -496,6 +497,8 @@ def _render_rule(rule: Mapping[str, Any]) -> list[str]:
     if kind == "record" and "labels" in rule:
         out += ["        labels:", *(f"          {k}: {_scalar(v)}" for k, v in rule["labels"].items())]
     out += _block("expr", rule["expr"], "        ")
+    if "for" in rule:
+        out.append(f"        for: {rule['for']}")
     if kind == "alert":
         out += ["        labels:", *(f"          {k}: {_scalar(v)}" for k, v in rule["labels"].items())]
         out += ["        annotations:", *(f"          {k}: {_scalar(v)}" for k, v in rule["annotations"].items())]
@@ -660,11 +663,12 @@ def render_tests(
     options = options or RuleOptions()
     windowed = [s for s in specs if not isinstance(s, GaugeSlo)]
     windows = {w for s in windowed for w in rule_windows(s)}
+    windows |= {a.for_ for s in windowed for a in burn_alerts(s) if a.for_}
     eval_every = _gcd(windows) if windows else 60
     tests: list[dict[str, Any]] = []
     for i, leg in enumerate(_legs(windowed)):
         owners = [s for s in windowed if leg in burn_alerts(s)]
-        steps = int(leg.long // eval_every) + 1
+        steps = int(_fires_at(leg) // eval_every) + 1
         for above in (True, False):
             tracks = i == 0 and above
             tests.append(_leg_case(leg, owners, windowed, above, eval_every, steps, options, tracks))
@@ -700,12 +704,31 @@ def _burn_at(spec: SloSpec, burn: Fraction, window: float, at: float) -> Fractio
     return burn
 
 
+def _fires(spec: SloSpec, burn: Fraction, alert: BurnAlert, at: float, every: int) -> bool:
+    """Whether a leg fires at ``at`` under a constant burn from 0, evaluated every ``every`` seconds: its
+    condition held at every evaluation from ``at - for`` on (at the first with two samples, event SLOs)."""
+
+    start = _holds_from(spec, burn, alert, at, every)
+    return start is not None and at - start >= (alert.for_ or 0.0)
+
+
+def _holds_from(spec: SloSpec, burn: Fraction, alert: BurnAlert, until: float, every: int) -> int | None:
+    """The first evaluation (a multiple of ``every``, up to ``until``) at which a leg's condition holds."""
+
+    def holds(t: float) -> bool:
+        factor = Fraction(alert.factor)
+        return min(_burn_at(spec, burn, alert.long, t), _burn_at(spec, burn, alert.short, t)) > factor
+
+    return next((t for t in range(every, int(until) + 1, every) if holds(t)), None)
+
+
 def _expected_burn_alerts(
     specs: Sequence[SloSpec],
     burns: Mapping[str, Fraction],
     tier: str,
     options: RuleOptions,
     at: float,
+    every: int,
     track: str | None = None,
 ) -> list[dict[str, Any]]:
     out = []
@@ -714,10 +737,9 @@ def _expected_burn_alerts(
         if burn is None:
             continue
         for alert in burn_alerts(spec):
-            long_burn = _burn_at(spec, burn, alert.long, at)
-            short_burn = _burn_at(spec, burn, alert.short, at)
-            if alert.tier != tier or not min(long_burn, short_burn) > Fraction(alert.factor):
+            if alert.tier != tier or not _fires(spec, burn, alert, at, every):
                 continue
+            long_burn = _burn_at(spec, burn, alert.long, at)
             rule = _burn_alert(spec, alert, options)
             value = format(float(long_burn), ".2f")
             out.append(
@@ -730,6 +752,12 @@ def _expected_burn_alerts(
                 }
             )
     return out
+
+
+def _fires_at(leg: BurnAlert) -> float:
+    """When a constant burn that started at 0 fires a leg: its long window full (a time-based SLI reaches
+    the burn only then), plus its ``for``."""
+    return leg.long + (leg.for_ or 0.0)
 
 
 def _leg_case(
@@ -762,9 +790,9 @@ def _leg_case(
     where = "just above" if above else "just below"
     checks = [
         {
-            "eval_time": long,
+            "eval_time": format_duration(_fires_at(leg)),
             "alertname": name,
-            "exp_alerts": _expected_burn_alerts(windowed, burns, leg.tier, options, leg.long, track),
+            "exp_alerts": _expected_burn_alerts(windowed, burns, leg.tier, options, _fires_at(leg), eval_every, track),
         }
     ]
     case: dict[str, Any] = {
@@ -775,15 +803,31 @@ def _leg_case(
         "input_series": series,
         "alert_rule_test": checks,
     }
+    if above and leg.for_:
+        # one evaluation before the condition has held for `for:`, the leg is only pending
+        owners_by_id = {spec.id: spec for spec in owners}
+        starts = {_holds_from(owners_by_id[i], b, leg, _fires_at(leg), eval_every) for i, b in burns.items()}
+        for start in sorted(t for t in starts if t is not None):
+            early = start + leg.for_ - eval_every
+            if early >= eval_every:
+                checks.append(
+                    {
+                        "eval_time": format_duration(early),
+                        "alertname": name,
+                        "exp_alerts": _expected_burn_alerts(
+                            windowed, burns, leg.tier, options, early, eval_every, track
+                        ),
+                    }
+                )
     if not above:
         # the other tier's alert at the same time: only its legs below this burn fire
         other = "ticket" if leg.tier == "page" else "page"
         other_name = "ArkSloBudgetBurnTicket" if other == "ticket" else "ArkSloBudgetBurnPage"
         checks.append(
             {
-                "eval_time": long,
+                "eval_time": format_duration(_fires_at(leg)),
                 "alertname": other_name,
-                "exp_alerts": _expected_burn_alerts(windowed, burns, other, options, leg.long),
+                "exp_alerts": _expected_burn_alerts(windowed, burns, other, options, _fires_at(leg), eval_every),
             }
         )
     return case

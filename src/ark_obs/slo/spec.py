@@ -166,12 +166,14 @@ class BurnAlert(BaseModel):
     The long window says the burn is significant, the short one that it is still going on.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     tier: Literal["page", "ticket"]
     factor: Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
     long: Duration
     short: Duration
+    # the rule's `for:` (None: none; the short window already debounces, as in the SRE workbook)
+    for_: Annotated[Duration | None, Field(alias="for")] = None
 
     @model_validator(mode="after")
     def _short_is_shorter(self) -> BurnAlert:
