@@ -147,7 +147,7 @@ def test_every_slo_gets_every_window_objective_budget_and_alert_legs() -> None:
 
 
 def test_each_leg_is_explained_and_links_its_runbook_section(
-    clean_env: Path, capsys: pytest.CaptureFixture[str]
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Annotations name both windows, the factor and what each window is for; runbook_url is the setting's
     base (ARK_OBS_RUNBOOK_URL) + #alertname lowercased."""
@@ -159,13 +159,8 @@ def test_each_leg_is_explained_and_links_its_runbook_section(
             long, short = rule["labels"]["long_window"], rule["labels"]["short_window"]
             assert f"over the last {long} (long window: the burn is significant" in text
             assert f"over the last {short} (short window: it is still going on" in text
-    import os
-
-    os.environ["ARK_OBS_RUNBOOK_URL"] = "https://ops.example/ark/runbook"
-    try:
-        assert run_rules() == 0
-    finally:
-        del os.environ["ARK_OBS_RUNBOOK_URL"]
+    monkeypatch.setenv("ARK_OBS_RUNBOOK_URL", "https://ops.example/ark/runbook")
+    assert run_rules() == 0
     urls = set(re.findall(r"runbook_url: (\S+)", capsys.readouterr().out))
     assert urls == {
         "https://ops.example/ark/runbook#arkslobudgetburnpage",
