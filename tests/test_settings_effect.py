@@ -316,6 +316,32 @@ async def _slo_file(env: Env) -> None:
     assert [s["name"] for s in body["slos"]] == ["fast_hrm"] and body["total"] == 1
 
 
+@case("runbook_url")
+async def _runbook_url(env: Env) -> None:
+    """ARK_OBS_RUNBOOK_URL: `ark-obs rules` links every generated alert to {base}#{alertname lowercased}."""
+    import contextlib
+    import io
+
+    from ark_obs.cli import main
+
+    env.monkeypatch.setenv(env_name("runbook_url"), "https://ops.example/rb")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["rules"]) == 0
+    assert "runbook_url: https://ops.example/rb#arkslobudgetburnpage" in out.getvalue()
+
+
+@case("scrape_interval_seconds")
+async def _scrape_interval_seconds(env: Env) -> None:
+    """ARK_OBS_SCRAPE_INTERVAL_SECONDS=200: the default SLOs' 5m window spans fewer than two scrapes: refused."""
+    env.monkeypatch.setenv(env_name("scrape_interval_seconds"), "200")
+    _, problems = load_settings(None)
+    assert any(
+        p.setting == env_name("scrape_interval_seconds") and "5m is shorter than two scrape intervals" in p.why
+        for p in problems
+    ), problems
+
+
 @case("ingest_token")
 async def _ingest_token(env: Env) -> None:
     """ARK_OBS_INGEST_TOKEN: writes without the bearer token get 401, with it 200."""

@@ -3,6 +3,7 @@
     ark-obs serve [--host H] [--port P] [--synthetic [--fault F ...]]   run the HTTP service (uvicorn)
     ark-obs check-config [--env-file F] [--offline]   report every bad setting and unreachable store or
                                             Prometheus at once; exit status 2 if any
+    ark-obs rules [--out F] [--tests F]     Prometheus rules, burn-rate alerts and their promtool tests for the SLOs
     ark-obs synthetic [--rate R] [...]      the seed's validation loop, with a report (exit 1 on a failure)
     ark-obs canary-check --prometheus URL   canary vs baseline verdict: exit 0 pass, 1 fail, 2 inconclusive
     ark-obs validate --synthetic | --plan F post-deploy validation: exit 0 pass, 1 a step failed, 2 inconclusive
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import socket
@@ -140,12 +142,19 @@ def canary_problems(env_file: Path | None) -> list[Problem]:
 
 
 def slo_problems(settings: Settings) -> list[Problem]:
-    """Every mistake in the SLO file (syntax, fields, metrics, buckets, windows), one Problem each."""
-    if settings.slo_file is None:
-        return []
-    from ark_obs.metrics import MetricsCollector
-    from ark_obs.slo import SloConfigError, SloEngine, load_slo_file
+    """Every mistake in the SLO file (syntax, fields, metrics, buckets, windows), one Problem each.
 
+    Windows shorter than two scrape intervals (``ARK_OBS_SCRAPE_INTERVAL_SECONDS``) are mistakes too, in
+    the default SLOs as well: Prometheus' ``increase()`` cannot judge them.
+    """
+    from ark_obs.metrics import MetricsCollector
+    from ark_obs.slo import SloConfigError, SloEngine, default_slos, load_slo_file, validate_specs
+
+    if settings.slo_file is None:
+        # the catalogue is all the default SLOs need; the window settings are checked on their own
+        registry = MetricsCollector(ticker=False).registry
+        short = validate_specs(default_slos(), registry, math.inf, settings.scrape_interval_seconds)
+        return [Problem(env_name("scrape_interval_seconds"), f"default SLOs: {e}") for e in short]
     collector = MetricsCollector(
         retention_seconds=settings.retention_seconds, slice_seconds=settings.slice_seconds, ticker=False
     )
@@ -153,6 +162,7 @@ def slo_problems(settings: Settings) -> list[Problem]:
     try:
         specs = load_slo_file(settings.slo_file, collector.registry)
         SloEngine(collector, specs, register=False)  # checks windows against the retention
+        errors = validate_specs(specs, collector.registry, math.inf, settings.scrape_interval_seconds)
     except SloConfigError as exc:
         errors = [*exc.errors, *_window_errors(settings)]
     where = env_name("slo_file")
@@ -188,7 +198,7 @@ def _window_errors(settings: Settings) -> list[str]:
             spec = parse_slos({"slos": [item]}, registry=registry)
         except SloConfigError:
             continue
-        for error in validate_specs(spec, registry, settings.retention_seconds):
+        for error in validate_specs(spec, registry, settings.retention_seconds, settings.scrape_interval_seconds):
             out.append(error.replace("slos[0]", f"slos[{i}]", 1))
     return out
 
@@ -476,6 +486,70 @@ def probe(settings: Settings, env_file: Path | None, timeout: float = PROBE_TIME
             why = scrub(f"{type(exc).__name__}: {exc}", url)
             out.append(Problem(variable, f"Prometheus {redact_url(url)} does not answer: {why}"))
     return out
+
+
+# --- rules ------------------------------------------------------------------------------------------
+@command(
+    "rules",
+    "Write the Prometheus recording rules and burn-rate alerts of the SLOs (ARK_OBS_SLO_FILE or the defaults), "
+    "and the promtool tests of every generated alert.",
+    arg("--out", default="-", help="rule file to write; - for standard output (default)"),
+    arg(
+        "--format",
+        choices=("prometheus", "prometheusrule"),
+        default="prometheus",
+        help="a Prometheus rule file (default) or a PrometheusRule object for the Prometheus Operator",
+    ),
+    arg("--tests", type=Path, help="also write promtool unit tests of every generated alert to this file"),
+    arg(
+        "--scrape-interval",
+        type=float,
+        help=f"Prometheus' scrape interval in seconds (overrides {env_name('scrape_interval_seconds')}; default 15)",
+    ),
+    arg("--name", default="ark-slo", help="metadata.name of the PrometheusRule (default ark-slo)"),
+    arg("--namespace", help="metadata.namespace of the PrometheusRule"),
+    arg("--env-file", type=Path, help="dotenv file to read (default: ./.env if it exists)"),
+)
+def rules(args: argparse.Namespace) -> int:
+    """Generate the rules from the same settings and SLO file as ``serve``; exit 2 on a bad SLO file."""
+    from ark_obs.metrics import MetricsCollector
+    from ark_obs.slo import default_slos, load_slo_file
+    from ark_obs.slo.rules import RuleOptions, prometheus_rule, render_rules, render_tests
+
+    overrides = {} if args.scrape_interval is None else {"scrape_interval_seconds": args.scrape_interval}
+    env_file, missing = _env_file(args.env_file)
+    flags = {"scrape_interval_seconds": "--scrape-interval"} if overrides else {}
+    settings, found = load_settings(env_file, flags, **overrides)
+    # serving problems (an open public address, ...) do not matter here; the SLO file and the fields do
+    slo_settings = {env_name("slo_file"), env_name("scrape_interval_seconds"), "--scrape-interval"}
+    problems = [*missing, *(p for p in found if settings is None or p.setting in slo_settings)]
+    if settings is None or problems:
+        _report(problems, sys.stderr, "ark-obs rules: cannot generate rules; fix these settings:")
+        return EXIT_BAD_CONFIG
+    if args.tests is not None and args.format != "prometheus":
+        print("ark-obs rules: --tests needs --format prometheus (promtool reads rule files)", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    registry = MetricsCollector(retention_seconds=settings.retention_seconds, ticker=False).registry
+    if settings.slo_file is None:
+        specs, source = list(default_slos()), "the default SLOs (ark_obs/slo/defaults.toml)"
+    else:
+        specs, source = load_slo_file(settings.slo_file, registry), str(settings.slo_file)
+    options = RuleOptions(runbook_url=settings.runbook_url)
+    text = render_rules(specs, options, source)
+    if args.format == "prometheusrule":
+        text = prometheus_rule(text, args.name, args.namespace)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+    if args.tests is not None:
+        rule_file = (
+            "ark-slo.rules.yml"
+            if args.out == "-"
+            else os.path.relpath(Path(args.out).resolve(), args.tests.resolve().parent)
+        )
+        args.tests.write_text(render_tests(specs, options, rule_file), encoding="utf-8")
+    return EXIT_OK
 
 
 # --- synthetic and canary-check: their modules own their arguments ----------------------------------------

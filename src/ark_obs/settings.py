@@ -117,6 +117,16 @@ class Settings(BaseSettings):
     slo_file: Path | None = Field(
         default=None, description="YAML or TOML file overriding the default SLOs; unset: the seed's four SLOs."
     )
+    runbook_url: str = Field(
+        default="http://127.0.0.1:9871/runbook",
+        description="Absolute base URL of the runbook; an alert's section is {base}#{alertname lowercased}.",
+    )
+    scrape_interval_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="Prometheus' scrape interval of ark-obs: SLO and burn-rate windows must span two "
+        "(check-config, ark-obs rules).",
+    )
     ingest_token: SecretStr | None = Field(
         default=None,
         description=f"Bearer token required by the write endpoints (at least {MIN_TOKEN_LENGTH} "

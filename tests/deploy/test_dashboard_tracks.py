@@ -124,11 +124,11 @@ def substitute(expr: str, values: dict[str, str]) -> str:
 def test_dashboard_has_datasource_job_instance_and_track_variables() -> None:
     """Variables: a Prometheus datasource picker defaulting to the provisioned uid, job (default ark-obs),
     instance and track (multi-value, All = .*); every panel and query uses the datasource variable."""
-    assert list(VARIABLES) == ["datasource", "job", "instance", "track"]
+    assert list(VARIABLES) == ["datasource", "job", "instance", "track", "slo"]
     assert VARIABLES["datasource"]["type"] == "datasource" and VARIABLES["datasource"]["query"] == "prometheus"
     assert VARIABLES["datasource"]["current"]["value"] == "ark-prometheus"
     assert VARIABLES["job"]["current"]["value"] == "ark-obs"
-    for name in ("instance", "track"):
+    for name in ("instance", "track", "slo"):
         v = VARIABLES[name]
         assert v["multi"] and v["includeAll"] and v["allValue"] == ".*"
         assert f", {name})" in v["definition"]
@@ -158,13 +158,13 @@ def test_every_query_with_variables_substituted_returns_the_selected_tracks(
     each instance and All, returns finite samples of exactly the selected track(s), not all zero."""
     server, services = prom
     selections: list[tuple[dict[str, str], set[str]]] = [
-        ({"datasource": "ark-prometheus", "job": "ark-obs", "instance": ".*", "track": ".*"}, set(TRACKS))
+        ({"datasource": "ark-prometheus", "job": "ark-obs", "instance": ".*", "track": ".*", "slo": ".*"}, set(TRACKS))
     ]
     for s in services.values():
-        selections.append(({"job": "ark-obs", "instance": ".*", "track": s.track}, {s.track}))
+        selections.append(({"job": "ark-obs", "instance": ".*", "track": s.track, "slo": ".*"}, {s.track}))
         # Grafana escapes a multi-value variable as a regex, inside a PromQL string: backslashes doubled
         instance = re.escape(s.address).replace("\\", "\\\\")
-        selections.append(({"job": "ark-obs", "instance": instance, "track": ".*"}, {s.track}))
+        selections.append(({"job": "ark-obs", "instance": instance, "track": ".*", "slo": ".*"}, {s.track}))
     problems = []
     for (title, target), (values, tracks) in itertools.product(TARGETS, selections):
         expr = substitute(target["expr"], values)
@@ -173,7 +173,8 @@ def test_every_query_with_variables_substituted_returns_the_selected_tracks(
         numbers = [float(r["value"][1]) for r in result]
         per_instance = "instance" in values and values["instance"] != ".*"
         # rules aggregate by track: an instance selection does not narrow them, which is right for a track
-        expected = set(TRACKS) if per_instance and expr.startswith("ark:") else tracks
+        rule = expr.startswith("ark:") or expr.startswith('{__name__=~"ark:')
+        expected = set(TRACKS) if per_instance and rule else tracks
         if got != expected:
             problems.append(f"{title}: {expr}: tracks {got}, expected {expected}")
         elif not all(math.isfinite(v) for v in numbers):

@@ -343,7 +343,7 @@ def test_every_dashboard_query_parses_and_returns_data(feed: Feed) -> None:
     problems = []
     for title, target in targets:
         expr = re.sub(r"\$__\w+", "1m", target["expr"])
-        expr = expr.replace("$job", "ark-obs").replace("$instance", ".*").replace("$track", ".*")
+        expr = expr.replace("$job", "ark-obs").replace("$instance", ".*").replace("$track", ".*").replace("$slo", ".*")
         try:
             result = feed.prom.query(expr)
         except PrometheusQueryError as exc:  # a parse error, named with its panel

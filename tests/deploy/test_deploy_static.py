@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from ark_obs import catalog
 from ark_obs.settings import Settings
+from ark_obs.slo.rules import DEFAULT_RUNBOOK_URL
 from plugins.ci import missing_dependency
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ def test_alert_has_labels_annotations_and_runbook(rule: dict[str, Any]) -> None:
         assert annotations.get(key, "").strip(), key
     url = annotations["runbook_url"]
     base, _, anchor = url.partition("#")
-    assert base == Settings.model_fields["runbook_url"].default == "http://127.0.0.1:9871/runbook", url
+    assert base == Settings.model_fields["runbook_url"].default == DEFAULT_RUNBOOK_URL, url
     assert anchor == rule["alert"].lower(), url
 
 
@@ -418,6 +419,30 @@ def test_overview_dashboard_shows_what_operators_need() -> None:
     for target in targets:
         unknown = promql_metric_names(target["expr"]) - known
         assert not unknown, (target["expr"], unknown)
+
+
+def test_slo_panels_are_generic_over_the_slos_present() -> None:
+    """A row repeated over the `slo` variable (every SLO ark-obs exports, custom ones included) holds the
+    Prometheus verdict and the burn rate at every recorded window; no SLO panel names an SLO or a window."""
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "ark-overview.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    slo = variables["slo"]
+    assert slo["definition"] == 'label_values(ark_slo_objective{job=~"$job"}, slo)'
+    assert slo["multi"] and slo["includeAll"] and slo["allValue"] == ".*"
+    panels = dashboard["panels"]
+    (row,) = [p for p in panels if p.get("repeat") == "slo"]
+    assert row["type"] == "row" and "$slo" in row["title"]
+    start = panels.index(row) + 1
+    end = next(i for i in range(start, len(panels)) if panels[i]["type"] == "row")
+    repeated = panels[start:end]
+    exprs = [t["expr"] for p in repeated for t in p["targets"]]
+    assert any("ark:slo_met:bool" in e for e in exprs)
+    assert any("ark:slo_error_budget_remaining:ratio" in e for e in exprs)
+    assert '{__name__=~"ark:slo_burn_rate:ratio_rate.+", slo=~"$slo", track=~"$track"}' in exprs
+    scrape_time = [t["expr"] for p in panels[:4] for t in p.get("targets", [])]
+    for expr in exprs + scrape_time:
+        assert 'slo=~"$slo"' in expr, expr
+        assert not re.search(r"availability|latency|ethics|ratio_rate\d", expr), expr
 
 
 # --- README --------------------------------------------------------------------------------------

@@ -42,11 +42,14 @@ computes in-process and the shipped rules use, is ``1 - increase(watchdog_quaran
   unlabelled, so it exists at 0 from the start: "no drift reported" is met, as Prometheus sees it too.
 
 Error budget remaining = 1 - burn rate over the SLO window (negative once overspent); burn rate =
-error ratio / (1 - compliance objective), for the 5m, 30m and 1h windows that fit in the retention.
+error ratio / (1 - compliance objective), for the 5m, 30m and 1h windows and the SLO's
+burn-rate alert windows (``burn_alerts``) that fit in the retention.
 
 Modules: ``spec`` (the SLO kinds, durations, loading and validating SLO files), ``report`` (what an
 evaluation returns: ``SloReport``, ``SloStatus``), ``engine`` (``SloEngine``: evaluation on a
-``MetricSource``), ``collector`` (the scrape-time families), ``defaults.toml`` (the seed's four SLOs).
+``MetricSource``), ``collector`` (the scrape-time families), ``rules`` (the Prometheus recording rules,
+burn-rate alerts and promtool tests generated from the specs: ``ark-obs rules``), ``defaults.toml`` (the
+seed's four SLOs).
 """
 
 from ark_obs.slo.collector import FAMILIES, ProcessQuarantines, SloCollector

@@ -5,7 +5,8 @@ runs the SLO engine once and yields (names and help from the catalogue's ARK_SLO
 
 - ``ark_slo_value{slo}``, ``ark_slo_objective{slo}``: the indicator and what it is compared with
 - ``ark_slo_met{slo}``: 1 or 0, absent while the SLO has no data
-- ``ark_slo_error_budget_remaining_ratio{slo}``, ``ark_slo_burn_rate{slo,window}`` (5m, 30m, 1h)
+- ``ark_slo_error_budget_remaining_ratio{slo}``, ``ark_slo_burn_rate{slo,window}`` (5m, 30m, 1h and
+  the SLO's alert windows within the retention)
 - ``ark_slo_events{slo,kind="good"|"total"}``, ``ark_availability_ratio{window}``
 
 A value that is unknown (no events) is left out rather than exported as NaN.

@@ -34,6 +34,7 @@ from ark_obs.slo.spec import (
     default_slos,
     format_duration,
     load_slo_file,
+    spec_windows,
     validate_specs,
 )
 from ark_obs.source import Increase, MetricSource
@@ -126,6 +127,19 @@ class SloEngine:
         if errors:
             raise SloConfigError(errors, "SLO specs")
         self.burn_windows = tuple((n, s) for n, s in BURN_WINDOWS if s <= self.retention)
+        # per SLO: the workbook's short windows and its own burn-rate alerts' windows that fit the retention,
+        # so /slos has a burn rate at every window the generated rules alert on (ark_obs.slo.rules)
+        self._windows = {
+            spec.id: tuple(
+                (format_duration(w), w)
+                for w in sorted({s for _, s in self.burn_windows} | set(spec_windows(spec)))
+                if w <= self.retention
+            )
+            for spec in self.specs
+        }
+        self._read_windows = sorted(
+            {w for ws in self._windows.values() for _, w in ws} | {s for _, s in self.burn_windows}
+        )
         self._bounds = {
             s.id: (*collector.registry.get(s.metric).spec.buckets, math.inf)
             for s in self.specs
@@ -179,7 +193,7 @@ class SloEngine:
         compliance = min(1.0, good / total) if total > 0 else None
         burn = _clean(self._burn(good, total, budget)) if judged else None
         burn_rates: dict[str, float] = {}
-        for name, seconds in self.burn_windows:
+        for name, seconds in self._windows[spec.id]:
             if seconds == window and burn is not None:
                 burn_rates[name] = burn
                 continue
@@ -214,7 +228,7 @@ class SloEngine:
             return memo[key]
         except KeyError:
             # one reading of the series serves every window this check will ask of it
-            windows = {window, *(seconds for _, seconds in self.burn_windows)}
+            windows = {window, *self._read_windows}
             for w, inc in self.collector.increase_many(name, sorted(windows), labels).items():
                 memo[(name, w, label_key)] = inc
             return memo[key]

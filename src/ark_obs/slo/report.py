@@ -37,7 +37,10 @@ class SloStatus(SeedDict):
     compliance_objective: Annotated[float | None, Field(description="the share of good events required")]
     error_budget_remaining: Annotated[float | None, Field(description="1 - burn_rate; negative once overspent")]
     burn_rate: Annotated[float | None, Field(description="error ratio / (1 - compliance_objective) over the window")]
-    burn_rates: Annotated[dict[str, float], Field(description="burn rate per short window (5m, 30m, 1h) with data")]
+    burn_rates: Annotated[
+        dict[str, float],
+        Field(description="burn rate per window with data (5m, 30m, 1h, the SLO's alert windows)"),
+    ]
     min_events: int | None
 
 

@@ -33,7 +33,9 @@ from ark_obs.registry import ArkObsError, ArkRegistry, UnknownMetricError
 
 __all__ = [
     "BURN_WINDOWS",
+    "WORKBOOK_BURN_ALERTS",
     "AvailabilitySlo",
+    "BurnAlert",
     "GaugeSlo",
     "LatencySlo",
     "Operator",
@@ -157,6 +159,39 @@ class Status(StrEnum):
     NO_DATA = "no_data"
 
 
+# --- burn-rate alerts ------------------------------------------------------------------------------
+class BurnAlert(BaseModel):
+    """One leg of a multi-window multi-burn-rate alert: the burn rate exceeds ``factor`` over both windows.
+
+    The long window says the burn is significant, the short one that it is still going on.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    tier: Literal["page", "ticket"]
+    factor: Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+    long: Duration
+    short: Duration
+    # the rule's `for:` (None: none; the short window already debounces, as in the SRE workbook)
+    for_: Annotated[Duration | None, Field(alias="for")] = None
+
+    @model_validator(mode="after")
+    def _short_is_shorter(self) -> BurnAlert:
+        if self.short >= self.long:
+            raise ValueError("short must be shorter than long")
+        return self
+
+
+# The SRE workbook's (ch. 5) legs for a 30-day budget: page 14.4x over 1h and 5m (2% of the budget in an
+# hour), 6x over 6h and 30m (5% in 6 hours); ticket 3x over 1d and 2h, 1x over 3d and 6h.
+WORKBOOK_BURN_ALERTS: Final[tuple[BurnAlert, ...]] = (
+    BurnAlert(tier="page", factor=Decimal("14.4"), long=3600, short=300),
+    BurnAlert(tier="page", factor=Decimal("6"), long=21600, short=1800),
+    BurnAlert(tier="ticket", factor=Decimal("3"), long=86400, short=7200),
+    BurnAlert(tier="ticket", factor=Decimal("1"), long=259200, short=21600),
+)
+
+
 # --- specs -------------------------------------------------------------------------------------------
 class _SloBase(BaseModel):
     """Fields every SLO has."""
@@ -201,6 +236,8 @@ class LatencySlo(_SloBase):
     window: Duration
     labels: Labels = Field(default_factory=dict)
     min_events: Annotated[int, Field(ge=1)] | None = None
+    # None: the SRE workbook's four legs (WORKBOOK_BURN_ALERTS); [] generates no burn-rate alert
+    burn_alerts: tuple[BurnAlert, ...] | None = None
 
     @property
     def metrics(self) -> tuple[tuple[str, str, Kind, Labels], ...]:
@@ -228,6 +265,7 @@ class AvailabilitySlo(_SloBase):
     labels: Labels = Field(default_factory=dict)
     # None: the engine's setting (5 s, the seed's heuristic)
     downtime_per_event_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    burn_alerts: tuple[BurnAlert, ...] | None = None
 
     @property
     def metrics(self) -> tuple[tuple[str, str, Kind, Labels], ...]:
@@ -243,6 +281,8 @@ class GaugeSlo(_SloBase):
     objective: Number
     labels: Labels = Field(default_factory=dict)
     aggregation: Literal["max", "min", "sum"] = "max"
+    # the generated alert's name while the objective does not hold (ark_obs.slo.rules)
+    alert: Annotated[str, Field(pattern=r"^[A-Z][A-Za-z0-9]*$", max_length=64)] = "ArkSloGaugeViolated"
 
     @property
     def metrics(self) -> tuple[tuple[str, str, Kind, Labels], ...]:
@@ -260,6 +300,7 @@ class RatioSlo(_SloBase):
     good_labels: Labels = Field(default_factory=dict)
     total_labels: Labels = Field(default_factory=dict)
     min_events: Annotated[int, Field(ge=1)] | None = None
+    burn_alerts: tuple[BurnAlert, ...] | None = None
 
     @model_validator(mode="after")
     def _distinct(self) -> RatioSlo:
@@ -293,6 +334,20 @@ def _operator(spec: SloSpec) -> Operator:
     if isinstance(spec, GaugeSlo):
         return spec.operator
     return Operator.GE
+
+
+def burn_alerts(spec: SloSpec) -> tuple[BurnAlert, ...]:
+    """The burn-rate alert legs of an SLO (none for a gauge)."""
+    if isinstance(spec, GaugeSlo):
+        return ()
+    return WORKBOOK_BURN_ALERTS if spec.burn_alerts is None else spec.burn_alerts
+
+
+def spec_windows(spec: SloSpec) -> tuple[float, ...]:
+    """Every window an SLO is judged over, in seconds, ascending: its own and its alerts' (none for a gauge)."""
+    if isinstance(spec, GaugeSlo):
+        return ()
+    return tuple(sorted({spec.window, *(w for a in burn_alerts(spec) for w in (a.long, a.short))}))
 
 
 def _compliance_objective(spec: SloSpec) -> Decimal | None:
@@ -397,8 +452,17 @@ def default_slos() -> tuple[SloSpec, ...]:
     return _defaults()
 
 
-def validate_specs(specs: Iterable[SloSpec], registry: ArkRegistry, retention_seconds: float) -> list[str]:
-    """Every mistake in ``specs`` against a registry and a window retention, as "slos[i].field: message"."""
+def validate_specs(
+    specs: Iterable[SloSpec],
+    registry: ArkRegistry,
+    retention_seconds: float,
+    scrape_interval_seconds: float | None = None,
+) -> list[str]:
+    """Every mistake in ``specs`` against a registry and a window retention, as "slos[i].field: message".
+
+    With ``scrape_interval_seconds``, also every window (the SLO's and its burn-rate alerts') shorter
+    than two scrape intervals: ``increase()`` over it sees fewer than two samples, so PromQL cannot judge it.
+    """
     errors: list[str] = []
     seen: dict[str, int] = {}
     for i, spec in enumerate(specs):
@@ -413,4 +477,20 @@ def validate_specs(specs: Iterable[SloSpec], registry: ArkRegistry, retention_se
                 f"{where}.window: {format_duration(window)} is longer than the collector's retention "
                 f"({format_duration(retention_seconds)})"
             )
+        if scrape_interval_seconds is not None:
+            errors.extend(f"{where}.{e}" for e in _short_windows(spec, scrape_interval_seconds))
     return errors
+
+
+def _short_windows(spec: SloSpec, scrape_interval: float) -> list[str]:
+    if isinstance(spec, GaugeSlo):
+        return []
+    named = [("window", spec.window)]
+    for i, alert in enumerate(spec.burn_alerts or ()):
+        named += [(f"burn_alerts[{i}].long", alert.long), (f"burn_alerts[{i}].short", alert.short)]
+    return [
+        f"{field}: {format_duration(seconds)} is shorter than two scrape intervals "
+        f"(2 x {format_duration(scrape_interval)}): increase() over it sees fewer than two samples"
+        for field, seconds in named
+        if seconds < 2 * scrape_interval
+    ]
