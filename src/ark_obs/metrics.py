@@ -110,6 +110,7 @@ class MetricsCollector:
         }
         self._extra_collectors: list[Any] = []
         self._tick_lock = threading.Lock()
+        self._revisions_lock = threading.Lock()
         self._traces: TraceMonitor | None = None
         self._heartbeats: HeartbeatMonitor | None = None
         self._slos: SloEngine | None = None
@@ -381,11 +382,17 @@ class MetricsCollector:
 
     @property
     def revisions(self) -> RevisionChecker:
-        """State revision continuity (ark_obs.traces.revisions), in memory unless replaced."""
+        """State revision continuity (ark_obs.traces.revisions), on the trace store's Redis when it has one.
+
+        The map follows the configured trace store (``ARK_OBS_TRACE_STORE``) whatever this process' first
+        ark-obs call: the trace monitor is built here if nothing built it before, so a process whose
+        first call is ``track_state_operation`` shares the map with every other writer.
+        """
         if self._revisions is None:
-            # with a shared (Redis) trace store, revisions are checked across processes too
-            store = self._traces.store if self._traces is not None else None
-            self._revisions = RevisionChecker(self.registry, backend=backend_for(store), clock=self.clock)
+            with self._revisions_lock:
+                if self._revisions is None:
+                    store = self.traces.store
+                    self._revisions = RevisionChecker(self.registry, backend=backend_for(store), clock=self.clock)
         return self._revisions
 
     @revisions.setter
