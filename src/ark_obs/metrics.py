@@ -36,7 +36,7 @@ from ark_obs.registry import (
     is_multiprocess,
     multiprocess_dir,
 )
-from ark_obs.slo import ProcessQuarantines, SloCollector, SloEngine, SloReport
+from ark_obs.slo import PROCESS_TOTALS, ProcessTotals, SloCollector, SloEngine, SloReport
 from ark_obs.traces import HeartbeatMonitor, RevisionChecker, TraceMonitor, TraceReport, backend_for
 from ark_obs.window import TICKER, Clock, Reading, Window, histogram_quantile
 
@@ -122,11 +122,13 @@ class MetricsCollector:
             TICKER.add(self)
         # the scrape-time SLO families are there from the first scrape, not after a first check_slos()
         SloCollector.attach_default(self)
-        if catalog.WATCHDOG_QUARANTINES_TOTAL.name in self.registry:
-            self.process_quarantines: ProcessQuarantines | None = ProcessQuarantines(self)
-            self.add_collector(self.process_quarantines)
+        # per-process totals of the counters whose first event rate() cannot see (quarantines, denials)
+        if any(source.name in self.registry for source, _ in PROCESS_TOTALS):
+            self.process_totals: ProcessTotals | None = ProcessTotals(self)
+            self.add_collector(self.process_totals)
         else:
-            self.process_quarantines = None
+            self.process_totals = None
+        self.process_quarantines = self.process_totals  # the earlier name
 
     # declaration -------------------------------------------------------------------------------------
     def declare(self, spec: MetricSpec) -> Metric:

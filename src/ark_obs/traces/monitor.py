@@ -161,6 +161,12 @@ class TraceMonitor:
         self._closed = False
         self._scrape: _TraceCollector | None = None
         if self.sweeping:
+            # the first incomplete trace of each missing agent is a step from 0 that rate() sees, not a
+            # series born at 1: the pipeline's label sets exist at 0 from the first scrape (while the
+            # series cap leaves room for them and one more)
+            if len(self.pipeline) < collector.registry.max_series:
+                for agent in self.pipeline:
+                    self._incomplete.labels(agent)
             self._scrape = _TraceCollector(self)
             register(collector, self._scrape, "TraceMonitor")
             if background:
