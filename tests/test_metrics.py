@@ -280,7 +280,7 @@ def test_stats_of_an_empty_window_are_none_not_zero(collector: MetricsCollector)
     stats = collector.get_histogram_stats("hrm_eval_latency_ms")
     assert stats.as_dict() == {
         "count": 0, "sum": 0.0, "avg": None, "p50": None, "p95": None, "p99": None,
-        "min": None, "max": None, "window_seconds": 3600.0,
+        "min": None, "max": None, "window_seconds": 3600.0, "lower_bounds": [],
     }  # fmt: skip
 
 

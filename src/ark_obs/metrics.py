@@ -38,7 +38,7 @@ from ark_obs.registry import (
 )
 from ark_obs.slo import PROCESS_TOTALS, ProcessTotals, SloCollector, SloEngine, SloReport
 from ark_obs.traces import HeartbeatMonitor, RevisionChecker, TraceMonitor, TraceReport, backend_for
-from ark_obs.window import TICKER, Clock, Reading, Window, histogram_quantile
+from ark_obs.window import TICKER, Clock, Reading, Window, histogram_quantile, quantile_is_lower_bound
 
 __all__ = [
     "HistogramStats",
@@ -76,6 +76,9 @@ class HistogramStats(SeedDict):
     min: float | None
     max: float | None
     window_seconds: float
+    # fields whose number is only a lower bound (the true value is above it): in multiprocess mode, events
+    # above the highest finite bucket give max (and the quantiles there) as that bucket's bound, "> 10000"
+    lower_bounds: tuple[str, ...] = ()
 
 
 class MetricsCollector:
@@ -331,10 +334,16 @@ class MetricsCollector:
         count = round(events)
         if count == 0:
             return HistogramStats(0, 0.0, None, None, None, None, None, None, window)
+        lower_bounds: list[str] = []
         if vmin == float("inf"):  # multiprocess: bound min/max by the non-empty buckets
             first = next(i for i, c in enumerate(counts) if c > 0)
             last = max(i for i, c in enumerate(counts) if c > 0)
             vmin = bounds[first - 1] if first > 0 else 0.0
+            if bounds[last] == float("inf"):  # events above the highest finite bound: how far, unknown
+                lower_bounds += [
+                    f"p{round(q * 100)}" for q in (0.50, 0.95, 0.99) if quantile_is_lower_bound(q, counts, bounds)
+                ]
+                lower_bounds += ["min"] * (first == last) + ["max"]
             vmax = bounds[last] if bounds[last] != float("inf") else bounds[last - 1]
         return HistogramStats(
             count=count,
@@ -346,6 +355,7 @@ class MetricsCollector:
             min=vmin,
             max=vmax,
             window_seconds=window,
+            lower_bounds=tuple(lower_bounds),
         )
 
     # traces, heartbeats and SLOs: each lives in its own module; created on first use ---------------

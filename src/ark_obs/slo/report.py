@@ -39,6 +39,13 @@ class SloStatus(SeedDict):
     burn_rate: Annotated[float | None, Field(description="error ratio / (1 - compliance_objective) over the window")]
     burn_rates: Annotated[dict[str, float], Field(description="burn rate per short window (5m, 30m, 1h) with data")]
     min_events: int | None
+    value_is_lower_bound: Annotated[
+        bool,
+        Field(
+            description="the true value is above value: a latency quantile past the highest finite bucket in "
+            "multiprocess mode (no max is shared), read '> value'"
+        ),
+    ] = False
 
 
 @dataclass(frozen=True, slots=True, eq=False)
