@@ -316,6 +316,15 @@ def test_healthy_http_fed_service_says_not_reported_and_names_trace_latency(heal
     met, violated, no_data, _ = slo_tile(dom)
     assert violated == 0 and met >= 2 and no_data >= 1  # no decision or HRM latency arrives over HTTP
     assert "none silent or quarantined" in dom
+    # nothing violated but SLOs without data: the tile says "no data", not "met", and each such SLO's badge too
+    assert '<div class="tile no_data" id="tile-slos">' in dom
+    assert re.search(r"#summary \.tile\.no_data \{ border-color: [^;]+;", dom)
+    silent = {s["name"] for s in httpx.get(healthy + "/slos").json()["slos"] if s["status"] == "no_data"}
+    rows = re.findall(
+        r'<div class="slo" data-slo="([^"]+)" data-status="no_data">.*?<span class="badge ([a-z_]+)">([^<]+)<', dom
+    )
+    assert {r[0] for r in rows} == silent and len(silent) == no_data
+    assert all(r[1:] == ("no_data", "no data") for r in rows), rows
 
 
 # --- /status.json without a browser ---------------------------------------------------------------------------
