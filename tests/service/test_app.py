@@ -825,3 +825,17 @@ async def test_every_refusal_is_counted_by_reason() -> None:
         assert (await c.post("/heartbeats/Kyle", headers=auth)).status_code == 200
         counts = refused((await c.get("/metrics")).text)
     assert counts == {"unauthorized": 1.0, "too_large": 2.0, "invalid": 1.0, "busy": 0.0, "unavailable": 0.0}
+
+
+async def test_422_texts_are_cut_at_200_characters(client: httpx.AsyncClient) -> None:
+    """A location part (here an unknown field's name) of 200 characters is shown whole; one of 201 is cut to its
+    first 200, marked "..."; every msg and type stays within 200 characters plus the mark."""
+    exact, over = "k" * 200, "x" * 190 + "y" * 11
+    spans = [{"trace_id": TRACE, "agent": "Kyle", exact: 1}, {"trace_id": TRACE, "agent": "Kyle", over: 1}]
+    r = await client.post("/spans", json={"spans": spans})
+    assert r.status_code == 422
+    parts = [part for e in r.json()["detail"] for part in e["loc"] if isinstance(part, str)]
+    assert exact in parts
+    assert "x" * 190 + "y" * 10 + "..." in parts and over not in parts
+    for e in r.json()["detail"]:
+        assert len(e["msg"]) <= 203 and len(e["type"]) <= 203

@@ -101,7 +101,8 @@ class TraceMonitor:
     else Kyle..Aletheia, 300 s and 100,000. ``sweep``: whether this monitor finalizes expired traces
     and counts outcomes; None means yes for a store of its own (memory), no for a shared one (Redis),
     where the ark-obs service sweeps. ``streams``: Redis streams whose XLEN is exported at scrape time
-    as ``redis_stream_depth{stream}``, read from ``streams_url`` or the Redis trace store.
+    as ``redis_stream_depth{stream}``, read from ``streams_url`` (a client of its own, with ``stream_timeout``)
+    or through the Redis trace store's client (the store's timeout).
     ``store_timeout``: read timeout of a Redis store this monitor opens from a URL (default 0.25 s).
     """
 
@@ -183,7 +184,7 @@ class TraceMonitor:
         if url is not None:
             return StreamDepths.from_url(url, tuple(streams), timeout=timeout)
         if isinstance(self.store, RedisStore):
-            return StreamDepths(self.store.client, tuple(streams), timeout=timeout)
+            return StreamDepths(self.store.client, tuple(streams))  # the store client's timeout applies
         raise ValueError("streams to watch need streams_url or a Redis trace store")
 
     # recording: the hot path -------------------------------------------------------------------------
