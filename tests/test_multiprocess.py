@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,38 @@ def test_latency_past_the_highest_bucket_is_reported_as_a_bound(start: Any, tmp_
     tile = re.search(r'data-slo="decision_latency_p95".*?</div>\s*</div>', dom, re.S)
     assert tile is not None and "value <b>&gt; 10000 ms</b>" in tile.group(0), tile
     assert "p95 <b>&gt; 10000 ms</b>" in dom
+
+
+# A process that finds a counter file under its own pid (a dead process' file, the pid reused): what the
+# file held is its baseline, not its quarantines; its boot and start time are in the marker it leaves.
+REUSED_PID = """
+import json, os, sys
+from prometheus_client.mmap_dict import MmapedDict
+old = MmapedDict(os.path.join(sys.argv[1], f"counter_{os.getpid()}.db"))
+key = json.dumps(("watchdog_quarantines", "watchdog_quarantines_total", {"agent": "Joey", "reason": "old"}, "h"))
+old.write_value(key, 5.0, 0.0)
+old.close()
+from ark_obs import metrics
+c = metrics.get_collector()
+totals = c.process_totals
+
+def mine():
+    return {f.name: [s.value for s in f.samples if s.labels.get("boot") == totals.boot] for f in totals.collect()}
+
+before = mine()
+metrics.increment_counter("watchdog_quarantines_total", labels={"agent": "Kenny", "reason": "stuck"})
+print(json.dumps({"before": before, "after": mine(), "boot": totals.boot, "started": totals.started}))
+"""
+
+
+def test_a_reused_pid_counts_from_its_own_start(tmp_path: Path) -> None:
+    """Multiprocess mode: a process whose pid's counter file already holds 5 quarantines exports its own
+    series from 0 (1 after its first quarantine), with the boot and start time of its marker file."""
+    out = json.loads(run_agent(REUSED_PID, tmp_path, str(tmp_path)))
+    assert out["before"]["ark_watchdog_quarantines_process"] == [0.0]
+    assert out["after"]["ark_watchdog_quarantines_process"] == [1.0]
+    assert out["before"]["ark_hrm_denials_process"] == [0.0]
+    assert out["after"]["ark_obs_start_time_seconds"] == [out["started"]]
+    (marker,) = tmp_path.glob("ark_obs_process_*.json")
+    assert json.loads(marker.read_text())["boot"] == out["boot"]
+    assert json.loads(marker.read_text())["baseline"]["watchdog_quarantines_total"] == 5.0
