@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from ark_obs.registry import (
 )
 from ark_obs.slo import PROCESS_TOTALS, ProcessTotals, SloCollector, SloEngine, SloReport
 from ark_obs.traces import HeartbeatMonitor, RevisionChecker, TraceMonitor, TraceReport, backend_for
+from ark_obs.traces.model import ENV_STORE
 from ark_obs.window import TICKER, Clock, Reading, Window, histogram_quantile, quantile_is_lower_bound
 
 __all__ = [
@@ -403,7 +405,13 @@ class MetricsCollector:
         if self._revisions is None:
             with self._revisions_lock:
                 if self._revisions is None:
-                    store = self.traces.store
+                    # a monitor that exists has the store; else one is built for a configured shared store
+                    # (with a memory store the map is this process' anyway: no monitor needed for it)
+                    store: object = None
+                    if self._traces is not None:
+                        store = self._traces.store
+                    elif (os.environ.get(ENV_STORE, "").strip() or "memory") != "memory":
+                        store = self.traces.store
                     self._revisions = RevisionChecker(self.registry, backend=backend_for(store), clock=self.clock)
         return self._revisions
 
