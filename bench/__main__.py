@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pkgutil
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-OUT = Path(__file__).parent / "out"
+OUT = Path(os.environ.get("ARK_OBS_BENCH_OUT") or Path(__file__).parent / "out")
 
 
 def show(result: dict[str, Any], console: Console | None = None) -> None:
@@ -40,22 +42,37 @@ def missed_targets(module: str, result: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """Run the named benchmarks (default: all bench_*.py modules); exit status 1 names every missed target."""
+    """Run the named benchmarks (default: all bench_*.py modules).
+
+    Exit status 0: every target met; 1: targets missed (each named); 2: a benchmark crashed (the others
+    still ran). ``ARK_OBS_BENCH_SMOKE=1`` runs each at a tiny size (bench/_timing.py), figures meaningless.
+    """
     here = [str(Path(__file__).parent)]
     names = argv or sorted(m.name for m in pkgutil.iter_modules(here) if m.name.startswith("bench_"))
     console = Console(width=150)
     OUT.mkdir(exist_ok=True)
     missed: list[str] = []
+    crashed: list[str] = []
     for name in names:
-        module = importlib.import_module(f"bench.{name if name.startswith('bench_') else 'bench_' + name}")
-        with console.status(f"running {module.__name__} ..."):
-            started = time.perf_counter()
-            result = module.run()
+        short = name if name.startswith("bench_") else "bench_" + name
+        started = time.perf_counter()
+        try:
+            module = importlib.import_module(f"bench.{short}")
+            with console.status(f"running {module.__name__} ..."):
+                result = module.run()
+        except Exception:
+            # one broken benchmark must not hide the ones after it: report it, run the rest, fail at the end
+            console.print(f"[red]{short} crashed:[/]")
+            console.print(traceback.format_exc(), markup=False, highlight=False)
+            crashed.append(short)
+            continue
         result["seconds"] = round(time.perf_counter() - started, 1)
         show(result, console)
-        short = module.__name__.split(".")[-1]
         (OUT / f"{short}.json").write_text(json.dumps(result, indent=2, default=str))
         missed += missed_targets(short, result)
+    if crashed:
+        console.print(f"[red]{len(crashed)} benchmark(s) crashed: {', '.join(crashed)}[/]")
+        return 2
     if not missed:
         console.print("[green]every target met[/]")
         return 0

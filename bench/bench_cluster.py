@@ -22,7 +22,7 @@ import redis
 from ark_obs.metrics import MetricsCollector
 from ark_obs.traces import DEFAULT_PIPELINE, SPAN_METRIC, TraceMonitor
 from ark_obs.traces.redis_store import RedisStore
-from bench._timing import row
+from bench._timing import row, sized
 
 AGENTS = DEFAULT_PIPELINE
 PRIMARIES = 3
@@ -111,7 +111,7 @@ def _round(store: RedisStore, traces: int) -> tuple[float, int, float]:
     return traces * len(AGENTS) / elapsed, done, float(dropped or 0)
 
 
-def run(traces: int = 20_000, rounds: int = 5) -> dict[str, Any]:
+def run(traces: int = sized(20_000, 200), rounds: int = sized(5, 1)) -> dict[str, Any]:
     """Standalone vs cluster store throughput, alternating rounds."""
     binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if binary is None or cli is None:

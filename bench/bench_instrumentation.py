@@ -22,10 +22,10 @@ from ark_obs.catalog import LATENCY_BUCKETS_MS, counter, latency_ms
 from ark_obs.context import bind_trace_id
 from ark_obs.instrumentation import instrument_agent_method, with_trace_id
 from ark_obs.metrics import MetricsCollector
-from bench._timing import row
+from bench._timing import row, sized
 
-CALLS = 1_000
-REPEATS = 150
+CALLS = sized(1_000, 20)
+REPEATS = sized(150, 2)
 TARGET = 2.0  # ours / hand-written overhead, async path, trace-id binding included
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SIGNAL = {"symbol": "ES", "side": "buy"}

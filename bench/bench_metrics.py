@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from ark_obs.catalog import LATENCY_BUCKETS_MS
 from ark_obs.context import TRACE_ID
 from ark_obs.metrics import MetricsCollector
-from bench._timing import interleaved_ns, per_call_ns, row
+from bench._timing import interleaved_ns, per_call_ns, row, sized
 from bench.seed_baseline import SeedStyleCollector
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -170,7 +170,10 @@ def _stats(n_small: int = 1_000, n_large: int = 1_000_000) -> list[dict[str, Any
 
 def run() -> dict[str, Any]:
     """Recording paths and windowed stats, side by side with raw prometheus_client and the seed-style baseline."""
-    return {"title": "metrics: recording and windowed stats", "rows": _recording() + _stats()}
+    return {
+        "title": "metrics: recording and windowed stats",
+        "rows": _recording() + _stats(*sized((1_000, 1_000_000), (100, 1_000))),
+    }
 
 
 if __name__ == "__main__":

@@ -29,12 +29,12 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from ark_obs.context import current_traceparent, parse_traceparent
 from ark_obs.instrumentation import instrument_agent_method
 from ark_obs.metrics import MetricsCollector
-from bench._timing import interleaved_ns, row
+from bench._timing import interleaved_ns, row, sized
 from bench.bench_service import PIPELINE, _start_server
 
 SPANS_PER_REQUEST = 1_000
-REQUESTS_PER_ROUND = 10
-ROUNDS = 6
+REQUESTS_PER_ROUND = sized(10, 2)
+ROUNDS = sized(6, 1)
 INGEST_TARGET = 1.0
 DECORATOR_TARGET = 1.5
 HEADER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from bench._timing import sized
+
 PIPELINE = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
 PROMETHEUS_ACCEPT = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1"
 MIN_SPANS_PER_SECOND = 20_000
@@ -137,8 +139,8 @@ def _metric(url: str, name: str) -> float:
 
 
 def run(
-    duration: float = 30.0,
-    idle: float = 10.0,
+    duration: float = sized(30.0, 1.0),
+    idle: float = sized(10.0, 0.5),
     batch_traces: int = 40,
     connections: int = 2,
     scrape_interval: float = 0.1,

@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from ark_obs.metrics import MetricsCollector
 from ark_obs.slo import SloEngine
 from ark_obs.slo.collector import SloCollector
-from bench._timing import row
+from bench._timing import row, sized
 
 AGENTS = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
 OPERATIONS = ("read", "write", "xadd", "hset")
@@ -35,7 +35,7 @@ def _interleaved_us(fns: dict[str, Any], number: int, rounds: int = 9) -> dict[s
     inflating one side of a comparison more than the other.
     """
     best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
+    for _ in range(sized(rounds, 1)):
         for name, fn in fns.items():
             timer = timeit.Timer(fn, timer=time.process_time)
             best[name] = min(best[name], timer.timeit(number) / number * 1e6)
@@ -89,7 +89,7 @@ def _evaluation(n_small: int, n_large: int) -> list[dict[str, Any]]:
         engines[n] = SloEngine(c, register=False)
         report = engines[n].check()
         assert report.slos[1].total_events == n, report.slos[1]  # every observation is in the window
-    costs = _interleaved_us({str(n): e.check for n, e in engines.items()}, 100)
+    costs = _interleaved_us({str(n): e.check for n, e in engines.items()}, sized(100, 2))
     small, large = costs[str(n_small)], costs[str(n_large)]
     return [
         row(f"evaluate the 4 default SLOs, {n_small:,} obs/histogram", small, "µs"),
@@ -105,31 +105,35 @@ def _evaluation(n_small: int, n_large: int) -> list[dict[str, Any]]:
 
 
 def _scrape(n: int, pipeline: bool) -> list[dict[str, Any]]:
-    """generate_latest() of one registry with and without the SLO collector, alternately."""
+    """generate_latest() of one registry with and without the SLO collector, alternately.
+
+    Every MetricsCollector carries its SLO collector from construction: "without" takes it off the
+    registry, "with" puts the same one back (registering a second one would duplicate its families).
+    """
     c, _ = _filled(n, pipeline)
     registry = c.registry.prometheus
     label = "ARK pipeline registry" if pipeline else "catalogue, only the SLO histograms filled"
+    slo_collector = SloCollector.attach_default(c)  # the one already registered
+    c.remove_collector(slo_collector)
     size = len(generate_latest(registry))
-    engine = SloEngine(c, register=False)
-    slo_collector = SloCollector(engine)
     registered = False
 
     def without() -> None:
         nonlocal registered
         if registered:
-            registry.unregister(slo_collector)
+            c.remove_collector(slo_collector)
             registered = False
         generate_latest(registry)
 
     def with_slos() -> None:
         nonlocal registered
         if not registered:
-            registry.register(slo_collector)
+            c.add_collector(slo_collector)
             registered = True
         generate_latest(registry)
 
     costs = _interleaved_us(
-        {"without": without, "with": with_slos, "collect": lambda: list(slo_collector.collect())}, 50
+        {"without": without, "with": with_slos, "collect": lambda: list(slo_collector.collect())}, sized(50, 2)
     )
     added = costs["with"] - costs["without"]
     return [
@@ -147,7 +151,7 @@ def _scrape(n: int, pipeline: bool) -> list[dict[str, Any]]:
 
 def run() -> dict[str, Any]:
     """Default SLOs evaluated at scrape time at 1k and 1M observations, next to a scrape without them."""
-    rows = _evaluation(1_000, 1_000_000)
+    rows = _evaluation(*sized((1_000, 1_000_000), (300, 3_000)))
     rows += _scrape(1_000, pipeline=True)
     rows += _scrape(1_000, pipeline=False)
     return {"title": "slo: scrape-time evaluation of the default SLOs", "rows": rows}

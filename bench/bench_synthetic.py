@@ -25,10 +25,11 @@ from ark_obs.synthetic import (
     in_process_collector,
     run_loop,
 )
+from bench._timing import sized
 
 ASKED_RATE = 1_000.0
-DURATION = 3.0
-CEILING_SECONDS = 2.0
+DURATION = sized(3.0, 0.3)
+CEILING_SECONDS = sized(2.0, 0.1)
 
 
 async def _asked() -> dict[str, Any]:

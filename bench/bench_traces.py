@@ -23,7 +23,7 @@ from ark_obs.metrics import MetricsCollector
 from ark_obs.traces import DEFAULT_PIPELINE, SPAN_METRIC, TraceMonitor
 from ark_obs.traces.memory import MemoryStore
 from ark_obs.traces.redis_store import RedisStore
-from bench._timing import row
+from bench._timing import row, sized
 
 AGENTS = DEFAULT_PIPELINE
 # a sixth pipeline agent that never reports keeps 5-span traces in flight (for memory and capacity)
@@ -269,7 +269,7 @@ def _redis_benchmark(port: int) -> float | None:
     if binary is None:
         return None
     out = subprocess.run(
-        [binary, "-h", "127.0.0.1", "-p", str(port), "-t", "set", "-n", "100000", "-q"],
+        [binary, "-h", "127.0.0.1", "-p", str(port), "-t", "set", "-n", str(sized(100_000, 1_000)), "-q"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -347,10 +347,10 @@ def _redis(traces: int = 40_000) -> list[dict[str, Any]]:
 
 def run() -> dict[str, Any]:
     """Every trace store benchmark."""
-    rows = _throughput()
-    rows += _bytes_per_trace()
-    rows += _bounded()
-    rows += _redis()
+    rows = _throughput(*sized((50_000, 5), (200, 1)))
+    rows += _bytes_per_trace(sized(20_000, 200))
+    rows += _bounded(*sized((1_000_000, 100_000), (2_000, 200)))
+    rows += _redis(sized(40_000, 200))
     return {"title": "traces: trace store recording, memory and Redis throughput", "rows": rows}
 
 

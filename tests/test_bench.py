@@ -1,7 +1,14 @@
-"""``make bench`` (python -m bench) exits non-zero naming every missed target, so a regression is visible."""
+"""``make bench`` (python -m bench) exits non-zero naming every missed target or crashed benchmark.
+
+``make test`` smoke-runs every benchmark module once at a tiny size, so none can silently rot.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -49,8 +56,62 @@ def test_every_target_met_exits_0(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     assert "every target met" in capsys.readouterr().out
 
 
-def test_make_bench_propagates_the_status() -> None:
-    """The Makefile runs ``python -m bench`` as the recipe's command, so its exit status is make's."""
-    recipe = (ROOT / "Makefile").read_text().split("\nbench:", 1)[1].split("\n\n", 1)[0]
-    assert "$(PY) -m bench" in recipe and "|| true" not in recipe and "-$(PY)" not in recipe
-    assert "sys.exit(main(sys.argv[1:]))" in (ROOT / "bench/__main__.py").read_text()
+def test_a_crashing_benchmark_is_reported_and_the_others_still_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A benchmark that raises: named with its traceback, the ones after it still run, exit status 2."""
+    module = types.ModuleType("bench.bench_broken")
+
+    def broken() -> dict[str, Any]:
+        raise ValueError("Duplicated timeseries in CollectorRegistry")
+
+    module.run = broken  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    fake_benchmark(monkeypatch, "after", [result_row("observe", True)])
+    assert bench_main.main(["broken", "after"]) == 2
+    out = capsys.readouterr().out
+    assert "bench_broken crashed" in out and "Duplicated timeseries" in out
+    assert "1 benchmark(s) crashed: bench_broken" in out
+    assert (bench_main.OUT / "bench_after.json").exists()
+
+
+def test_make_bench_propagates_a_failing_status(tmp_path: Path) -> None:
+    """``make bench`` run with an interpreter that fails: make fails too, whatever the recipe's shape."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make not installed")
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "fake interpreter: $*"\nexit 3\n')
+    fake.chmod(0o755)
+    # -o: neither the venv nor the system packages are (re)made; only the bench recipe runs
+    done = subprocess.run(
+        [make, "-o", ".venv/.installed", "-o", "system-deps", "bench", f"PY={fake}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "fake interpreter: -m bench" in done.stdout, done.stdout + done.stderr
+    assert done.returncode != 0
+
+
+def test_every_benchmark_runs_to_its_end_at_a_tiny_size(tmp_path: Path) -> None:
+    """Smoke run (ARK_OBS_BENCH_SMOKE=1): every bench/bench_*.py module runs once and reports rows; no timing asserted.
+
+    A benchmark that no longer runs (an API it uses changed) fails here instead of on the next ``make bench``.
+    """
+    modules = sorted(p.stem for p in (ROOT / "bench").glob("bench_*.py"))
+    env = {
+        **os.environ,
+        "ARK_OBS_BENCH_SMOKE": "1",
+        "ARK_OBS_BENCH_OUT": str(tmp_path),
+        "ARK_OBS_BENCH_ATTACK_SECONDS": "0.1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode in (0, 1), done.stdout[-4000:] + done.stderr[-4000:]  # 1: tiny sizes miss targets
+    assert "crashed" not in done.stdout
+    for name in modules:
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        assert result["rows"], name

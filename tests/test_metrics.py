@@ -149,6 +149,27 @@ def test_bad_runtime_values_are_dropped_counted_and_logged_once(
     assert len(logged) == 1
 
 
+def test_dropped_recordings_are_logged_once_per_metric_and_reason(
+    collector: MetricsCollector, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One log line for each (metric, reason) pair: a second reason on a metric, or a second metric with a
+    reason already logged, gets its own line; a repeat of a pair gets none."""
+    with caplog.at_level(logging.WARNING, logger="ark_obs"):
+        for _ in range(2):
+            collector.observe_histogram("ark_pass_latency_ms", math.nan)  # (latency, non_finite)
+            collector.observe_histogram("ark_pass_latency_ms", -1.0)  # (latency, negative)
+            collector.observe_histogram("hrm_eval_latency_ms", math.nan)  # (hrm, non_finite)
+    lines = [r.getMessage() for r in caplog.records if "dropped a recording" in r.getMessage()]
+    assert sorted(lines) == sorted(
+        f"ark-obs dropped a recording of {metric} ({reason}); further drops are only counted in ark_obs_dropped_total"
+        for metric, reason in (
+            ("ark_pass_latency_ms", "non_finite"),
+            ("ark_pass_latency_ms", "negative"),
+            ("hrm_eval_latency_ms", "non_finite"),
+        )
+    )
+
+
 def test_long_label_values_and_cardinality_blowups_are_dropped() -> None:
     """Label values over 128 characters and series past the cap are dropped and counted."""
     c = MetricsCollector(ticker=False, max_series=5)
@@ -280,7 +301,7 @@ def test_stats_of_an_empty_window_are_none_not_zero(collector: MetricsCollector)
     stats = collector.get_histogram_stats("hrm_eval_latency_ms")
     assert stats.as_dict() == {
         "count": 0, "sum": 0.0, "avg": None, "p50": None, "p95": None, "p99": None,
-        "min": None, "max": None, "window_seconds": 3600.0,
+        "min": None, "max": None, "window_seconds": 3600.0, "lower_bounds": [],
     }  # fmt: skip
 
 
@@ -356,3 +377,24 @@ def test_negative_infinity_is_bad_data_not_a_decrement(collector: MetricsCollect
     """-inf is dropped as non-finite, not as a negative amount."""
     collector.inc_counter("graveyard_validations_total", -math.inf)
     assert sample(collector, "ark_obs_dropped_total", metric="graveyard_validations_total", reason="non_finite") == 1.0
+
+
+def test_a_window_starting_inside_the_slice_of_its_only_observations_is_empty() -> None:
+    """One observation in the slice [0 s, 10 s); at 18 s, a 12 s window starts at 6 s, inside that slice: the
+    interpolated share (0.4 events) rounds to none, so the answer is the empty shape, no value from a fraction."""
+    clock = Clock()
+    c = MetricsCollector(clock=clock, ticker=False)
+    c.tick()
+    clock.advance(1)
+    c.observe_histogram("ark_pass_latency_ms", 50.0)
+    clock.advance(9)
+    c.tick()
+    clock.advance(8)
+    c.tick()
+    inside = c.increase("ark_pass_latency_ms", 12)
+    assert inside is not None and 0 < sum(inside[0][:-1]) < 0.5  # a fraction of an event, not nothing
+    assert c.get_histogram_stats("ark_pass_latency_ms", window_seconds=12).as_dict() == {
+        "count": 0, "sum": 0.0, "avg": None, "p50": None, "p95": None, "p99": None,
+        "min": None, "max": None, "window_seconds": 12, "lower_bounds": [],
+    }  # fmt: skip
+    assert c.get_histogram_stats("ark_pass_latency_ms", window_seconds=18).count == 1  # the whole slice: counted

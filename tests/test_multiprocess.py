@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from typing import Any
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from plugins.browser import headless
 from plugins.multiprocess import Monitor, run_agent
 
 AGENT = """
@@ -77,3 +82,65 @@ def test_a_family_served_at_scrape_time_is_not_also_taken_from_the_files(tmp_pat
     names = [f.name for f in text_string_to_metric_families(exposition)]
     assert names.count("redis_stream_depth") == 1
     assert 'redis_stream_depth{stream="signals"} 7.0' in exposition
+
+
+def test_latency_past_the_highest_bucket_is_reported_as_a_bound(start: Any, tmp_path: Path) -> None:
+    """Multiprocess mode shares no max: decisions of 20 s (past the 10 s bucket) read p95 = max = 10000 ms,
+    which the stats, /slos and the status page (in Chromium) report as a bound, "> 10000", not a value."""
+    files = tmp_path / "multiproc"
+    files.mkdir()
+    server = start({"PROMETHEUS_MULTIPROC_DIR": str(files)})
+    run_agent(
+        "from ark_obs import metrics\n"
+        "for _ in range(20):\n"
+        "    metrics.record_latency('ark_pass_latency_ms', 20000.0)\n",
+        files,
+    )
+    stats = httpx.get(server.url + "/metrics/json", timeout=10).json()["histograms"]["ark_pass_latency_ms"]
+    assert stats["count"] == 20 and stats["p95"] == stats["max"] == 10000.0
+    assert {"p50", "p95", "p99", "max"} <= set(stats["lower_bounds"])
+    slo = next(
+        s for s in httpx.get(server.url + "/slos", timeout=10).json()["slos"] if s["name"] == "decision_latency_p95"
+    )
+    assert slo["value"] == 10000.0 and slo["value_is_lower_bound"] is True and slo["status"] == "violated"
+    latency = httpx.get(server.url + "/status.json", timeout=10).json()["decision_latency"]
+    assert {"p95", "max"} <= set(latency["lower_bounds"])
+    dom = headless(server.url + "/", tmp_path / "profile", "--dump-dom").stdout
+    tile = re.search(r'data-slo="decision_latency_p95".*?</div>\s*</div>', dom, re.S)
+    assert tile is not None and "value <b>&gt; 10000 ms</b>" in tile.group(0), tile
+    assert "p95 <b>&gt; 10000 ms</b>" in dom
+
+
+# A process that finds a counter file under its own pid (a dead process' file, the pid reused): what the
+# file held is its baseline, not its quarantines; its boot and start time are in the marker it leaves.
+REUSED_PID = """
+import json, os, sys
+from prometheus_client.mmap_dict import MmapedDict
+old = MmapedDict(os.path.join(sys.argv[1], f"counter_{os.getpid()}.db"))
+key = json.dumps(("watchdog_quarantines", "watchdog_quarantines_total", {"agent": "Joey", "reason": "old"}, "h"))
+old.write_value(key, 5.0, 0.0)
+old.close()
+from ark_obs import metrics
+c = metrics.get_collector()
+totals = c.process_totals
+
+def mine():
+    return {f.name: [s.value for s in f.samples if s.labels.get("boot") == totals.boot] for f in totals.collect()}
+
+before = mine()
+metrics.increment_counter("watchdog_quarantines_total", labels={"agent": "Kenny", "reason": "stuck"})
+print(json.dumps({"before": before, "after": mine(), "boot": totals.boot, "started": totals.started}))
+"""
+
+
+def test_a_reused_pid_counts_from_its_own_start(tmp_path: Path) -> None:
+    """Multiprocess mode: a process whose pid's counter file already holds 5 quarantines exports its own
+    series from 0 (1 after its first quarantine), with the boot and start time of its marker file."""
+    out = json.loads(run_agent(REUSED_PID, tmp_path, str(tmp_path)))
+    assert out["before"]["ark_watchdog_quarantines_process"] == [0.0]
+    assert out["after"]["ark_watchdog_quarantines_process"] == [1.0]
+    assert out["before"]["ark_hrm_denials_process"] == [0.0]
+    assert out["after"]["ark_obs_start_time_seconds"] == [out["started"]]
+    (marker,) = tmp_path.glob("ark_obs_process_*.json")
+    assert json.loads(marker.read_text())["boot"] == out["boot"]
+    assert json.loads(marker.read_text())["baseline"]["watchdog_quarantines_total"] == 5.0

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ark_obs.catalog import LATENCY_BUCKETS_MS
-from ark_obs.window import Reading, Window, histogram_quantile
+from ark_obs.window import Reading, Window, histogram_quantile, quantile_is_lower_bound
 from plugins.clock import FakeClock as Clock
 
 BOUNDS = (*LATENCY_BUCKETS_MS, math.inf)
@@ -161,3 +161,14 @@ def test_quantile_estimate_lies_in_the_true_quantiles_bucket(xs: list[float], q:
 def test_quantile_of_empty_histogram_is_none() -> None:
     """No observations: no quantile, never a fake zero."""
     assert histogram_quantile(0.95, [0] * len(BOUNDS), BOUNDS) is None
+
+
+def test_a_quantile_past_the_last_finite_bucket_without_a_max_is_a_lower_bound() -> None:
+    """With events in +Inf and no max known (multiprocess), a quantile that falls there is only a lower bound."""
+    bounds = (100.0, 10_000.0, math.inf)
+    counts = (90.0, 4.0, 6.0)  # 6% above 10 s
+    assert histogram_quantile(0.95, counts, bounds) == 10_000.0
+    assert quantile_is_lower_bound(0.95, counts, bounds) and quantile_is_lower_bound(0.99, counts, bounds)
+    assert not quantile_is_lower_bound(0.50, counts, bounds)  # inside a finite bucket: an estimate, bounded
+    assert not quantile_is_lower_bound(0.95, counts, bounds, vmax=20_000.0)  # the max is known: interpolated
+    assert not quantile_is_lower_bound(0.95, (90.0, 10.0, 0.0), bounds)

@@ -249,14 +249,21 @@ ARK_AVAILABILITY_RATIO = gauge(
 # --- restart-proof availability input, read at scrape time (see ark_obs.slo.collector.ProcessQuarantines)
 ARK_OBS_START_TIME_SECONDS = gauge(
     "ark_obs_start_time_seconds",
-    "Unix time the exporting process started; boot names the process in ark_watchdog_quarantines_process_total.",
+    "Unix time a recording process started; boot names the process in the ark_*_process_total series.",
     labels=("boot",),
     collected=True,
 )
 ARK_WATCHDOG_QUARANTINES_PROCESS_TOTAL = counter(
     "ark_watchdog_quarantines_process_total",
-    "Watchdog quarantines of every agent and reason since the exporting process started (0 from its "
+    "Watchdog quarantines of every agent and reason since the process started (0 from its "
     "first scrape); a restart starts a new boot series instead of resetting this one.",
+    labels=("boot",),
+    collected=True,
+)
+ARK_HRM_DENIALS_PROCESS_TOTAL = counter(
+    "ark_hrm_denials_process_total",
+    "HRM denials of every rule and agent since the process started (0 from its first scrape, so rate() "
+    "sees the first denial of a new rule); one boot series per process, as for quarantines.",
     labels=("boot",),
     collected=True,
 )
@@ -305,6 +312,7 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ARK_AVAILABILITY_RATIO,
     ARK_OBS_START_TIME_SECONDS,
     ARK_WATCHDOG_QUARANTINES_PROCESS_TOTAL,
+    ARK_HRM_DENIALS_PROCESS_TOTAL,
 )
 
 

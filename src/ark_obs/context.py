@@ -46,6 +46,7 @@ _ZERO_PARENT_ID: Final = "0" * 16
 TRACE_ID_PATTERN: Final = r"^([0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
 ZERO_TRACE_IDS: Final = (_ZERO_TRACE_ID, _ZERO_UUID)
 _TRACE_ID_RE: Final = re.compile(TRACE_ID_PATTERN.strip("^$"), re.ASCII)
+_HEX32_RE: Final = re.compile(r"[0-9a-fA-F]{32}", re.ASCII)
 # version 00 is exactly these four fields; a later version may append "-" and more fields (W3C §3.3)
 _TRACEPARENT_RE: Final = re.compile(
     r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.ASCII | re.DOTALL
@@ -181,14 +182,21 @@ def canonical_trace_id(trace_id: str) -> str:
 
     A UUID-form id becomes its W3C form (what ``traceparent`` carries, what ``new_trace_id`` makes), so
     Kyle recording under ``str(uuid4())`` and Joey under the id from the header he received write one
-    trace. Any other string is an id of its own and returned as it is.
+    trace; 32 hex digits in upper case become lower case. Any other string is an id of its own and
+    returned as it is.
 
     >>> canonical_trace_id("3f2504e0-4f89-41d3-9a0c-0305e82c3301")
     '3f2504e04f8941d39a0c0305e82c3301'
     >>> canonical_trace_id("abc-123")
     'abc-123'
     """
-    if len(trace_id) != 36:
+    n = len(trace_id)
+    if n == 32:
+        # a W3C id printed in upper case names the same trace: lower case, as traceparent carries it
+        if trace_id.islower() or _HEX32_RE.fullmatch(trace_id) is None:
+            return trace_id
+        return trace_id.lower()
+    if n != 36:
         return trace_id
     canonical = _canonical.get(trace_id)
     if canonical is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,9 +37,10 @@ from ark_obs.registry import (
     is_multiprocess,
     multiprocess_dir,
 )
-from ark_obs.slo import ProcessQuarantines, SloCollector, SloEngine, SloReport
+from ark_obs.slo import PROCESS_TOTALS, ProcessTotals, SloCollector, SloEngine, SloReport
 from ark_obs.traces import HeartbeatMonitor, RevisionChecker, TraceMonitor, TraceReport, backend_for
-from ark_obs.window import TICKER, Clock, Reading, Window, histogram_quantile
+from ark_obs.traces.model import ENV_STORE
+from ark_obs.window import TICKER, Clock, Reading, Window, histogram_quantile, quantile_is_lower_bound
 
 __all__ = [
     "HistogramStats",
@@ -76,6 +78,9 @@ class HistogramStats(SeedDict):
     min: float | None
     max: float | None
     window_seconds: float
+    # fields whose number is only a lower bound (the true value is above it): in multiprocess mode, events
+    # above the highest finite bucket give max (and the quantiles there) as that bucket's bound, "> 10000"
+    lower_bounds: tuple[str, ...] = ()
 
 
 class MetricsCollector:
@@ -110,6 +115,7 @@ class MetricsCollector:
         }
         self._extra_collectors: list[Any] = []
         self._tick_lock = threading.Lock()
+        self._revisions_lock = threading.Lock()
         self._traces: TraceMonitor | None = None
         self._heartbeats: HeartbeatMonitor | None = None
         self._slos: SloEngine | None = None
@@ -121,11 +127,13 @@ class MetricsCollector:
             TICKER.add(self)
         # the scrape-time SLO families are there from the first scrape, not after a first check_slos()
         SloCollector.attach_default(self)
-        if catalog.WATCHDOG_QUARANTINES_TOTAL.name in self.registry:
-            self.process_quarantines: ProcessQuarantines | None = ProcessQuarantines(self)
-            self.add_collector(self.process_quarantines)
+        # per-process totals of the counters whose first event rate() cannot see (quarantines, denials)
+        if any(source.name in self.registry for source, _ in PROCESS_TOTALS):
+            self.process_totals: ProcessTotals | None = ProcessTotals(self)
+            self.add_collector(self.process_totals)
         else:
-            self.process_quarantines = None
+            self.process_totals = None
+        self.process_quarantines = self.process_totals  # the earlier name
 
     # declaration -------------------------------------------------------------------------------------
     def declare(self, spec: MetricSpec) -> Metric:
@@ -328,10 +336,16 @@ class MetricsCollector:
         count = round(events)
         if count == 0:
             return HistogramStats(0, 0.0, None, None, None, None, None, None, window)
+        lower_bounds: list[str] = []
         if vmin == float("inf"):  # multiprocess: bound min/max by the non-empty buckets
             first = next(i for i, c in enumerate(counts) if c > 0)
             last = max(i for i, c in enumerate(counts) if c > 0)
             vmin = bounds[first - 1] if first > 0 else 0.0
+            if bounds[last] == float("inf"):  # events above the highest finite bound: how far, unknown
+                lower_bounds += [
+                    f"p{round(q * 100)}" for q in (0.50, 0.95, 0.99) if quantile_is_lower_bound(q, counts, bounds)
+                ]
+                lower_bounds += ["min"] * (first == last) + ["max"]
             vmax = bounds[last] if bounds[last] != float("inf") else bounds[last - 1]
         return HistogramStats(
             count=count,
@@ -343,6 +357,7 @@ class MetricsCollector:
             min=vmin,
             max=vmax,
             window_seconds=window,
+            lower_bounds=tuple(lower_bounds),
         )
 
     # traces, heartbeats and SLOs: each lives in its own module; created on first use ---------------
@@ -381,11 +396,23 @@ class MetricsCollector:
 
     @property
     def revisions(self) -> RevisionChecker:
-        """State revision continuity (ark_obs.traces.revisions), in memory unless replaced."""
+        """State revision continuity (ark_obs.traces.revisions), on the trace store's Redis when it has one.
+
+        The map follows the configured trace store (``ARK_OBS_TRACE_STORE``) whatever this process' first
+        ark-obs call: the trace monitor is built here if nothing built it before, so a process whose
+        first call is ``track_state_operation`` shares the map with every other writer.
+        """
         if self._revisions is None:
-            # with a shared (Redis) trace store, revisions are checked across processes too
-            store = self._traces.store if self._traces is not None else None
-            self._revisions = RevisionChecker(self.registry, backend=backend_for(store), clock=self.clock)
+            with self._revisions_lock:
+                if self._revisions is None:
+                    # a monitor that exists has the store; else one is built for a configured shared store
+                    # (with a memory store the map is this process' anyway: no monitor needed for it)
+                    store: object = None
+                    if self._traces is not None:
+                        store = self._traces.store
+                    elif (os.environ.get(ENV_STORE, "").strip() or "memory") != "memory":
+                        store = self.traces.store
+                    self._revisions = RevisionChecker(self.registry, backend=backend_for(store), clock=self.clock)
         return self._revisions
 
     @revisions.setter

@@ -259,6 +259,18 @@ def histogram_quantile(
     return None
 
 
+def quantile_is_lower_bound(q: float, counts: Sequence[float], bounds: Sequence[float], vmax: float = -INF) -> bool:
+    """Whether ``histogram_quantile(q, ...)`` is only a lower bound of the true quantile.
+
+    That is when the quantile falls in the +Inf bucket and no max is known (multiprocess mode): the
+    estimate is the highest finite bound, and the true value is anywhere above it.
+    """
+    if vmax != -INF or not counts or bounds[len(counts) - 1] != INF or counts[-1] <= 0:
+        return False
+    total = sum(counts)
+    return total > 0 and total - counts[-1] < q * total
+
+
 class _Tickable(Protocol):
     def tick(self) -> bool: ...
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from ark_obs.context import is_valid_trace_id, parse_traceparent
-from ark_obs.service.api import TRACE_ID_PATTERN, TRACEPARENT_PATTERN, TraceId, TraceParentTraceId
+from ark_obs.service.api import API_TRACE_ID_PATTERN, TRACEPARENT_PATTERN, TraceId, TraceParentTraceId
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 _TRACEPARENT = TypeAdapter(TraceParentTraceId)
@@ -18,19 +18,22 @@ _TRACE_ID = TypeAdapter(TraceId)
 
 @given(
     st.one_of(
-        st.from_regex(TRACE_ID_PATTERN, fullmatch=True),
+        st.from_regex(API_TRACE_ID_PATTERN, fullmatch=True),
         st.sampled_from(["0" * 32, "00000000-0000-0000-0000-000000000000", TRACE.upper(), TRACE[:-1], ""]),
         st.text(alphabet="0123456789abcdefABCDEF-", min_size=30, max_size=38),
     )
 )
 def test_api_trace_ids_are_the_context_module_s(candidate: str) -> None:
-    """The HTTP API accepts exactly the trace ids ark_obs.context.is_valid_trace_id accepts."""
+    """The HTTP API accepts exactly the trace ids ark_obs.context.is_valid_trace_id accepts, in either case
+    (upper case is what RFC 4122 allows on input), and takes them in lower case."""
     try:
-        _TRACE_ID.validate_python(candidate)
+        taken = _TRACE_ID.validate_python(candidate)
         accepted = True
     except ValidationError:
         accepted = False
-    assert accepted is is_valid_trace_id(candidate)
+    assert accepted is is_valid_trace_id(candidate.lower())
+    if accepted:
+        assert taken == candidate.lower()
 
 
 @given(

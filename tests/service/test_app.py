@@ -267,6 +267,7 @@ async def test_metrics_json(client: httpx.AsyncClient) -> None:
         "min": None,
         "max": None,
         "window_seconds": 3600.0,
+        "lower_bounds": [],
     }
     complete = next(f for f in body["families"] if f["name"] == "ark_traces_complete")
     assert complete["type"] == "counter"
@@ -362,20 +363,35 @@ async def test_trace_unknown_is_404(client: httpx.AsyncClient) -> None:
     assert r.status_code == 404 and "unknown trace" in r.json()["detail"]
 
 
+async def test_every_id_form_accepted_for_writing_is_accepted_for_reading() -> None:
+    """Spans recorded under an upper-case UUID (the library and OTLP take it) and posted under an upper-case
+    W3C id: GET /traces/{id} answers 200 for the trace under each form, either case, as one canonical id."""
+    collector = manual_collector(FakeClock())
+    collector.record_trace_span(UUID_TRACE.upper(), "Kyle")
+    async with serve(create_app(settings(), collector)) as c:
+        hex_upper = UUID_TRACE.replace("-", "").upper()
+        assert (await c.post(f"/traces/{hex_upper}/spans", json={"agent": "Joey"})).status_code == 200
+        for form in (UUID_TRACE.upper(), UUID_TRACE, hex_upper, hex_upper.lower()):
+            r = await c.get(f"/traces/{form}")
+            assert r.status_code == 200, (form, r.text)
+            body = r.json()
+            assert body["trace_id"] == UUID_TRACE.replace("-", "")
+            assert body["agents_seen"] == ["Kyle", "Joey"], form
+
+
 @pytest.mark.parametrize(
     "bad",
     [
         "abc-123",
         "0" * 32,
         "00000000-0000-0000-0000-000000000000",
-        TRACE.upper(),
         TRACE + "0",
-        UUID_TRACE.upper(),
+        UUID_TRACE.upper() + "0",
         "%00" * 12,
     ],
 )
 async def test_trace_malformed_id_is_422(client: httpx.AsyncClient, bad: str) -> None:
-    """A trace id that is not a lowercase UUID or a non-zero W3C trace-id is a 422 naming trace_id."""
+    """A trace id that is not a UUID or a non-zero W3C trace-id is a 422 naming trace_id."""
     r = await client.get(f"/traces/{bad}")
     assert r.status_code == 422
     assert r.json()["detail"][0]["loc"] == ["path", "trace_id"]
@@ -414,7 +430,8 @@ async def test_recent_incomplete_traces() -> None:
             for s in fams["ark_traces_incomplete"].samples
             if s.name.endswith("_total")
         }
-        assert by_agent == {"Joey": 1.0, "HRM": 1.0, "Kenny": 1.0}
+        # every pipeline agent's series exists from the start (0 until a trace stops before it)
+        assert by_agent == {"Kyle": 0.0, "Joey": 1.0, "HRM": 1.0, "Kenny": 1.0, "Aletheia": 0.0}
 
 
 @pytest.mark.parametrize("query", [{"status": "complete"}, {"limit": 0}, {"limit": 100_000}, {"limit": "x"}])
@@ -812,3 +829,17 @@ async def test_every_refusal_is_counted_by_reason() -> None:
         assert (await c.post("/heartbeats/Kyle", headers=auth)).status_code == 200
         counts = refused((await c.get("/metrics")).text)
     assert counts == {"unauthorized": 1.0, "too_large": 2.0, "invalid": 1.0, "busy": 0.0, "unavailable": 0.0}
+
+
+async def test_422_texts_are_cut_at_200_characters(client: httpx.AsyncClient) -> None:
+    """A location part (here an unknown field's name) of 200 characters is shown whole; one of 201 is cut to its
+    first 200, marked "..."; every msg and type stays within 200 characters plus the mark."""
+    exact, over = "k" * 200, "x" * 190 + "y" * 11
+    spans = [{"trace_id": TRACE, "agent": "Kyle", exact: 1}, {"trace_id": TRACE, "agent": "Kyle", over: 1}]
+    r = await client.post("/spans", json={"spans": spans})
+    assert r.status_code == 422
+    parts = [part for e in r.json()["detail"] for part in e["loc"] if isinstance(part, str)]
+    assert exact in parts
+    assert "x" * 190 + "y" * 10 + "..." in parts and over not in parts
+    for e in r.json()["detail"]:
+        assert len(e["msg"]) <= 203 and len(e["type"]) <= 203

@@ -403,6 +403,17 @@ def test_healthy_http_fed_service_says_not_reported_and_names_trace_latency(heal
     assert violated == 0 and met >= 1 and no_data >= 2  # no decision or HRM latency arrives over HTTP
     assert "every agent heartbeating, none quarantined" in dom
     assert set(green_tiles(dom)) == {"tile-agents", "tile-traces"}  # the evidence: heartbeats and traces
+    # nothing violated but SLOs without data: the tile says "no data", not "met", and each such SLO's badge too
+    assert '<div class="tile no_data" id="tile-slos">' in dom
+    assert re.search(r"#summary \.tile\.no_data(, #summary \.tile\.unknown)? \{ border-color: [^;]+;", dom)
+    silent = {s["name"] for s in httpx.get(healthy + "/slos").json()["slos"] if s["status"] == "no_data"}
+    rows = re.findall(
+        r'<div class="slo" data-slo="([^"]+)" data-status="no_data"[^>]*>.*?<span class="badge ([a-z_]+)"[^>]*>([^<]+)<',
+        dom,
+    )
+    # the tile's "no data" also counts availability, met by /slos but without evidence here ("met, no evidence")
+    assert {r[0] for r in rows} == silent and len(silent) + 1 == no_data
+    assert all(r[1:] == ("no_data", "no data") for r in rows), rows
 
 
 def test_fresh_start_shows_no_green_without_evidence(fresh: str, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import signal
@@ -63,6 +64,28 @@ def criterion(report: SyntheticReport, prefix: str) -> Any:
 
 
 # --- a healthy run ---------------------------------------------------------------------------------------
+def test_live_display_and_report_give_one_throughput_figure() -> None:
+    """The live panel's last achieved rate is the report's (the issue: 50.00/s reported, 49.2/s live)."""
+    from rich.console import Console
+
+    from ark_obs.synthetic.cli import _progress_table
+
+    config = SyntheticConfig(rate=50, duration_seconds=0.5, latency_scale=0.2, seed=2, heartbeat_interval_seconds=FAST)
+    panels: list[str] = []
+
+    def progress(state: Any) -> None:
+        console = Console(width=120, record=True, file=io.StringIO())
+        console.print(_progress_table(config, state))
+        panels.append(console.export_text())
+
+    report = asyncio.run(run_loop(config, in_process_collector(config), on_progress=progress))
+    line = next(x for x in panels[-1].splitlines() if "achieved rate" in x)
+    assert f"{report.achieved_rate:,.2f}/s" in line, (line, report.achieved_rate)
+    throughput = criterion(report, "throughput")
+    assert throughput.detail.endswith(f"= {report.achieved_rate:.2f}/s")
+    assert f"{report.passes} passes completed over the" in throughput.detail
+
+
 def test_short_run_meets_every_criterion_and_records_through_the_decorators() -> None:
     """50 passes/s for 2 s meets the seed's criteria; metrics, traces and heartbeats come from the decorators."""
     config = SyntheticConfig(rate=50, duration_seconds=2, latency_scale=0.2, bad_share=0.2, seed=7,
@@ -70,6 +93,7 @@ def test_short_run_meets_every_criterion_and_records_through_the_decorators() ->
     report, c = run(config)
 
     assert report.passed, [c for c in report.criteria if not c.passed]
+    assert all(any(ch.isdigit() for ch in x.detail) for x in report.criteria), report.criteria  # what it measured
     assert [x.name for x in report.criteria] == [
         "throughput >= 50 passes/s",
         "zero unexpected errors",
@@ -132,9 +156,13 @@ def test_kenny_errors_fault_quarantines_kenny_and_its_errors_are_expected() -> N
     assert sample(c, "ark_agent_errors_total", agent="Kenny", method="_execute", exception="InjectedFault") == 3
     assert sample(c, "kenny_exec_success_rate") == 0.0
     assert criterion(report, "Watchdog quarantined Kenny").passed
-    # quarantined Kenny is skipped: those traces stop short of him, as the fault explains
+    # quarantined Kenny is skipped: those traces stop short of him, as the fault explains, and the line says so
     assert report.traces_incomplete_expected == report.passes - 3
     assert report.traces_incomplete_unexpected == 0
+    traces = criterion(report, "every trace complete")
+    assert traces.passed and traces.name == "every trace complete but those the injected fault breaks"
+    assert traces.detail.startswith(f"3/{report.passes} traces checked complete; {report.passes - 3} incomplete")
+    assert "incomplete as expected: missing Kenny, as kenny-errors injects" in traces.detail
     # the availability SLO sees the quarantine (5 s of downtime in a 5 min window)
     assert c.check_slos()["violations"] == ["availability"]
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,12 +21,15 @@ from ark_obs.traces.redis_store import make_client
 from ark_obs.traces.revisions import (
     MAX_KEY_LENGTH,
     AnomalyKind,
+    FileAnomalies,
     MemoryRevisions,
     RedisRevisions,
+    RevisionAnomaly,
     RevisionChecker,
     backend_for,
 )
 from plugins.clock import FakeClock
+from plugins.multiprocess import Monitor, run_agent
 
 
 @pytest.fixture
@@ -220,3 +227,106 @@ async def test_service_on_redis_uses_the_shared_map(redis_url: str) -> None:
     finally:
         for monitor in app.state.service.owned:
             monitor.close()
+
+
+# --- several writer processes: the map and the list follow the configured store whatever the first call ---
+WRITER = """
+import sys
+from ark_obs import metrics
+from ark_obs.instrumentation import track_state_operation
+for line in sys.stdin:
+    cmd, *args = line.split()
+    if cmd == "span":  # a first ark-obs call that builds the trace monitor
+        metrics.record_trace("4bf92f3577b34da6a3ce929d0e0e4736", "Kyle")
+        print("ok", flush=True)
+    else:
+        track_state_operation("write", args[0], 1.0, key=args[1], revision=int(args[2]))
+        print(metrics.get_collector().revisions.backend.backend, flush=True)
+"""
+
+
+class Writer:
+    """An agent process on ``ARK_OBS_TRACE_STORE=url`` that runs one command at a time."""
+
+    def __init__(self, url: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER],
+            env={**env, "ARK_OBS_TRACE_STORE": url},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def __call__(self, line: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+@pytest.mark.parametrize("fixture", ["redis_url", "redis_cluster_url"])
+async def test_writer_processes_share_the_map_and_the_list_whatever_their_first_call(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    """Two agent processes write one key in turn; one's first ark-obs call is ``track_state_operation``, the
+    other's a span. Both check against the store's map (Redis, Redis Cluster): exactly the true anomalies
+    are found, and the service lists both processes' anomalies."""
+    url = request.getfixturevalue(fixture)
+    state_first, span_first = Writer(url), Writer(url)
+    try:
+        assert state_first("state Kenny position:AAPL 1") == "redis"
+        assert span_first("span") == "ok"
+        assert span_first("state Joey position:AAPL 2") == "redis"
+        state_first("state Kenny position:AAPL 3")
+        span_first("state Joey position:AAPL 5")  # a gap: 4 was never written
+        state_first("state Kenny position:AAPL 5")  # a duplicate
+        state_first("state Kenny position:AAPL 6")
+    finally:
+        state_first.close()
+        span_first.close()
+    app = create_app(Settings(trace_store=url))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ark-obs") as client:
+            body = (await client.get("/state/anomalies")).json()
+    finally:
+        for monitor in app.state.service.owned:
+            monitor.close()
+    assert body["listed_from"] == "redis"
+    assert [(a["agent"], a["kind"], a["previous"], a["revision"]) for a in body["anomalies"]] == [
+        ("Kenny", "duplicate", 5, 5),
+        ("Joey", "gap", 3, 5),
+    ]
+    assert body["tracked_keys"] == 1
+
+
+def test_multiprocess_service_lists_what_agent_processes_detected(tmp_path: Path) -> None:
+    """Multiprocess mode, memory store: anomalies an agent process detects are listed by the monitor process."""
+    monitor = Monitor(tmp_path, "c.revisions.listing().model_dump(mode='json')")
+    run_agent(
+        "from ark_obs.instrumentation import track_state_operation\n"
+        "for r in (1, 2, 4, 4):\n"
+        "    track_state_operation('write', 'Kenny', 1.0, key='position:AAPL', revision=r)\n",
+        tmp_path,
+    )
+    body = monitor.result()
+    assert body["listed_from"] == "multiprocess_dir"
+    assert [(a["agent"], a["key"], a["kind"], a["revision"]) for a in body["anomalies"]] == [
+        ("Kenny", "position:AAPL", "duplicate", 4),
+        ("Kenny", "position:AAPL", "gap", 4),
+    ]
+
+
+def test_a_process_anomaly_file_stays_bounded(tmp_path: Path) -> None:
+    """FileAnomalies: past 2 x recent_max lines the process' file is rewritten with the newest recent_max."""
+    log = FileAnomalies(str(tmp_path), recent_max=3)
+    for i in range(10):
+        log.append(RevisionAnomaly(float(i), "Kenny", f"k{i}", AnomalyKind.GAP, i, i + 2))
+    (path,) = tmp_path.glob("ark_obs_revision_anomalies_*.jsonl")
+    assert len(path.read_text().splitlines()) <= 6
+    assert [a.key for a in log.recent(10)] == ["k9", "k8", "k7"]

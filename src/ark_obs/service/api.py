@@ -12,12 +12,12 @@ from typing import Annotated, Final, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ark_obs import __version__
-from ark_obs.context import TRACE_ID_PATTERN, ZERO_TRACE_IDS, parse_traceparent
+from ark_obs.context import ZERO_TRACE_IDS, parse_traceparent
 from ark_obs.metrics import HistogramStats
 from ark_obs.settings import NAME_PATTERN
 from ark_obs.traces import TraceReport, TraceStatus
 
-# TRACE_ID_PATTERN (from ark_obs.context) has no look-ahead (pydantic's regex engine has none), so the
+# API_TRACE_ID_PATTERN (below) has no look-ahead (pydantic's regex engine has none), so the
 # all-zero ids are excluded with a JSON Schema "not" and a validator: the schema and the checks agree.
 _ZERO_IDS: Final = frozenset(ZERO_TRACE_IDS)
 METRIC_NAME_PATTERN: Final = r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$"
@@ -32,11 +32,18 @@ MAX_UNIX_SECONDS: Final = 1e11
 MAX_DURATION_MS: Final = 86_400_000.0
 
 
+# The API takes a UUID or W3C trace-id in either case (RFC 4122 allows upper case on input, and the library
+# and OTLP take such ids), and answers for it in lower case: every form accepted for writing is readable.
+API_TRACE_ID_PATTERN: Final = (
+    r"^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+)
+
+
 def _not_all_zero(trace_id: str) -> str:
     # the pattern has checked the form; a set lookup is all that is left (this runs once per span)
     if trace_id in _ZERO_IDS:
         raise ValueError("an all-zero trace id is invalid")
-    return trace_id
+    return trace_id if trace_id.islower() or trace_id.isdigit() else trace_id.lower()
 
 
 AgentName = Annotated[
@@ -45,11 +52,11 @@ AgentName = Annotated[
 TraceId = Annotated[
     str,
     Field(
-        pattern=TRACE_ID_PATTERN,
+        pattern=API_TRACE_ID_PATTERN,
         min_length=32,
         max_length=36,
         examples=["4bf92f3577b34da6a3ce929d0e0e4736"],
-        description="A lowercase UUID or a W3C trace-id (32 lowercase hex digits), not all zeros.",
+        description="A UUID or a W3C trace-id (32 hex digits), either case (taken in lower case), not all zeros.",
         json_schema_extra={"not": {"enum": list(ZERO_TRACE_IDS)}},
     ),
     AfterValidator(_not_all_zero),

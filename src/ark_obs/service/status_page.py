@@ -99,6 +99,11 @@ class LatencyOut(BaseModel):
     p95: float | None
     p99: float | None
     max: float | None
+    lower_bounds: list[str] = Field(
+        default=[],
+        description="fields (p50, p95, p99, max) that are only a lower bound, shown '> value': events above "
+        "the highest finite bucket in multiprocess mode",
+    )
     threshold_ms: float
     over_threshold: int = Field(description="observations above threshold_ms in the window")
     buckets: list[BucketOut]
@@ -212,6 +217,7 @@ def _latency(collector: MetricsCollector, name: str, window: float, threshold: f
         p95=stats.p95,
         p99=stats.p99,
         max=stats.max if stats.max is not None and math.isfinite(stats.max) else None,
+        lower_bounds=[f for f in stats.lower_bounds if f in ("p50", "p95", "p99", "max")],
         threshold_ms=threshold,
         over_threshold=over,
         buckets=buckets,

@@ -59,8 +59,7 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
         ttl_seconds=settings.trace_ttl_seconds,
         max_in_flight=settings.max_in_flight_traces,
         sweep=True,  # the service does the accounting, also for a store shared with agents
-        streams=settings.redis_streams,
-        stream_timeout=settings.store_timeout_seconds,
+        streams=settings.redis_streams,  # read through the store's client: its timeout applies
         store_timeout=settings.store_timeout_seconds,
         clock_skew_seconds=settings.max_clock_skew_seconds,
         max_agents_per_trace=settings.max_agents_per_trace,

@@ -52,7 +52,7 @@ burn-rate alerts and promtool tests generated from the specs: ``ark-obs rules``)
 seed's four SLOs).
 """
 
-from ark_obs.slo.collector import FAMILIES, ProcessQuarantines, SloCollector
+from ark_obs.slo.collector import FAMILIES, PROCESS_TOTALS, ProcessQuarantines, ProcessTotals, SloCollector
 from ark_obs.slo.engine import SloEngine
 from ark_obs.slo.report import SloReport, SloStatus
 from ark_obs.slo.spec import (
@@ -80,11 +80,13 @@ __all__ = [
     "DEFAULT_DOWNTIME_PER_QUARANTINE_SECONDS",
     "DEFAULT_MIN_EVENTS",
     "FAMILIES",
+    "PROCESS_TOTALS",
     "AvailabilitySlo",
     "GaugeSlo",
     "LatencySlo",
     "Operator",
     "ProcessQuarantines",
+    "ProcessTotals",
     "RatioSlo",
     "SloCollector",
     "SloConfigError",

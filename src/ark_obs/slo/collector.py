@@ -11,28 +11,35 @@ runs the SLO engine once and yields (names and help from the catalogue's ARK_SLO
 
 A value that is unknown (no events) is left out rather than exported as NaN.
 
-``ProcessQuarantines`` adds the restart-proof input of the availability rules:
-``ark_watchdog_quarantines_process_total{boot}`` and ``ark_obs_start_time_seconds{boot}``.
+``ProcessTotals`` adds the restart-proof input of the availability and denial rules:
+``ark_watchdog_quarantines_process_total{boot}``, ``ark_hrm_denials_process_total{boot}`` and
+``ark_obs_start_time_seconds{boot}``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
+import os
+import threading
 import time
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ark_obs import catalog
 from ark_obs.catalog import MetricSpec
+from ark_obs.registry import multiprocess_dir
 from ark_obs.slo.report import SloReport
 from ark_obs.slo.spec import SloConfigError
 from ark_obs.source import MetricSource
 
-__all__ = ["FAMILIES", "ProcessQuarantines", "SloCollector"]
+__all__ = ["FAMILIES", "PROCESS_TOTALS", "ProcessQuarantines", "ProcessTotals", "SloCollector"]
 
 log = logging.getLogger("ark_obs")
 
@@ -160,44 +167,168 @@ def families(report: SloReport) -> Iterator[Metric]:
     yield from (value, objective, met, budget, burn, events, availability)
 
 
-class ProcessQuarantines:
-    """Watchdog quarantines since this process started, as one series per process: restart-proof input.
+# counters whose first event a labelled series cannot show to rate()/increase(), each with the
+# per-process total exported for it (born at 0, one series per process)
+PROCESS_TOTALS: Final[tuple[tuple[MetricSpec, MetricSpec], ...]] = (
+    (catalog.WATCHDOG_QUARANTINES_TOTAL, catalog.ARK_WATCHDOG_QUARANTINES_PROCESS_TOTAL),
+    (catalog.HRM_DENIALS_TOTAL, catalog.ARK_HRM_DENIALS_PROCESS_TOTAL),
+)
+# multiprocess mode: each recording process' boot, start time and baselines, next to its *.db files
+MARKER_PREFIX: Final = "ark_obs_process_"
 
-    ``watchdog_quarantines_total{agent,reason}`` loses quarantines to ``increase()`` across restarts: a
-    free-text label set is born at 1 (its first quarantine is no increase), and one that dies with its
-    process and is born again at the same value shows no change at all. This collector exports, from
-    the first scrape, ``ark_watchdog_quarantines_process_total{boot}`` (every agent and reason summed,
-    0 until the first quarantine, monotone) and ``ark_obs_start_time_seconds{boot}``; ``boot`` is new
-    with every process, so a restart is a new series, never a reset, and the shipped rules count a
-    series born inside the window from 0 (deploy/prometheus/rules/ark-slo.rules.yml).
 
-    In multiprocess mode the files of earlier runs may persist: their total at start is the baseline,
-    so the series still counts only what happened since this process started.
+@dataclass(frozen=True, slots=True)
+class Boot:
+    """One recording process: its ``boot`` label, start time, and its counters' totals when it started."""
+
+    boot: str
+    started: float
+    baseline: dict[str, float]
+
+
+# one boot per (directory, pid): every collector of a process shares it, a forked child gets its own
+_BOOTS: Final[dict[tuple[str, int], Boot]] = {}
+_BOOTS_LOCK: Final = threading.Lock()
+
+
+def _file_totals(path: str, names: set[str]) -> dict[str, float]:
+    """The totals of the counters ``names`` in one process' counter file (0 for those it lacks)."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    totals = dict.fromkeys(names, 0.0)
+    try:
+        values = list(MmapedDict.read_all_values_from_file(path))  # type: ignore[no-untyped-call]
+    except (OSError, ValueError):
+        return totals
+    for key, value, *_ in values:
+        try:
+            _metric, sample_name, _labels, _help = json.loads(key)
+        except (ValueError, TypeError):
+            continue
+        if sample_name in names:  # a counter's samples are named <name>_total, as the catalogue's specs
+            totals[sample_name] += float(value)
+    return totals
+
+
+def _own_boot(path: str, names: set[str], started: float) -> Boot:
+    """This process' boot in the multiprocess directory ``path``: written once, at its first collector.
+
+    The baseline is what this pid's counter file already held (a pid reused after a process died keeps
+    the dead process' file), so the series counts only this process' events.
+    """
+    pid = os.getpid()
+    with _BOOTS_LOCK:
+        boot = _BOOTS.get((path, pid))
+        if boot is None:
+            baseline = _file_totals(os.path.join(path, f"counter_{pid}.db"), names)
+            boot = Boot(f"{started:.6f}-{pid}", started, baseline)
+            marker = os.path.join(path, f"{MARKER_PREFIX}{pid}.json")
+            try:
+                with open(marker + ".tmp", "w", encoding="utf-8") as f:
+                    json.dump({"boot": boot.boot, "started": started, "baseline": baseline}, f)
+                os.replace(marker + ".tmp", marker)
+            except OSError as exc:
+                log.warning("ark-obs: could not write %s: %s", marker, exc)
+            _BOOTS[(path, pid)] = boot
+    return boot
+
+
+def _boots(path: str) -> dict[str, Boot]:
+    """Every recording process' boot in ``path``, by pid."""
+    out: dict[str, Boot] = {}
+    with contextlib.suppress(OSError):
+        for name in os.listdir(path):
+            if not (name.startswith(MARKER_PREFIX) and name.endswith(".json")):
+                continue
+            try:
+                with open(os.path.join(path, name), encoding="utf-8") as f:
+                    d = json.load(f)
+                boot = Boot(str(d["boot"]), float(d["started"]), {k: float(v) for k, v in d["baseline"].items()})
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                continue
+            out[name[len(MARKER_PREFIX) : -len(".json")]] = boot
+    return out
+
+
+class ProcessTotals:
+    """Per-process totals of the counters whose first event ``rate()``/``increase()`` cannot see.
+
+    A labelled counter series is born at 1 on its first ``inc()``: ``increase()`` sees no step from
+    nothing to 1, so the first quarantine of a free-text ``{agent, reason}``, or the first denial of a
+    new ``rule_id``, is invisible, and a series that dies with its process and is born again at the same
+    value shows no change. This collector exports, from the first scrape:
+
+    - ``ark_watchdog_quarantines_process_total{boot}`` and ``ark_hrm_denials_process_total{boot}``:
+      every quarantine (denial) of every label set since the process started, 0 until the first,
+      monotone;
+    - ``ark_obs_start_time_seconds{boot}``: when that process started.
+
+    ``boot`` is new with every process, so a restart is a new series, never a reset, and the shipped
+    rules count a series born inside the window from 0 (deploy/prometheus/rules/).
+
+    In multiprocess mode the series are per *recording* process: every process (agents and the service)
+    leaves a marker next to its counter file when its first collector is built, and the exporting
+    process reads each process' own file. So an agent process keeps its series, unchanged, across a
+    restart of ``ark-obs serve``: a quarantine recorded while the service was down is a step in that
+    series once it is scraped again, not part of a new baseline. A process' series stays (constant)
+    after it exits, as its file does; a counter file without a marker (a process without ark-obs) is
+    counted as started long ago.
     """
 
     def __init__(self, collector: MetricSource, started: float | None = None) -> None:
         self._collector = collector
         self.started = time.time() if started is None else started
-        self.boot = f"{self.started:.6f}"
-        self._baseline = self._total()
+        self.specs = tuple((src, out) for src, out in PROCESS_TOTALS if src.name in collector.registry)
+        self._names = {src.name for src, _ in self.specs}
+        self._path = multiprocess_dir()
+        if self._path is not None:
+            own = _own_boot(self._path, self._names, self.started)
+            self.boot, self.started = own.boot, own.started
+        else:
+            self.boot = f"{self.started:.6f}"
+        self._baseline = {name: self._total(name) for name in self._names}
 
-    def _total(self) -> float:
-        name = catalog.WATCHDOG_QUARANTINES_TOTAL.name
+    def _total(self, name: str) -> float:
         return math.fsum(r.values[0] for r in self._collector.readings(name))
 
     def describe(self) -> list[Metric]:
-        """The two families, without reading any counter."""
-        spec = catalog.ARK_WATCHDOG_QUARANTINES_PROCESS_TOTAL
+        """The families, without reading any counter."""
         return [
             _family(catalog.ARK_OBS_START_TIME_SECONDS),
-            CounterMetricFamily(spec.name, spec.help, labels=spec.labels),
+            *(CounterMetricFamily(out.name, out.help, labels=out.labels) for _, out in self.specs),
         ]
 
+    def _per_process(self) -> Iterator[tuple[Boot, dict[str, float]]]:
+        """Multiprocess mode: each recording process' boot and its totals since it started."""
+        assert self._path is not None
+        boots = _boots(self._path)
+        with contextlib.suppress(OSError):
+            for name in sorted(os.listdir(self._path)):
+                if not (name.startswith("counter_") and name.endswith(".db")):
+                    continue
+                pid = name[len("counter_") : -len(".db")]
+                totals = _file_totals(os.path.join(self._path, name), self._names)
+                boot = boots.pop(pid, None) or Boot(f"pid-{pid}", 0.0, {})
+                yield boot, {k: max(0.0, v - boot.baseline.get(k, 0.0)) for k, v in totals.items()}
+        for boot in boots.values():  # a process that has no counter file yet: 0 from the start
+            yield boot, dict.fromkeys(self._names, 0.0)
+
     def collect(self) -> Iterator[Metric]:
-        """This process' start time and its quarantines so far."""
+        """Each process' start time and its totals so far."""
         start = _family(catalog.ARK_OBS_START_TIME_SECONDS)
-        start.add_metric([self.boot], self.started)
-        spec = catalog.ARK_WATCHDOG_QUARANTINES_PROCESS_TOTAL
-        total = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
-        total.add_metric([self.boot], max(0.0, self._total() - self._baseline))
-        yield from (start, total)
+        families = {src.name: CounterMetricFamily(out.name, out.help, labels=out.labels) for src, out in self.specs}
+        if self._path is None:
+            start.add_metric([self.boot], self.started)
+            for name, family in families.items():
+                family.add_metric([self.boot], max(0.0, self._total(name) - self._baseline[name]))
+        else:
+            for boot, totals in self._per_process():
+                start.add_metric([boot.boot], boot.started)
+                for name, family in families.items():
+                    family.add_metric([boot.boot], totals[name])
+        yield start
+        yield from families.values()
+
+
+# the name before hrm_denials_total had a per-process total too
+ProcessQuarantines = ProcessTotals

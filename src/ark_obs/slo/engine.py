@@ -38,7 +38,7 @@ from ark_obs.slo.spec import (
     validate_specs,
 )
 from ark_obs.source import Increase, MetricSource
-from ark_obs.window import histogram_quantile
+from ark_obs.window import histogram_quantile, quantile_is_lower_bound
 
 __all__ = ["SloEngine"]
 
@@ -219,7 +219,18 @@ class SloEngine:
             burn_rate=burn,
             burn_rates=burn_rates,
             min_events=None if isinstance(spec, AvailabilitySlo) else min_events,
+            value_is_lower_bound=value is not None and self._lower_bound(spec, window, memo),
         )
+
+    def _lower_bound(self, spec: SloSpec, window: float, memo: _Memo) -> bool:
+        """Whether a latency SLO's quantile is only a lower bound (``window.quantile_is_lower_bound``)."""
+        if not isinstance(spec, LatencySlo):
+            return False
+        inc = self._increase(spec.metric, window, spec.labels, memo)
+        if inc is None:
+            return False
+        values, _, vmax = inc
+        return quantile_is_lower_bound(float(spec.quantile), values[:-1], self._bounds[spec.id], vmax)
 
     def _increase(self, name: str, window: float, labels: Labels, memo: _Memo) -> Increase:
         label_key = tuple(sorted(labels.items()))

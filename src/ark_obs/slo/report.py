@@ -42,6 +42,13 @@ class SloStatus(SeedDict):
         Field(description="burn rate per window with data (5m, 30m, 1h, the SLO's alert windows)"),
     ]
     min_events: int | None
+    value_is_lower_bound: Annotated[
+        bool,
+        Field(
+            description="the true value is above value: a latency quantile past the highest finite bucket in "
+            "multiprocess mode (no max is shared), read '> value'"
+        ),
+    ] = False
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -173,6 +173,8 @@ def _progress_table(config: SyntheticConfig, state: RunState) -> RenderableType:
     from rich.table import Table
 
     elapsed = state.elapsed
+    # the report's figure: completed passes over the time their starts took (RunState.throughput)
+    achieved = state.throughput(config.rate)[1]
     p95 = state.recent_p95()
     table = Table(title=f"ark-obs synthetic -> {config.target}", title_justify="left", show_header=False)
     table.add_column(style="bold")
@@ -180,7 +182,7 @@ def _progress_table(config: SyntheticConfig, state: RunState) -> RenderableType:
     incomplete = state.incomplete_expected + state.incomplete_unexpected
     rows = (
         ("passes", f"{state.passes:,} / {state.scheduled:,} started"),
-        ("achieved rate", f"{state.passes / elapsed:,.1f}/s (asked {config.rate:g}/s)" if elapsed > 0 else "-"),
+        ("achieved rate", f"{achieved:,.2f}/s (asked {config.rate:g}/s)" if elapsed > 0 else "-"),
         ("p95 (recent)", "-" if p95 is None else f"{p95:,.1f} ms"),
         ("denials", f"{state.denials:,} ({state.injected_denied:,}/{state.injected:,} injected)"),
         ("quarantines", ", ".join(f"{a} x{n}" for a, n in state.quarantines.items()) or "0"),

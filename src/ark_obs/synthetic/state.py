@@ -18,6 +18,7 @@ __all__ = ["RunState", "quantile"]
 MAX_KEPT_LATENCIES: Final = 200_000
 RECENT_LATENCIES: Final = 2_000  # the live display's p95
 MAX_ERROR_KINDS: Final = 50  # distinct unexpected errors kept by message (an endless run stays bounded)
+SCHEDULING_SLACK_SECONDS: Final = 0.1  # a GC pause or a busy neighbour is not falling behind
 
 
 class RunState:
@@ -41,6 +42,7 @@ class RunState:
         self.incomplete_expected = 0
         self.incomplete_unexpected = 0
         self.unexpected_missing: Counter[str] = Counter()
+        self.expected_missing: Counter[str] = Counter()  # agents the injected faults took out of traces
         self.example_trace_id: str | None = None
         self.silent: set[str] = set()
         self.revision_anomalies = 0
@@ -51,6 +53,20 @@ class RunState:
         if key not in self.unexpected and len(self.unexpected) >= MAX_ERROR_KINDS:
             key = "other errors"
         self.unexpected[key] += 1
+
+    def throughput(self, rate: float) -> tuple[float, float]:
+        """(seconds, passes/s): completed passes over the time their starts took; the live display and
+        the report read this one figure.
+
+        Open loop: each start owns a 1/rate slot, so rate x duration passes started on time is exactly the
+        asked rate. Starting the last pass late (the loop fell behind) stretches that time; lateness within
+        SCHEDULING_SLACK_SECONDS is a hiccup (timer resolution, a GC pause), not falling behind. A pass that
+        failed or has not ended is not counted; slow passes show in the latency criterion, not here.
+        """
+        ideal_last = self.started_at + max(0, self.scheduled - 1) / rate
+        late = max(0.0, self.last_issued_at - ideal_last - SCHEDULING_SLACK_SECONDS)
+        seconds = self.scheduled / rate + late
+        return seconds, (self.passes / seconds if seconds > 0 else 0.0)
 
     @property
     def elapsed(self) -> float:
@@ -73,6 +89,7 @@ class RunState:
             self.complete += 1
         elif set(missing) == expected_missing:
             self.incomplete_expected += 1
+            self.expected_missing.update(expected_missing)
         else:
             self.incomplete_unexpected += 1
             for agent in set(missing) ^ expected_missing:

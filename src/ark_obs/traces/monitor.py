@@ -106,7 +106,8 @@ class TraceMonitor:
     else Kyle..Aletheia, 300 s and 100,000. ``sweep``: whether this monitor finalizes expired traces
     and counts outcomes; None means yes for a store of its own (memory), no for a shared one (Redis),
     where the ark-obs service sweeps. ``streams``: Redis streams whose XLEN is exported at scrape time
-    as ``redis_stream_depth{stream}``, read from ``streams_url`` or the Redis trace store.
+    as ``redis_stream_depth{stream}``, read from ``streams_url`` (a client of its own, with ``stream_timeout``)
+    or through the Redis trace store's client (the store's timeout).
     ``store_timeout``: read timeout of a Redis store this monitor opens from a URL (default 0.25 s).
     """
 
@@ -167,6 +168,12 @@ class TraceMonitor:
         self._closed = False
         self._scrape: _TraceCollector | None = None
         if self.sweeping:
+            # the first incomplete trace of each missing agent is a step from 0 that rate() sees, not a
+            # series born at 1: the pipeline's label sets exist at 0 from the first scrape (while the
+            # series cap leaves room for them and one more)
+            if len(self.pipeline) < collector.registry.max_series:
+                for agent in self.pipeline:
+                    self._incomplete.labels(agent)
             self._scrape = _TraceCollector(self)
             register(collector, self._scrape, "TraceMonitor")
             if background:
@@ -183,7 +190,7 @@ class TraceMonitor:
         if url is not None:
             return StreamDepths.from_url(url, tuple(streams), timeout=timeout)
         if isinstance(self.store, RedisStore):
-            return StreamDepths(self.store.client, tuple(streams), timeout=timeout)
+            return StreamDepths(self.store.client, tuple(streams))  # the store client's timeout applies
         raise ValueError("streams to watch need streams_url or a Redis trace store")
 
     # recording: the hot path -------------------------------------------------------------------------

@@ -523,7 +523,8 @@ class StreamDepths:
     """Reads the length (XLEN) of Redis streams at scrape time, with a bounded timeout.
 
     After a failure it answers None at once for ``retry_seconds``, so a down Redis costs a scrape
-    at most one timeout per retry period.
+    at most one timeout per retry period. The timeout is the client's socket timeout: the trace store's
+    client (``ARK_OBS_STORE_TIMEOUT_SECONDS``) or the one ``from_url`` builds.
     """
 
     def __init__(
@@ -531,13 +532,11 @@ class StreamDepths:
         client: redis.Redis | Any,
         streams: tuple[str, ...],
         *,
-        timeout: float = DEFAULT_TIMEOUT_SECONDS,
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
         owns_client: bool = False,
     ) -> None:
         self.client = client
         self.streams = streams
-        self.timeout = timeout
         self._retry_seconds = retry_seconds
         self._retry_at = 0.0
         self._owns = owns_client
@@ -547,8 +546,8 @@ class StreamDepths:
     def from_url(cls, url: str, streams: tuple[str, ...], *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> StreamDepths:
         """A reader with a client of its own."""
         if url.strip().startswith(CLUSTER_SCHEMES):
-            return cls(make_cluster_client(url, timeout), streams, timeout=timeout, owns_client=True)
-        return cls(make_client(url, timeout), streams, timeout=timeout, owns_client=True)
+            return cls(make_cluster_client(url, timeout), streams, owns_client=True)
+        return cls(make_client(url, timeout), streams, owns_client=True)
 
     def read(self) -> dict[str, int] | None:
         """Each stream's length (a missing stream is 0; one that is not a stream is left out), or None."""
