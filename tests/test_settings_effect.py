@@ -474,15 +474,26 @@ async def _max_clock_skew(env: Env) -> None:
 
 @case("max_agents_per_trace")
 async def _max_agents_per_trace(env: Env) -> None:
-    """ARK_OBS_MAX_AGENTS_PER_TRACE=5 (the pipeline's five fit, the least it may be): a sixth agent's span is
-    dropped (trace_full); the default 32 would keep it."""
-    async with env.app(max_agents_per_trace="5") as c:
-        spans = [{"trace_id": TRACE, "agent": a} for a in ("Kyle", "Joey", "HRM", "Kenny", "Extra1", "Extra2")]
+    """ARK_OBS_MAX_AGENTS_PER_TRACE=1: a second agent outside the pipeline is dropped (trace_full), the
+    pipeline's agents are admitted past it; the default 32 would keep it."""
+    async with env.app(max_agents_per_trace="1") as c:
+        spans = [{"trace_id": TRACE, "agent": a} for a in ("Kyle", "Extra1", "Extra2", "Joey", "HRM")]
         assert (await c.post("/spans", json={"spans": spans})).status_code == 200
         report = (await c.get(f"/traces/{TRACE}")).json()
         text = (await c.get("/metrics")).text
-    assert report["agents_seen"] == ["Kyle", "Joey", "HRM", "Kenny", "Extra1"]  # still open: Aletheia missing
+    assert report["agents_seen"] == ["Kyle", "Extra1", "Joey", "HRM"]  # still open: Kenny, Aletheia missing
     assert sample_values(text, "ark_obs_dropped_total", reason="trace_full") == [1.0]
+
+
+@case("known_agents")
+async def _known_agents(env: Env) -> None:
+    """ARK_OBS_KNOWN_AGENTS=Watchdog,Janitor with MAX_HEARTBEAT_AGENTS=1: the cap is full after one made-up
+    agent, Janitor is still admitted (with the default, only the Watchdog would be)."""
+    async with env.app(max_heartbeat_agents="1", known_agents="Watchdog,Janitor") as c:
+        assert (await c.post("/heartbeats/Ghost1")).status_code == 200
+        assert (await c.post("/heartbeats/Ghost2")).status_code == 503
+        assert (await c.post("/heartbeats/Janitor")).status_code == 200
+        assert (await c.post("/heartbeats/Watchdog")).status_code == 200
 
 
 @case("max_heartbeat_agents")

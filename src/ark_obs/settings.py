@@ -28,6 +28,7 @@ DEFAULT_HOST: Final = "127.0.0.1"
 # (9100); the seed's 9090 would make its own scrape config scrape Prometheus itself.
 DEFAULT_PORT: Final = 9871
 DEFAULT_PIPELINE: Final = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
+DEFAULT_KNOWN_AGENTS: Final = ("Watchdog",)
 MIB: Final = 1024 * 1024
 MIN_TOKEN_LENGTH: Final = 16
 # Ports of the neighbouring services: binding there works, but a scrape config would point at the wrong thing.
@@ -164,7 +165,8 @@ class Settings(BaseSettings):
         default=32,
         ge=1,
         le=10_000,
-        description="Distinct agents one trace may hold; spans of further agents are dropped and counted (trace_full).",
+        description="Distinct agents outside PIPELINE one trace may hold; spans of further agents are dropped "
+        "and counted (trace_full). Pipeline agents are always admitted.",
     )
     pipeline: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_PIPELINE,
@@ -180,8 +182,13 @@ class Settings(BaseSettings):
         default=1000,
         ge=1,
         le=100_000,
-        description="Agents outside PIPELINE tracked by heartbeat; beats of more get 503 (pipeline agents "
-        "are always admitted).",
+        description="Agents outside PIPELINE and KNOWN_AGENTS tracked by heartbeat; beats of more get 503 "
+        "(pipeline and known agents are always admitted).",
+    )
+    known_agents: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_KNOWN_AGENTS,
+        description="Comma-separated agents outside PIPELINE (the Watchdog, other named services) whose "
+        "heartbeats are always admitted and never forgotten, like the pipeline's; empty: none.",
     )
     heartbeat_forget_seconds: float = Field(
         default=3600.0,
@@ -260,7 +267,7 @@ class Settings(BaseSettings):
     )
 
     # validators ------------------------------------------------------------------------------------
-    @field_validator("pipeline", "redis_streams", mode="before")
+    @field_validator("pipeline", "redis_streams", "known_agents", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return _split_names(value)
@@ -269,6 +276,11 @@ class Settings(BaseSettings):
     @classmethod
     def _pipeline_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _check_names(value, "agent", allow_empty=False)
+
+    @field_validator("known_agents")
+    @classmethod
+    def _known_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_names(value, "agent", allow_empty=True)
 
     @field_validator("redis_streams")
     @classmethod
@@ -378,14 +390,6 @@ class Settings(BaseSettings):
                     env_name("redis_streams"),
                     f"stream depths are read from Redis, but {env_name('trace_store')} is 'memory'; "
                     "set it to a redis:// URL",
-                )
-            )
-        if self.max_agents_per_trace < len(self.pipeline):
-            out.append(
-                Problem(
-                    env_name("max_agents_per_trace"),
-                    f"{self.max_agents_per_trace} cannot hold the {len(self.pipeline)} agents of "
-                    f"{env_name('pipeline')}",
                 )
             )
         if 2 * self.slice_seconds > self.retention_seconds:
