@@ -325,6 +325,16 @@ async def _ingest_token(env: Env) -> None:
         assert (await c.post("/heartbeats/Kyle", headers=auth)).status_code == 200
 
 
+@case("ingest_tokens")
+async def _ingest_tokens(env: Env) -> None:
+    """ARK_OBS_INGEST_TOKENS=Kyle:TOKEN: that token beats for Kyle (200), not for Joey (403); no token 401."""
+    async with env.app(ingest_tokens=f"Kyle:{TOKEN}") as c:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert (await c.post("/heartbeats/Kyle")).status_code == 401
+        assert (await c.post("/heartbeats/Kyle", headers=auth)).status_code == 200
+        assert (await c.post("/heartbeats/Joey", headers=auth)).status_code == 403
+
+
 @case("max_body_bytes")
 async def _max_body_bytes(env: Env) -> None:
     """ARK_OBS_MAX_BODY_BYTES=2048: a body over 2,048 bytes gets 413 naming the limit; one under it is read."""

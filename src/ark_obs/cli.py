@@ -212,6 +212,24 @@ def load_settings(
     return settings, [Problem(by_env.get(p.setting, p.setting), p.why) for p in found]
 
 
+def _writes_mode(settings: Settings) -> str:
+    """How writes are guarded, for the start line (never a token)."""
+    if settings.writes_open:
+        return "are open"
+    parts = []
+    if settings.token:
+        parts.append("the shared token (any agent)")
+    if settings.ingest_tokens:
+        parts.append(f"{len(settings.bound_tokens)} agent-bound token(s)")
+    return "need " + " or ".join(parts)
+
+
+def _bound_tokens_shown(settings: Settings) -> str:
+    """``ARK_OBS_INGEST_TOKENS`` as check-config shows it: the agents of each token, the tokens masked."""
+    shown = [",".join(sorted(agents)) if agents is not None else "*" for agents in settings.bound_tokens.values()]
+    return f"(set: {len(shown)} token(s), for {'; '.join(shown)})"
+
+
 def _env_file(given: Path | None) -> tuple[Path | None, list[Problem]]:
     """The dotenv file to read: ``--env-file`` must exist; the default ./.env is read when it does."""
     if given is None:
@@ -323,7 +341,7 @@ def run_server(settings: Settings, **app_options: Any) -> int:
         base,
         base,
         redact_url(settings.trace_store),
-        "need the bearer token" if settings.token else "are open",
+        _writes_mode(settings),
     )
     stopped: list[int] = []
 
@@ -381,6 +399,8 @@ def check_config(args: argparse.Namespace) -> int:
         value = getattr(settings, name)
         if name == "ingest_token":
             value = "(set)" if value is not None else "(unset: writes are open)"
+        elif name == "ingest_tokens":
+            value = _bound_tokens_shown(settings) if value is not None else "(unset)"
         elif isinstance(value, tuple):
             value = ",".join(value)
         elif isinstance(value, str):

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ark_obs import catalog
-from ark_obs.service.auth import auth_responses, write_guard
+from ark_obs.service.auth import AgentGuard, allowed_agents, auth_responses, forbidden_agents, write_guard
 from ark_obs.service.otlp import (
     CONTENT_TYPE_JSON,
     CONTENT_TYPE_PROTOBUF,
@@ -48,8 +48,8 @@ def router(service: Service) -> APIRouter:
         max_decompressed_bytes=settings.max_decompressed_bytes,
         resource_attribute=settings.otlp_agent_attribute,
         span_attribute=settings.otlp_span_agent_attribute,
-        dependencies=write_guard(settings.token),
-        responses=auth_responses(settings.token),
+        dependencies=write_guard(settings.token, settings.bound_tokens),
+        responses=auth_responses(settings.token, settings.bound_tokens),
     )
 
 
@@ -87,12 +87,16 @@ def router_for(
 
         return check
 
-    def handle(body: bytes, media: str, encoding: str) -> Decoded:
+    def handle(body: bytes, media: str, encoding: str, allowed: AgentGuard) -> Decoded:
         if encoding == "gzip":
             body = gunzip(body, max_decompressed_bytes, span_counter() if media == CONTENT_TYPE_JSON else None)
         decoded = decode(
             body, media, resource_attribute=resource_attribute, span_attribute=span_attribute, max_spans=max_spans
         )
+        refused = forbidden_agents(allowed, {s.agent for s in decoded.spans})
+        if refused:
+            shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+            raise OtlpError(403, f"this token may not write for agent(s) {shown} (ARK_OBS_INGEST_TOKENS)")
         decoded = refuse_implausible(decoded, traces)
         try:
             store_spans(traces, decoded.spans, unavailable)
@@ -118,6 +122,7 @@ def router_for(
                 status: {"model": StatusJson, "description": why, "content": {CONTENT_TYPE_PROTOBUF: {}}}
                 for status, why in (
                     (400, "The body could not be decoded (google.rpc.Status)."),
+                    (403, "A span names an agent the token may not write for (ARK_OBS_INGEST_TOKENS)."),
                     (413, "Body, inflated body or span count over its limit."),
                     (415, "Neither application/x-protobuf nor application/json, or an unknown encoding."),
                     (503, "The trace store cannot take the spans: retry after Retry-After."),
@@ -145,7 +150,7 @@ def router_for(
             if encoding not in ("gzip", "identity"):
                 raise OtlpError(415, f"content encoding {encoding!r}: send gzip or none")
             body = await request.body()
-            decoded = await run_in_threadpool(handle, body, media, encoding)
+            decoded = await run_in_threadpool(handle, body, media, encoding, allowed_agents(request))
         except OtlpError as exc:
             headers = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
             return Response(
