@@ -293,7 +293,13 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     import uvicorn
 
     from ark_obs.service import create_app, freeze_long_lived_objects
-    from ark_obs.service.connections import OverCapacity, ShutdownSummary, guarded_protocol
+    from ark_obs.service.connections import (
+        ACCEPT_BACKLOG,
+        OverCapacity,
+        ShutdownSummary,
+        connection_budget,
+        guarded_protocol,
+    )
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ark_obs").setLevel(settings.log_level.upper())
@@ -302,6 +308,9 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     background.insert(0, _guard_event_loop)
     app = create_app(settings, background=background, **app_options)
     closed = app.state.service.collector.metric(catalog.ARK_OBS_CONNECTIONS_CLOSED_TOTAL.name)
+    # the cap below the open-file limit (raised toward the hard limit first): said at start, see Limits
+    budget = connection_budget(settings.max_connections)
+    (log.warning if budget.cap < budget.requested else log.info)("%s", budget.describe())
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -316,13 +325,12 @@ def run_server(settings: Settings, **app_options: Any) -> int:
             settings.header_timeout_seconds, settings.body_timeout_seconds, lambda why: closed.labels(why).inc()
         ),
         timeout_keep_alive=settings.keepalive_timeout_seconds,
-        limit_concurrency=settings.max_connections,
+        limit_concurrency=budget.cap,
+        backlog=ACCEPT_BACKLOG,
     )
     server = uvicorn.Server(config)
     logging.getLogger("uvicorn.error").addFilter(ShutdownSummary(settings.shutdown_timeout_seconds))
-    logging.getLogger("uvicorn.error").addFilter(
-        OverCapacity(lambda why: closed.labels(why).inc(), settings.max_connections)
-    )
+    logging.getLogger("uvicorn.error").addFilter(OverCapacity(lambda why: closed.labels(why).inc(), budget.cap))
     base = settings.bind_url
     try:
         # bound before the banner: a port in use is reported instead of URLs nobody answers at
@@ -367,7 +375,10 @@ def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP, and
     # with Nagle on, every keep-alive response waited ~40 ms for the client's delayed ACK
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    from ark_obs.service.connections import ListenSocket
+
+    # a long kernel queue of connections to accept, while asyncio accepts them in small batches
+    sock = ListenSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]"), port))

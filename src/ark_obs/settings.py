@@ -277,8 +277,8 @@ class Settings(BaseSettings):
         default=512,
         ge=8,
         le=100_000,
-        description="Open connections (or running requests) past which new requests get 503; keep it below "
-        "the file descriptor limit (ulimit -n).",
+        description="Open connections (or running requests) past which new requests get 503 (/healthz still "
+        "answers); clamped at start below the open-file limit, which is raised toward the hard limit first.",
     )
     log_level: LogLevel = Field(default="info", description="Log level of the service.")
 
