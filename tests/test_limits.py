@@ -655,7 +655,7 @@ def test_a_stop_with_stuck_requests_logs_one_summary_line(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_a_body_in_one_byte_chunks_is_cut_off(service: Server) -> None:
-    """A chunked body sent a byte per chunk is cut off after 1,024 chunks (counted as tiny_chunks);
+    """A chunked body sent a byte per chunk is cut off after 256 chunks (counted as tiny_chunks);
     /healthz answers meanwhile; a body in normal chunks is unaffected."""
     before = _connection_closures(service).get("tiny_chunks", 0)
     s = socket.create_connection(("127.0.0.1", service.port))

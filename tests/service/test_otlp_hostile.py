@@ -157,7 +157,9 @@ def test_refusals_over_http(client: TestClient, caplog: pytest.LogCaptureFixture
         (gzip.compress(many), {**JSON, "Content-Encoding": "gzip"}, 413),
         (_spans_request(MAX_SPANS + 1), PROTO, 413),
         (gzip.compress(_spans_request(100_000)), {**PROTO, "Content-Encoding": "gzip"}, 413),
-        (gzip.compress(b"\0" * (8 * 1024 * 1024)), {**PROTO, "Content-Encoding": "gzip"}, 413),
+        (gzip.compress(b"\0" * (8 * 1024 * 1024)), {**PROTO, "Content-Encoding": "gzip"}, 400),
+        (gzip.compress(b"\x0a\x80\x80\x80\x04" + bytes(8 * 1024 * 1024)), {**PROTO, "Content-Encoding": "gzip"}, 413),
+        (gzip.compress(b"  \0" * (1024 * 1024)), {**JSON, "Content-Encoding": "gzip"}, 400),
         (gzip.compress(nulls), {**JSON, "Content-Encoding": "gzip"}, 400),
         (b"[" * 100_000, JSON, 400),
     ]
@@ -242,3 +244,26 @@ def test_any_protobuf_bytes_get_a_spec_status(
     r = client.post("/v1/traces", content=body, headers=PROTO)
     assert r.status_code in ALLOWED, r.content
     assert not _errors(caplog)
+
+
+def test_decoding_is_one_request_at_a_time_and_a_request_kept_waiting_gets_429() -> None:
+    """Past its wait for the decoding slot a request is answered 429 with Retry-After (retryable per the
+    spec), in its encoding; here the slot is never free (no decoder)."""
+    from fastapi import FastAPI
+
+    from ark_obs.metrics import MetricsCollector
+    from ark_obs.service.routes.otlp import router_for
+    from ark_obs.traces import TraceMonitor
+
+    monitor = TraceMonitor(MetricsCollector(ticker=False), "memory", sweep=False, background=False)
+    app = FastAPI()
+    app.include_router(
+        router_for(monitor, max_spans=10, max_decompressed_bytes=1024, decoders=0, decode_wait_seconds=0.01)
+    )
+    try:
+        with TestClient(app) as c:
+            r = c.post("/v1/traces", content=_spans_request(1), headers=PROTO)
+    finally:
+        monitor.close()
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert r.headers["content-type"] == "application/x-protobuf"

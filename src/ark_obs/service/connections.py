@@ -45,7 +45,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 log = logging.getLogger("ark_obs")
 
 LOG_INTERVAL_SECONDS: Final = 60.0
-MAX_TINY_CHUNKS: Final = 1024
+MAX_TINY_CHUNKS: Final = 256
 TINY_CHUNK_BYTES: Final = 64
 CloseReason = str  # idle, slow_headers, slow_body, tiny_chunks; over_capacity (a 503, or a closure past the headroom)
 # connections past the cap still accepted, so /healthz answers while the cap is reached

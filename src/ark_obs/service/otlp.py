@@ -31,6 +31,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Final, NamedTuple
 
 from google.protobuf.message import DecodeError
@@ -52,6 +53,7 @@ __all__ = [
     "OtlpError",
     "OtlpSpan",
     "check_json_depth",
+    "check_start",
     "count_json_span_keys",
     "count_protobuf_spans",
     "decode",
@@ -91,7 +93,9 @@ _MAX_NANOS: Final = 2**64
 # every byte but the JSON structure ([]{} and the quotes of strings), for bytes.translate(None, ...)
 _NOT_STRUCTURE: Final = bytes(b for b in range(256) if b not in b'[]{}"')
 _JSON_STRING: Final = re.compile(rb'"[^"]*"')
-_LEAF_PAIRS: Final = re.compile(rb"\[\]|\{\}")
+# brackets to depth steps for a signed running sum: opening +1, closing -1 (255 as a signed byte)
+_DEPTH_STEPS: Final = bytes.maketrans(b"[]{}", bytes((1, 255, 1, 255)))
+_DEPTH_SLICE: Final = 65536
 # a span's start time key: only spans have one (events and links do not), so their count is a lower bound
 # of a well-formed request's span count, found with bytes.count before anything is parsed
 _SPAN_KEYS: Final = (b'"startTimeUnixNano"', b'"start_time_unix_nano"')
@@ -184,12 +188,12 @@ def gunzip(body: bytes, limit: int, check: Callable[[bytes], None] | None = None
             step = inflater.decompress(pending, min(_INFLATE_STEP, limit + 1 - size))
             pending = inflater.unconsumed_tail
             size += len(step)
+            if step and check is not None:
+                check(step)  # first: a body that is no request is a 400 whatever its size
             if size > limit:
                 raise OtlpError(413, f"gzip body inflates past the {limit}-byte limit (ARK_OBS_MAX_DECOMPRESSED_BYTES)")
             if step:
                 parts.append(step)
-                if check is not None:
-                    check(step)
             if inflater.eof or not step:
                 break
     except zlib.error as exc:
@@ -212,11 +216,13 @@ def count_json_span_keys(body: bytes) -> int:
 
 
 def check_json_depth(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
-    """OtlpError(400) when JSON ``body`` nests arrays and objects deeper than ``max_depth``, or they do not
-    balance: checked on the brackets alone, before the body is parsed, at the cost of a few C-level passes.
+    """OtlpError(400) when JSON ``body`` nests arrays and objects deeper than ``max_depth``, or its brackets
+    or quotes do not balance: checked on the brackets alone, before the body is parsed.
 
     Escaped backslashes and quotes are removed first, then every byte that is not a bracket or a quote,
-    then the strings (with the brackets they held); each pass then removes the empty pairs, one level.
+    then the strings (with the brackets they held); the depth is then a running sum (+1 opening, -1
+    closing) taken in slices of ``_DEPTH_SLICE`` brackets, so a deep body is refused in its first slice
+    and no single step holds the interpreter long.
     """
     s = body
     if b"\\" in s:
@@ -224,15 +230,33 @@ def check_json_depth(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
     s = s.translate(None, _NOT_STRUCTURE)
     if b'"' in s:
         s = _JSON_STRING.sub(b"", s)
-    for _ in range(max_depth):
-        if not s:
-            return
-        inner = _LEAF_PAIRS.sub(b"", s)
-        if len(inner) == len(s):
-            raise OtlpError(400, "body is not JSON: its brackets or quotes do not balance")
-        s = inner
-    if s:
-        raise OtlpError(400, f"body nests arrays or objects deeper than {max_depth} levels")
+        if b'"' in s:
+            raise OtlpError(400, "body is not JSON: a string is not closed")
+    steps = memoryview(s.translate(_DEPTH_STEPS)).cast("b")
+    depth = 0
+    for at in range(0, len(steps), _DEPTH_SLICE):
+        levels = list(accumulate(steps[at : at + _DEPTH_SLICE], initial=depth))
+        if max(levels) > max_depth:
+            raise OtlpError(400, f"body nests arrays or objects deeper than {max_depth} levels")
+        if min(levels) < 0:
+            raise OtlpError(400, "body is not JSON: a bracket closes what was not opened")
+        depth = levels[-1]
+    if depth:
+        raise OtlpError(400, "body is not JSON: a bracket is not closed")
+
+
+def check_start(head: bytes, content_type: str) -> None:
+    """OtlpError(400) when the first bytes of a body already show it is no request: a JSON request is an
+    object, and a protobuf one starts with a valid field tag. Lets a gzip body be refused after its first
+    inflated step instead of its whole inflated size."""
+    if content_type == CONTENT_TYPE_PROTOBUF:
+        tag = head[0] if head else 8
+        if tag >> 3 == 0 or tag & 7 in (3, 4, 6, 7):  # field 0, groups or no wire type: never a request
+            raise OtlpError(400, "body is not an ExportTraceServiceRequest: it starts with an invalid field tag")
+        return
+    first = head.lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf")[:1]
+    if first and first != b"{":
+        raise OtlpError(400, "body is not a JSON ExportTraceServiceRequest: it does not start with an object")
 
 
 def _varint_at(buf: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -468,6 +492,7 @@ def decode_json(
     """
     if max_spans is not None and count_json_span_keys(body) > max_spans:
         raise _too_many(max_spans)
+    check_start(body[:64], CONTENT_TYPE_JSON)
     check_json_depth(body)
     try:
         document = json.loads(body)

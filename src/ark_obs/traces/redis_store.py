@@ -8,7 +8,8 @@ spans, so spans are visible to readers well within a second. Reads (``get``, the
 counts) use short socket timeouts (``timeout``, 250 ms) and no retries; the background writer allows
 ``write_timeout`` (1 s) for a batch. When Redis fails the store
 marks itself unhealthy, drops new spans at once (the monitor counts them in
-``ark_obs_dropped_total{reason="store_unavailable"}``) and probes Redis every ``retry_seconds`` (every ``DOWN_PROBE_SECONDS`` while down).
+``ark_obs_dropped_total{reason="store_unavailable"}``) and probes Redis every ``DOWN_PROBE_SECONDS``
+until it answers (every ``retry_seconds`` when idle and healthy).
 
 Keys, all under ``prefix`` (default ``ark:obs:``) and all with TTLs, so nothing grows without bound:
 

@@ -6,8 +6,9 @@ Same bearer token, body limit and batch limit as the other writes; the decoding 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -24,6 +25,7 @@ from ark_obs.service.otlp import (
     ExportResponseJson,
     OtlpError,
     StatusJson,
+    check_start,
     count_json_span_keys,
     decode,
     encode_response,
@@ -36,7 +38,10 @@ from ark_obs.service.otlp import (
 from ark_obs.service.wiring import Service
 from ark_obs.traces import SPAN_METRIC, StoreUnavailable, TraceMonitor
 
-__all__ = ["router", "router_for"]
+__all__ = ["DECODERS", "DECODE_WAIT_SECONDS", "router", "router_for"]
+
+DECODERS: Final = 1  # requests decoded at once
+DECODE_WAIT_SECONDS: Final = 2.0  # a request waits this long for its turn, then gets 429
 
 
 def router(service: Service) -> APIRouter:
@@ -62,6 +67,8 @@ def router_for(
     span_attribute: str = DEFAULT_SPAN_ATTRIBUTE,
     dependencies: Iterable[Any] = (),
     responses: dict[int | str, dict[str, Any]] | None = None,
+    decoders: int = DECODERS,
+    decode_wait_seconds: float = DECODE_WAIT_SECONDS,
 ) -> APIRouter:
     """``POST /v1/traces`` into ``traces``; ``dependencies`` are the app's write guard (its bearer token),
     ``responses`` what that guard may answer (documented in the schema).
@@ -74,25 +81,41 @@ def router_for(
     unavailable = dropped_family.labels(SPAN_METRIC, "store_unavailable")
     rejected_counter = dropped_family.labels(SPAN_METRIC, REJECTED_REASON)
 
-    def span_counter() -> Callable[[bytes], None]:
-        # a JSON body's span keys, counted as it inflates: too many stops the inflating (a key cut in
-        # two by a step boundary is missed, so this never over-counts)
+    def step_check(media: str) -> Callable[[bytes], None]:
+        # each inflated step of a gzip body: its first bytes must start a request, and a JSON body's span
+        # keys are counted as it inflates, so either stops the inflating (a key cut in two by a step
+        # boundary is missed, so this never over-counts)
         seen = 0
+        first = True
 
         def check(step: bytes) -> None:
-            nonlocal seen
-            seen += count_json_span_keys(step)
-            if seen > max_spans:
-                raise OtlpError(413, f"more than {max_spans} spans in one request (ARK_OBS_MAX_BATCH_SPANS)")
+            nonlocal seen, first
+            if first:
+                check_start(step[:64], media)
+                first = False
+            if media == CONTENT_TYPE_JSON:
+                seen += count_json_span_keys(step)
+                if seen > max_spans:
+                    raise OtlpError(413, f"more than {max_spans} spans in one request (ARK_OBS_MAX_BATCH_SPANS)")
 
         return check
 
+    # Decoding is CPU work that holds the interpreter in long C calls (inflating aside): one request
+    # decodes at a time, so /healthz and the other routes wait for one such call at most, and a flood of
+    # large bodies is answered 429 (retryable, per the OTLP spec) instead of queueing without bound.
+    decoding = threading.BoundedSemaphore(decoders)
+
     def handle(body: bytes, media: str, encoding: str, allowed: AgentGuard) -> Decoded:
-        if encoding == "gzip":
-            body = gunzip(body, max_decompressed_bytes, span_counter() if media == CONTENT_TYPE_JSON else None)
-        decoded = decode(
-            body, media, resource_attribute=resource_attribute, span_attribute=span_attribute, max_spans=max_spans
-        )
+        if not decoding.acquire(timeout=decode_wait_seconds):
+            raise OtlpError(429, "busy decoding other exports; retry", retry_after=1)
+        try:
+            if encoding == "gzip":
+                body = gunzip(body, max_decompressed_bytes, step_check(media))
+            decoded = decode(
+                body, media, resource_attribute=resource_attribute, span_attribute=span_attribute, max_spans=max_spans
+            )
+        finally:
+            decoding.release()
         refused = forbidden_agents(allowed, {s.agent for s in decoded.spans})
         if refused:
             shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
@@ -125,6 +148,7 @@ def router_for(
                     (403, "A span names an agent the token may not write for (ARK_OBS_INGEST_TOKENS)."),
                     (413, "Body, inflated body or span count over its limit."),
                     (415, "Neither application/x-protobuf nor application/json, or an unknown encoding."),
+                    (429, "Other exports are being decoded: retry after Retry-After."),
                     (503, "The trace store cannot take the spans: retry after Retry-After."),
                 )
             },
