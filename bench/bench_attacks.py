@@ -302,7 +302,14 @@ def run(seconds: float = SECONDS) -> dict[str, Any]:
         proc, port = _start_server(Path(tmp), silent.getsockname()[1])
         try:
             idle, idle_failed = _healthz_latencies(port, seconds)
-            rows = [row("idle: /healthz p99", _p99(idle), "ms", note=f"{len(idle)} requests, {idle_failed} failed")]
+            rows = [
+                row(
+                    "idle: /healthz p99",
+                    _p99(idle),
+                    "ms",
+                    note=f"{len(idle)} requests, {idle_failed} failed, server RSS {_rss_mb(proc.pid) or 0:.0f} MB",
+                )
+            ]
             ctx = mp.get_context("spawn")
             only = [part.strip() for part in os.environ.get("ARK_OBS_BENCH_ATTACKS", "").split(",") if part.strip()]
             for name, attack in ATTACKS.items():
@@ -323,7 +330,8 @@ def run(seconds: float = SECONDS) -> dict[str, Any]:
                         "ms",
                         baseline=_p99(idle),
                         target=MAX_P99_RATIO,
-                        note=f"{len(latencies)} requests, {failed} failed, max {max(latencies):.0f} ms",
+                        note=f"{len(latencies)} requests, {failed} failed, max {max(latencies):.0f} ms, "
+                        f"server RSS {_rss_mb(proc.pid) or 0:.0f} MB after",
                     )
                 )
             log = (Path(tmp) / "server.log").read_text(errors="replace")
