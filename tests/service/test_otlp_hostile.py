@@ -289,3 +289,15 @@ def test_a_refused_body_is_freed_at_once_not_left_in_a_cycle(client: TestClient)
         gc.garbage.clear()
         gc.enable()
     assert kept == []
+
+
+def test_far_more_array_elements_than_objects_is_no_request() -> None:
+    """Every OTLP array holds objects: 70,000 nulls are refused before parsing; an unknown field of 1,000
+    numbers (receivers must ignore unknown fields) is not."""
+    nulls = b'{"resourceSpans": [' + b",".join([b"null"] * 70_000) + b"]}"
+    with pytest.raises(otlp.OtlpError) as err:
+        otlp.check_json_depth(nulls)
+    assert err.value.status == 400 and "OTLP arrays hold objects" in err.value.message
+    doc = _doc([_span()])
+    doc["futureField"] = list(range(1000))
+    assert otlp.decode_json(json.dumps(doc).encode()).spans
