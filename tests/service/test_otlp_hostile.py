@@ -301,3 +301,28 @@ def test_far_more_array_elements_than_objects_is_no_request() -> None:
     doc = _doc([_span()])
     doc["futureField"] = list(range(1000))
     assert otlp.decode_json(json.dumps(doc).encode()).spans
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    shape=st.lists(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 300), st.booleans()), max_size=6), max_size=4)
+)
+def test_the_wire_count_is_the_decoded_count(shape: list[list[tuple[int, int, bool]]]) -> None:
+    """For requests of any shape (spans of any size, scopes and schema URLs around them), the wire-format
+    count equals the decoded span count."""
+    request = ExportTraceServiceRequest()
+    for scopes in shape:
+        rs = request.resource_spans.add()
+        rs.schema_url = "x" * len(scopes)
+        for spans, name_length, with_scope in scopes:
+            ss = rs.scope_spans.add()
+            if with_scope:
+                ss.scope.name = "lib"
+            for _ in range(spans):
+                ss.spans.add().name = "n" * name_length
+            ss.schema_url = "s"
+    body = bytes(request.SerializeToString())
+    total = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    assert otlp.count_protobuf_spans(body, 1_000) == total
+    if total:
+        assert otlp.count_protobuf_spans(body, total - 1) == total  # stops one past

@@ -315,13 +315,54 @@ def count_protobuf_spans(body: bytes, stop_after: int) -> int:
     try:
         for rs_start, rs_end in _length_fields(body, 0, len(body), 1):
             for ss_start, ss_end in _length_fields(body, rs_start, rs_end, 2):
-                for _ in _length_fields(body, ss_start, ss_end, 2):
-                    count += 1
-                    if count > stop_after:
-                        return count
+                count += _count_spans(body, ss_start, ss_end, stop_after - count)
+                if count > stop_after:
+                    return count
     except ValueError:
         return -1
     return count
+
+
+def _count_spans(buf: bytes, pos: int, end: int, stop_after: int) -> int:
+    """Occurrences of field 2 (length-delimited) in the ScopeSpans ``buf[pos:end]``, stopping once past
+    ``stop_after``: the one loop run per span, so the common one-byte tag and length are read inline."""
+    count = 0
+    while pos < end:
+        tag = buf[pos]
+        if tag == 0x12 and pos + 1 < end and buf[pos + 1] < 0x80:  # a span shorter than 128 bytes
+            pos += 2 + buf[pos + 1]
+        elif tag == 0x12:
+            size, pos = _varint_at(buf, pos + 1, end)
+            pos += size
+        else:
+            pos = _next_field(buf, pos, end)  # another field (the scope, the schema URL): skipped
+            continue
+        count += 1
+        if count > stop_after:
+            return count
+    if pos > end:
+        raise ValueError("field past its message")
+    return count
+
+
+def _next_field(buf: bytes, pos: int, end: int) -> int:
+    """Where the field starting at ``pos`` ends."""
+    tag, pos = _varint_at(buf, pos, end)
+    wire = tag & 7
+    if wire == 2:
+        size, pos = _varint_at(buf, pos, end)
+        pos += size
+    elif wire == 0:
+        pos = _varint_at(buf, pos, end)[1]
+    elif wire == 1:
+        pos += 8
+    elif wire == 5:
+        pos += 4
+    else:
+        raise ValueError(f"wire type {wire}")
+    if pos > end:
+        raise ValueError("field past its message")
+    return pos
 
 
 def _too_many(limit: int) -> OtlpError:
