@@ -209,8 +209,11 @@ _otlp_like = st.recursive(
 def test_any_json_gets_a_spec_status(client: TestClient, caplog: pytest.LogCaptureFixture, document: object) -> None:
     """Any JSON document: a status the spec allows, never a 500, nothing logged as an error."""
     caplog.clear()
-    r = client.post("/v1/traces", content=json.dumps(document).encode(), headers=JSON)
+    body = json.dumps(document).encode()
+    r = client.post("/v1/traces", content=body, headers=JSON)
     assert r.status_code in ALLOWED, r.text
+    zipped = client.post("/v1/traces", content=gzip.compress(body), headers={**JSON, "Content-Encoding": "gzip"})
+    assert zipped.status_code == r.status_code
     assert not _errors(caplog)
 
 
@@ -243,6 +246,9 @@ def test_any_protobuf_bytes_get_a_spec_status(
     caplog.clear()
     r = client.post("/v1/traces", content=body, headers=PROTO)
     assert r.status_code in ALLOWED, r.content
+    for encoded in (gzip.compress(body), body):  # gzip of the body, and the body claimed as gzip
+        zipped = client.post("/v1/traces", content=encoded, headers={**PROTO, "Content-Encoding": "gzip"})
+        assert zipped.status_code in ALLOWED, zipped.content
     assert not _errors(caplog)
 
 
