@@ -7,12 +7,17 @@ process asks ``/healthz`` over one keep-alive connection, one request after the 
 
 Attacks: idle connections that never send a byte; headers sent a byte at a time; a body sent in
 1-byte chunks; bodies of 10,000 invalid spans (the batch limit); one trace flooded with 1,000 agent names per batch;
-heartbeats from thousands of made-up agents; bursts of 100 distinct canary analyses.
+heartbeats from thousands of made-up agents; bursts of 100 distinct canary analyses. On ``POST /v1/traces``
+(issue 24), four clients at once: gzip bodies of 100,000 spans (protobuf and JSON), 8 MiB of JSON nulls
+inflated from a few KiB, a 1 GiB gzip bomb (about 1 MiB sent), and JSON nested 100,000 deep.
+
+``ARK_OBS_BENCH_ATTACKS`` (comma-separated substrings of the attack names) runs only those.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import multiprocessing as mp
 import os
 import socket
@@ -22,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,8 @@ from typing import Any
 import httpx
 
 from bench._timing import row
+
+OTLP_CLIENTS = 4
 
 SECONDS = float(os.environ.get("ARK_OBS_BENCH_ATTACK_SECONDS", "6"))
 MAX_P99_RATIO = 5.0
@@ -166,6 +174,79 @@ def _canary_selectors(port: int, until: float) -> None:
         s.close()
 
 
+def _otlp_flood(port: int, until: float, body: bytes, content_type: str) -> None:
+    """``OTLP_CLIENTS`` threads posting ``body`` (gzip) to /v1/traces back to back until ``until``."""
+
+    def client() -> None:
+        headers = {"Content-Type": content_type, "Content-Encoding": "gzip"}
+        with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=30) as c:
+            while time.time() < until:
+                with contextlib.suppress(httpx.HTTPError):
+                    c.post("/v1/traces", content=body, headers=headers)
+
+    threads = [threading.Thread(target=client) for _ in range(OTLP_CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _protobuf_spans(n: int) -> bytes:
+    """An ExportTraceServiceRequest of ``n`` minimal spans under one resource, on the wire (no SDK needed)."""
+    span = b"\x0a\x10" + bytes(range(1, 17))  # trace_id (field 1), 16 bytes
+    one = b"\x12" + bytes([len(span)]) + span  # ScopeSpans.spans (field 2)
+    spans = one * n
+    scope = b"\x12" + _varint(len(spans)) + spans  # ResourceSpans.scope_spans (field 2)
+    return b"\x0a" + _varint(len(scope)) + scope  # resource_spans (field 1)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _otlp_100k_protobuf(port: int, until: float) -> None:
+    _otlp_flood(port, until, gzip.compress(_protobuf_spans(100_000), 9), "application/x-protobuf")
+
+
+def _otlp_100k_json(port: int, until: float) -> None:
+    span = b'{"traceId":"0102030405060708090a0b0c0d0e0f10","startTimeUnixNano":"1","endTimeUnixNano":"2"}'
+    body = b'{"resourceSpans":[{"scopeSpans":[{"spans":[' + b",".join([span] * 100_000) + b"]}]}]}"
+    _otlp_flood(port, until, gzip.compress(body, 9), "application/json")
+
+
+def _otlp_nulls(port: int, until: float) -> None:
+    # just under the default 8 MiB inflate limit: everything is inflated, then refused
+    nulls = b",".join([b"null"] * (8 * 1024 * 1024 // 5 - 8))
+    _otlp_flood(port, until, gzip.compress(b'{"resourceSpans":[' + nulls + b"]}", 9), "application/json")
+
+
+BOMB = Path(tempfile.gettempdir()) / "ark-obs-bench-gzip-bomb-1gib.gz"
+
+
+def _gzip_bomb() -> Path:
+    """1 GiB of zeros, gzip level 9: about 1 MiB (under the default body limit); built once (3 s of CPU),
+    before the server starts, and kept in the temporary directory."""
+    if not BOMB.is_file():
+        deflate = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        chunk = bytes(16 * 1024 * 1024)
+        BOMB.write_bytes(b"".join(deflate.compress(chunk) for _ in range(64)) + deflate.flush())
+    return BOMB
+
+
+def _otlp_bomb(port: int, until: float) -> None:
+    _otlp_flood(port, until, BOMB.read_bytes(), "application/x-protobuf")
+
+
+def _otlp_deep(port: int, until: float) -> None:
+    deep = b'{"resourceSpans":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    _otlp_flood(port, until, gzip.compress(deep, 9), "application/json")
+
+
 ATTACKS: dict[str, Callable[[int, float], None]] = {
     "300 idle connections": _idle_connections,
     "200 connections sending headers a byte at a time": _slow_headers,
@@ -174,6 +255,11 @@ ATTACKS: dict[str, Callable[[int, float], None]] = {
     "one trace, 1,000 new agents per batch": _trace_flood,
     "heartbeats from made-up agents": _heartbeat_flood,
     "bursts of 100 distinct canary analyses": _canary_selectors,
+    "OTLP: 4 clients, gzip bodies of 100,000 protobuf spans": _otlp_100k_protobuf,
+    "OTLP: 4 clients, gzip bodies of 100,000 JSON spans": _otlp_100k_json,
+    "OTLP: 4 clients, 8 MiB of JSON nulls from a few KiB of gzip": _otlp_nulls,
+    "OTLP: 4 clients, a 1 GiB gzip bomb": _otlp_bomb,
+    "OTLP: 4 clients, JSON nested 100,000 deep": _otlp_deep,
 }
 
 
@@ -195,6 +281,15 @@ def _healthz_latencies(port: int, seconds: float) -> tuple[list[float], int]:
     return out, failed
 
 
+def _rss_mb(pid: int) -> float | None:
+    """The server's resident memory (Linux /proc), after every attack."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return None
+
+
 def _p99(values: list[float]) -> float:
     if len(values) < 2:  # a short (smoke) run under a heavy attack may get one answer or none
         return max(values, default=0.0)
@@ -203,14 +298,25 @@ def _p99(values: list[float]) -> float:
 
 def run(seconds: float = SECONDS) -> dict[str, Any]:
     """Idle, then each attack in turn: /healthz p99 and its ratio to idle."""
+    _gzip_bomb()
     silent, held = _silent_server()
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = _start_server(Path(tmp), silent.getsockname()[1])
         try:
             idle, idle_failed = _healthz_latencies(port, seconds)
-            rows = [row("idle: /healthz p99", _p99(idle), "ms", note=f"{len(idle)} requests, {idle_failed} failed")]
+            rows = [
+                row(
+                    "idle: /healthz p99",
+                    _p99(idle),
+                    "ms",
+                    note=f"{len(idle)} requests, {idle_failed} failed, server RSS {_rss_mb(proc.pid) or 0:.0f} MB",
+                )
+            ]
             ctx = mp.get_context("spawn")
+            only = [part.strip() for part in os.environ.get("ARK_OBS_BENCH_ATTACKS", "").split(",") if part.strip()]
             for name, attack in ATTACKS.items():
+                if only and not any(part in name for part in only):
+                    continue
                 until = time.time() + seconds + 1
                 worker = ctx.Process(target=attack, args=(port, until), daemon=True)
                 worker.start()
@@ -226,10 +332,12 @@ def run(seconds: float = SECONDS) -> dict[str, Any]:
                         "ms",
                         baseline=_p99(idle),
                         target=MAX_P99_RATIO,
-                        note=f"{len(latencies)} requests, {failed} failed, max {max(latencies, default=0.0):.0f} ms",
+                        note=f"{len(latencies)} requests, {failed} failed, max {max(latencies, default=0.0):.0f} ms, "
+                        f"server RSS {_rss_mb(proc.pid) or 0:.0f} MB after",
                     )
                 )
             log = (Path(tmp) / "server.log").read_text(errors="replace")
+            rss_mb = _rss_mb(proc.pid)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -241,6 +349,8 @@ def run(seconds: float = SECONDS) -> dict[str, Any]:
         "rows": rows,
         "server_log_lines": len(log.splitlines()),
         "server_log_bytes": len(log),
+        "server_tracebacks": log.count("Traceback"),
+        "server_rss_mb_at_end": rss_mb,
     }
 
 

@@ -428,19 +428,21 @@ def test_connections_that_never_finish_a_request_are_closed(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_connection_cap_answers_503_and_recovers(tmp_path: Path) -> None:
-    """Past ARK_OBS_MAX_CONNECTIONS open connections a request gets 503; once they close, 200 again."""
+    """Past ARK_OBS_MAX_CONNECTIONS open connections a request gets 503 (/healthz is still answered); once
+    they close, 200 again."""
     server = Server(tmp_path, {"ARK_OBS_MAX_CONNECTIONS": "8", "ARK_OBS_HEADER_TIMEOUT_SECONDS": "2"})
     try:
         server.wait_healthy()
         held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(10)]
-        capped = httpx.get(server.url + "/healthz", timeout=5)
+        capped = httpx.get(server.url + "/slos", timeout=5)
+        assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
         for s in held:
             s.close()
 
         def healthy() -> bool:
-            return httpx.get(server.url + "/healthz", timeout=5).status_code == 200
+            return httpx.get(server.url + "/slos", timeout=5).status_code == 200
 
-        _poll(healthy, "/healthz to answer 200 again")
+        _poll(healthy, "/slos to answer 200 again")
         over = _connection_closures(server).get("over_capacity")
     finally:
         server.terminate()
@@ -659,7 +661,7 @@ def test_a_stop_with_stuck_requests_logs_one_summary_line(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_a_body_in_one_byte_chunks_is_cut_off(service: Server) -> None:
-    """A chunked body sent a byte per chunk is cut off after 1,024 chunks (counted as tiny_chunks);
+    """A chunked body sent a byte per chunk is cut off after 256 chunks (counted as tiny_chunks);
     /healthz answers meanwhile; a body in normal chunks is unaffected."""
     before = _connection_closures(service).get("tiny_chunks", 0)
     s = socket.create_connection(("127.0.0.1", service.port))

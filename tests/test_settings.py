@@ -203,7 +203,7 @@ def test_env_example_documents_every_setting() -> None:
     active = {
         k: v
         for k, v in values.items()
-        if not k.endswith(("SLO_FILE", "INGEST_TOKEN", "REDIS_STREAMS", "_PROMETHEUS_URL"))
+        if not k.endswith(("SLO_FILE", "INGEST_TOKEN", "INGEST_TOKENS", "REDIS_STREAMS", "_PROMETHEUS_URL"))
     }
     s = Settings(_env_file=None, **{k.removeprefix("ARK_OBS_").lower(): v for k, v in active.items()})  # type: ignore[call-arg]
     assert s == Settings(_env_file=None)  # type: ignore[call-arg]

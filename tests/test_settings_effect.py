@@ -277,13 +277,15 @@ async def _body_timeout(env: Env) -> None:
 
 @case("max_connections")
 async def _max_connections(env: Env) -> None:
-    """ARK_OBS_MAX_CONNECTIONS=8: with 10 connections held open, a request gets 503 (the default admits 512)."""
+    """ARK_OBS_MAX_CONNECTIONS=8: with 10 connections held open, a request gets 503 (the default admits 512);
+    /healthz is still answered past the cap."""
     port = free_port()
     proc, log = env.serve(port=str(port), max_connections="8")
     wait_healthy(proc, log, f"http://127.0.0.1:{port}")
     held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(10)]
     try:
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 503
+        assert httpx.get(f"http://127.0.0.1:{port}/slos", timeout=10).status_code == 503
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
     finally:
         for sock in held:
             sock.close()
@@ -349,6 +351,16 @@ async def _ingest_token(env: Env) -> None:
         assert (await c.post("/heartbeats/Kyle")).status_code == 401
         auth = {"Authorization": f"Bearer {TOKEN}"}
         assert (await c.post("/heartbeats/Kyle", headers=auth)).status_code == 200
+
+
+@case("ingest_tokens")
+async def _ingest_tokens(env: Env) -> None:
+    """ARK_OBS_INGEST_TOKENS=Kyle:TOKEN: that token beats for Kyle (200), not for Joey (403); no token 401."""
+    async with env.app(ingest_tokens=f"Kyle:{TOKEN}") as c:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert (await c.post("/heartbeats/Kyle")).status_code == 401
+        assert (await c.post("/heartbeats/Kyle", headers=auth)).status_code == 200
+        assert (await c.post("/heartbeats/Joey", headers=auth)).status_code == 403
 
 
 @case("max_body_bytes")
@@ -500,15 +512,26 @@ async def _max_clock_skew(env: Env) -> None:
 
 @case("max_agents_per_trace")
 async def _max_agents_per_trace(env: Env) -> None:
-    """ARK_OBS_MAX_AGENTS_PER_TRACE=5 (the pipeline's five fit, the least it may be): a sixth agent's span is
-    dropped (trace_full); the default 32 would keep it."""
-    async with env.app(max_agents_per_trace="5") as c:
-        spans = [{"trace_id": TRACE, "agent": a} for a in ("Kyle", "Joey", "HRM", "Kenny", "Extra1", "Extra2")]
+    """ARK_OBS_MAX_AGENTS_PER_TRACE=1: a second agent outside the pipeline is dropped (trace_full), the
+    pipeline's agents are admitted past it; the default 32 would keep it."""
+    async with env.app(max_agents_per_trace="1") as c:
+        spans = [{"trace_id": TRACE, "agent": a} for a in ("Kyle", "Extra1", "Extra2", "Joey", "HRM")]
         assert (await c.post("/spans", json={"spans": spans})).status_code == 200
         report = (await c.get(f"/traces/{TRACE}")).json()
         text = (await c.get("/metrics")).text
-    assert report["agents_seen"] == ["Kyle", "Joey", "HRM", "Kenny", "Extra1"]  # still open: Aletheia missing
+    assert report["agents_seen"] == ["Kyle", "Extra1", "Joey", "HRM"]  # still open: Kenny, Aletheia missing
     assert sample_values(text, "ark_obs_dropped_total", reason="trace_full") == [1.0]
+
+
+@case("known_agents")
+async def _known_agents(env: Env) -> None:
+    """ARK_OBS_KNOWN_AGENTS=Watchdog,Janitor with MAX_HEARTBEAT_AGENTS=1: the cap is full after one made-up
+    agent, Janitor is still admitted (with the default, only the Watchdog would be)."""
+    async with env.app(max_heartbeat_agents="1", known_agents="Watchdog,Janitor") as c:
+        assert (await c.post("/heartbeats/Ghost1")).status_code == 200
+        assert (await c.post("/heartbeats/Ghost2")).status_code == 503
+        assert (await c.post("/heartbeats/Janitor")).status_code == 200
+        assert (await c.post("/heartbeats/Watchdog")).status_code == 200
 
 
 @case("max_heartbeat_agents")

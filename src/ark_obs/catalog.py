@@ -141,8 +141,10 @@ ARK_TRACEPARENT_INVALID_TOTAL = counter(
 )
 ARK_OBS_REQUESTS_REFUSED_TOTAL = counter(
     "ark_obs_requests_refused_total",
-    "HTTP requests ark-obs refused, by reason: unauthorized (401), too_large (413: body or batch over its "
-    "limit), invalid (422), busy (429: canary analyses at their cap), unavailable (503: the store).",
+    "HTTP requests ark-obs refused, by reason: unauthorized (401), forbidden (403: a write for an agent "
+    "the token is not bound to), too_large (413: body or batch over its "
+    "limit), invalid (422), busy (429: canary analyses at their cap, or OTLP exports waiting to be decoded), "
+    "unavailable (503: the store).",
     labels=("reason",),
 )
 ARK_OBS_CONNECTIONS_CLOSED_TOTAL = counter(

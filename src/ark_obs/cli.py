@@ -224,6 +224,24 @@ def load_settings(
     return settings, [Problem(by_env.get(p.setting, p.setting), p.why) for p in found]
 
 
+def _writes_mode(settings: Settings) -> str:
+    """How writes are guarded, for the start line (never a token)."""
+    if settings.writes_open:
+        return "are open"
+    parts = []
+    if settings.token:
+        parts.append("the shared token (any agent)")
+    if settings.ingest_tokens:
+        parts.append(f"{len(settings.bound_tokens)} agent-bound token(s)")
+    return "need " + " or ".join(parts)
+
+
+def _bound_tokens_shown(settings: Settings) -> str:
+    """``ARK_OBS_INGEST_TOKENS`` as check-config shows it: the agents of each token, the tokens masked."""
+    shown = [",".join(sorted(agents)) if agents is not None else "*" for agents in settings.bound_tokens.values()]
+    return f"(set: {len(shown)} token(s), for {'; '.join(shown)})"
+
+
 def _env_file(given: Path | None) -> tuple[Path | None, list[Problem]]:
     """The dotenv file to read: ``--env-file`` must exist; the default ./.env is read when it does."""
     if given is None:
@@ -311,7 +329,13 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     import uvicorn
 
     from ark_obs.service import create_app, freeze_long_lived_objects
-    from ark_obs.service.connections import OverCapacity, ShutdownSummary, guarded_protocol
+    from ark_obs.service.connections import (
+        ACCEPT_BACKLOG,
+        OverCapacity,
+        ShutdownSummary,
+        connection_budget,
+        guarded_protocol,
+    )
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ark_obs").setLevel(settings.log_level.upper())
@@ -320,6 +344,9 @@ def run_server(settings: Settings, **app_options: Any) -> int:
     background.insert(0, _guard_event_loop)
     app = create_app(settings, background=background, **app_options)
     closed = app.state.service.collector.metric(catalog.ARK_OBS_CONNECTIONS_CLOSED_TOTAL.name)
+    # the cap below the open-file limit (raised toward the hard limit first): said at start, see Limits
+    budget = connection_budget(settings.max_connections)
+    (log.warning if budget.cap < budget.requested else log.info)("%s", budget.describe())
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -334,13 +361,12 @@ def run_server(settings: Settings, **app_options: Any) -> int:
             settings.header_timeout_seconds, settings.body_timeout_seconds, lambda why: closed.labels(why).inc()
         ),
         timeout_keep_alive=settings.keepalive_timeout_seconds,
-        limit_concurrency=settings.max_connections,
+        limit_concurrency=budget.cap,
+        backlog=ACCEPT_BACKLOG,
     )
     server = uvicorn.Server(config)
     logging.getLogger("uvicorn.error").addFilter(ShutdownSummary(settings.shutdown_timeout_seconds))
-    logging.getLogger("uvicorn.error").addFilter(
-        OverCapacity(lambda why: closed.labels(why).inc(), settings.max_connections)
-    )
+    logging.getLogger("uvicorn.error").addFilter(OverCapacity(lambda why: closed.labels(why).inc(), budget.cap))
     base = settings.bind_url
     try:
         # bound before the banner: a port in use is reported instead of URLs nobody answers at
@@ -359,7 +385,7 @@ def run_server(settings: Settings, **app_options: Any) -> int:
         base,
         base,
         redact_url(settings.trace_store),
-        "need the bearer token" if settings.token else "are open",
+        _writes_mode(settings),
     )
     stopped: list[int] = []
 
@@ -385,7 +411,10 @@ def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP, and
     # with Nagle on, every keep-alive response waited ~40 ms for the client's delayed ACK
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    from ark_obs.service.connections import ListenSocket
+
+    # a long kernel queue of connections to accept, while asyncio accepts them in small batches
+    sock = ListenSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]"), port))
@@ -421,6 +450,8 @@ def check_config(args: argparse.Namespace) -> int:
         value = getattr(settings, name)
         if name == "ingest_token":
             value = "(set)" if value is not None else "(unset: writes are open)"
+        elif name == "ingest_tokens":
+            value = _bound_tokens_shown(settings) if value is not None else "(unset)"
         elif isinstance(value, tuple):
             value = ",".join(value)
         elif isinstance(value, str):

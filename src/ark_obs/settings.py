@@ -28,6 +28,7 @@ DEFAULT_HOST: Final = "127.0.0.1"
 # (9100); the seed's 9090 would make its own scrape config scrape Prometheus itself.
 DEFAULT_PORT: Final = 9871
 DEFAULT_PIPELINE: Final = ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")
+DEFAULT_KNOWN_AGENTS: Final = ("Watchdog",)
 MIB: Final = 1024 * 1024
 MIN_TOKEN_LENGTH: Final = 16
 # Ports of the neighbouring services: binding there works, but a scrape config would point at the wrong thing.
@@ -71,6 +72,48 @@ def _check_names(values: tuple[str, ...], what: str, *, allow_empty: bool) -> tu
     return values
 
 
+ANY_AGENT: Final = "*"
+
+
+def _check_token(secret: str) -> None:
+    if len(secret) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters (got {len(secret)})")
+    if not secret.isprintable() or secret != secret.strip() or " " in secret:
+        raise ValueError("must be printable with no whitespace (it travels in an HTTP header)")
+
+
+def parse_bound_tokens(text: str) -> dict[str, frozenset[str] | None]:
+    """``"Kyle,Joey:tok1 Watchdog:tok2 *:tok3"`` -> {tok1: {Kyle, Joey}, tok2: {Watchdog}, tok3: None}.
+
+    Entries are separated by whitespace (a token holds none); in each, the agents come before the
+    first ':' (an agent name holds none), the token after it. ValueError names the entry by its
+    position and never shows a token.
+    """
+    out: dict[str, frozenset[str] | None] = {}
+    entries = text.split()
+    if not entries:
+        raise ValueError("no entry: write 'Agent1,Agent2:token' entries separated by spaces")
+    for i, entry in enumerate(entries, 1):
+        agents_part, colon, token = entry.partition(":")
+        where = f"entry {i} (of {len(entries)})"
+        if not colon or not agents_part:
+            raise ValueError(f"{where} is not 'Agent1,Agent2:token' (agents, a colon, the token)")
+        agents = tuple(a for a in agents_part.split(",") if a)
+        if agents != (ANY_AGENT,):
+            try:
+                _check_names(agents, "agent", allow_empty=False)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+        try:
+            _check_token(token)
+        except ValueError as exc:
+            raise ValueError(f"{where}: the token {exc}") from None
+        if token in out:
+            raise ValueError(f"{where}: the same token as an earlier entry (bind it once, to all its agents)")
+        out[token] = None if agents == (ANY_AGENT,) else frozenset(agents)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One bad setting: its environment variable name and why it is bad."""
@@ -93,6 +136,8 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         validate_default=True,
+        # an error never repeats the value: it may be a token or a URL with a password
+        hide_input_in_errors=True,
     )
 
     host: str = Field(
@@ -117,10 +162,6 @@ class Settings(BaseSettings):
     slo_file: Path | None = Field(
         default=None, description="YAML or TOML file overriding the default SLOs; unset: the seed's four SLOs."
     )
-    runbook_url: str = Field(
-        default="http://127.0.0.1:9871/runbook",
-        description="Absolute base URL of the runbook; an alert's section is {base}#{alertname lowercased}.",
-    )
     scrape_interval_seconds: float = Field(
         default=15.0,
         gt=0,
@@ -131,6 +172,12 @@ class Settings(BaseSettings):
         default=None,
         description=f"Bearer token required by the write endpoints (at least {MIN_TOKEN_LENGTH} "
         "characters); unset: writes are open.",
+    )
+    ingest_tokens: SecretStr | None = Field(
+        default=None,
+        description="Tokens bound to the agents they may write for, whitespace-separated entries "
+        "'Agent1,Agent2:token' ('*:token' for any agent); a write for another agent gets 403. Works "
+        "beside INGEST_TOKEN (which may write for any agent).",
     )
     allow_open_ingest: bool = Field(
         default=False,
@@ -174,7 +221,8 @@ class Settings(BaseSettings):
         default=32,
         ge=1,
         le=10_000,
-        description="Distinct agents one trace may hold; spans of further agents are dropped and counted (trace_full).",
+        description="Distinct agents outside PIPELINE one trace may hold; spans of further agents are dropped "
+        "and counted (trace_full). Pipeline agents are always admitted.",
     )
     pipeline: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_PIPELINE,
@@ -190,8 +238,13 @@ class Settings(BaseSettings):
         default=1000,
         ge=1,
         le=100_000,
-        description="Agents outside PIPELINE tracked by heartbeat; beats of more get 503 (pipeline agents "
-        "are always admitted).",
+        description="Agents outside PIPELINE and KNOWN_AGENTS tracked by heartbeat; beats of more get 503 "
+        "(pipeline and known agents are always admitted).",
+    )
+    known_agents: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_KNOWN_AGENTS,
+        description="Comma-separated agents outside PIPELINE (the Watchdog, other named services) whose "
+        "heartbeats are always admitted and never forgotten, like the pipeline's; empty: none.",
     )
     heartbeat_forget_seconds: float = Field(
         default=3600.0,
@@ -230,8 +283,8 @@ class Settings(BaseSettings):
         default=512,
         ge=8,
         le=100_000,
-        description="Open connections (or running requests) past which new requests get 503; keep it below "
-        "the file descriptor limit (ulimit -n).",
+        description="Open connections (or running requests) past which new requests get 503 (/healthz still "
+        "answers); clamped at start below the open-file limit, which is raised toward the hard limit first.",
     )
     log_level: LogLevel = Field(default="info", description="Log level of the service.")
 
@@ -282,7 +335,7 @@ class Settings(BaseSettings):
     )
 
     # validators ------------------------------------------------------------------------------------
-    @field_validator("pipeline", "redis_streams", mode="before")
+    @field_validator("pipeline", "redis_streams", "known_agents", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return _split_names(value)
@@ -291,6 +344,11 @@ class Settings(BaseSettings):
     @classmethod
     def _pipeline_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _check_names(value, "agent", allow_empty=False)
+
+    @field_validator("known_agents")
+    @classmethod
+    def _known_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_names(value, "agent", allow_empty=True)
 
     @field_validator("redis_streams")
     @classmethod
@@ -362,11 +420,14 @@ class Settings(BaseSettings):
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        secret = value.get_secret_value()
-        if len(secret) < MIN_TOKEN_LENGTH:
-            raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters (got {len(secret)})")
-        if not secret.isprintable() or secret != secret.strip() or " " in secret:
-            raise ValueError("must be printable with no whitespace (it travels in an HTTP header)")
+        _check_token(value.get_secret_value())
+        return value
+
+    @field_validator("ingest_tokens")
+    @classmethod
+    def _bound_tokens(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_bound_tokens(value.get_secret_value())  # its errors never show a token
         return value
 
     @field_validator("log_level", mode="before")
@@ -387,6 +448,16 @@ class Settings(BaseSettings):
         return self.ingest_token.get_secret_value() if self.ingest_token else None
 
     @property
+    def bound_tokens(self) -> dict[str, frozenset[str] | None]:
+        """``ARK_OBS_INGEST_TOKENS`` parsed: token -> the agents it may write for (None: any agent)."""
+        return parse_bound_tokens(self.ingest_tokens.get_secret_value()) if self.ingest_tokens else {}
+
+    @property
+    def writes_open(self) -> bool:
+        """True when no token of either kind is set: anyone who can reach the port may write."""
+        return self.ingest_token is None and self.ingest_tokens is None
+
+    @property
     def is_loopback(self) -> bool:
         """True when ``host`` only accepts connections from this machine."""
         return is_loopback(self.host)
@@ -394,7 +465,7 @@ class Settings(BaseSettings):
     def problems(self) -> list[Problem]:
         """Checks that span several fields; an empty list means the combination is safe to serve."""
         out: list[Problem] = []
-        if not self.is_loopback and self.ingest_token is None and not self.allow_open_ingest:
+        if not self.is_loopback and self.writes_open and not self.allow_open_ingest:
             out.append(
                 Problem(
                     env_name("host"),
@@ -405,20 +476,20 @@ class Settings(BaseSettings):
                     "accept this on purpose.",
                 )
             )
+        if self.token is not None and self.token in self.bound_tokens:
+            out.append(
+                Problem(
+                    env_name("ingest_tokens"),
+                    f"one of its tokens is also {env_name('ingest_token')}, which may write for any agent: "
+                    "the binding would mean nothing; give the bound agents their own token",
+                )
+            )
         if self.redis_streams and self.trace_store == "memory":
             out.append(
                 Problem(
                     env_name("redis_streams"),
                     f"stream depths are read from Redis, but {env_name('trace_store')} is 'memory'; "
                     "set it to a redis:// URL",
-                )
-            )
-        if self.max_agents_per_trace < len(self.pipeline):
-            out.append(
-                Problem(
-                    env_name("max_agents_per_trace"),
-                    f"{self.max_agents_per_trace} cannot hold the {len(self.pipeline)} agents of "
-                    f"{env_name('pipeline')}",
                 )
             )
         if 2 * self.slice_seconds > self.retention_seconds:

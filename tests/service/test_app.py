@@ -819,7 +819,7 @@ async def test_every_refusal_is_counted_by_reason() -> None:
     auth = {"Authorization": "Bearer " + "t" * 16}
     async with serve(app) as c:
         assert refused((await c.get("/metrics")).text) == dict.fromkeys(
-            ("unauthorized", "too_large", "invalid", "busy", "unavailable"), 0.0
+            ("unauthorized", "forbidden", "too_large", "invalid", "busy", "unavailable"), 0.0
         )
         assert (await c.post("/heartbeats/Kyle")).status_code == 401
         assert (await c.post("/spans", content=b"x" * 4096, headers=auth)).status_code == 413
@@ -828,7 +828,14 @@ async def test_every_refusal_is_counted_by_reason() -> None:
         assert (await c.post("/spans", json={"spans": [{"agent": "Kyle"}]}, headers=auth)).status_code == 422
         assert (await c.post("/heartbeats/Kyle", headers=auth)).status_code == 200
         counts = refused((await c.get("/metrics")).text)
-    assert counts == {"unauthorized": 1.0, "too_large": 2.0, "invalid": 1.0, "busy": 0.0, "unavailable": 0.0}
+    assert counts == {
+        "unauthorized": 1.0,
+        "forbidden": 0.0,  # a token bound to agents: tests/service/test_agent_tokens.py
+        "too_large": 2.0,
+        "invalid": 1.0,
+        "busy": 0.0,
+        "unavailable": 0.0,
+    }
 
 
 async def test_422_texts_are_cut_at_200_characters(client: httpx.AsyncClient) -> None:

@@ -338,11 +338,15 @@ def test_hostile_bodies_get_4xx_and_the_service_keeps_serving(server: Server) ->
         assert c.post(url, content=good, headers={**_auth(), "Content-Type": "text/plain"}).status_code == 415
         assert c.post(url, content=good, headers={**proto, "Content-Encoding": "br"}).status_code == 415
         assert c.post(url, content=good, headers={"Content-Type": "application/x-protobuf"}).status_code == 401
-        bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)  # ~64 KiB, inflates 64x past the limit
+        # ~64 KiB, inflates 64x past the limit; it starts as a request would (resource_spans, 64 MiB long)
+        bomb = gzip.compress(b"\x0a\x80\x80\x80\x20" + b"\0" * (64 * 1024 * 1024), compresslevel=9)
         r = c.post(url, content=bomb, headers={**proto, "Content-Encoding": "gzip"})
         # the error body is a google.rpc.Status in the request's encoding (protobuf: the message is field 2)
         assert r.status_code == 413 and r.headers["content-type"] == "application/x-protobuf"
         assert b"ARK_OBS_MAX_DECOMPRESSED_BYTES" in r.content
+        # zeros do not start a request: refused after the first inflated step
+        zeros = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
+        assert c.post(url, content=zeros, headers={**proto, "Content-Encoding": "gzip"}).status_code == 400
         assert (
             c.post(url, content=b"\x1f\x8b garbage", headers={**proto, "Content-Encoding": "gzip"}).status_code == 400
         )

@@ -408,7 +408,8 @@ def test_healthy_http_fed_service_says_not_reported_and_names_trace_latency(heal
     assert re.search(r"#summary \.tile\.no_data(, #summary \.tile\.unknown)? \{ border-color: [^;]+;", dom)
     silent = {s["name"] for s in httpx.get(healthy + "/slos").json()["slos"] if s["status"] == "no_data"}
     rows = re.findall(
-        r'<div class="slo" data-slo="([^"]+)" data-status="no_data"[^>]*>.*?<span class="badge ([a-z_]+)"[^>]*>([^<]+)<',
+        r'<div class="slo" data-slo="([^"]+)" data-status="no_data"[^>]*>'
+        r'.*?<span class="badge ([a-z_]+)"[^>]*>([^<]+)<',
         dom,
     )
     # the tile's "no data" also counts availability, met by /slos but without evidence here ("met, no evidence")

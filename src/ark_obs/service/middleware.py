@@ -94,7 +94,14 @@ class HeadAsGet:
 
 
 # the statuses that mean "refused by a limit or a rule", and the reason label each is counted under
-REFUSALS: Final = {401: "unauthorized", 413: "too_large", 422: "invalid", 429: "busy", 503: "unavailable"}
+REFUSALS: Final = {
+    401: "unauthorized",
+    403: "forbidden",
+    413: "too_large",
+    422: "invalid",
+    429: "busy",
+    503: "unavailable",
+}
 
 
 class RefusalCounter:

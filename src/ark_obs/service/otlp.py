@@ -27,9 +27,11 @@ import base64
 import binascii
 import json
 import operator
+import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Final, NamedTuple
 
 from google.protobuf.message import DecodeError
@@ -50,6 +52,10 @@ __all__ = [
     "Decoded",
     "OtlpError",
     "OtlpSpan",
+    "check_json_depth",
+    "check_start",
+    "count_json_span_keys",
+    "count_protobuf_spans",
     "decode",
     "decode_json",
     "decode_protobuf",
@@ -78,6 +84,27 @@ _RPC_INVALID_ARGUMENT: Final = 3
 _RPC_RESOURCE_EXHAUSTED: Final = 8
 _RPC_UNAVAILABLE: Final = 14
 _RPC_UNAUTHENTICATED: Final = 16
+_RPC_PERMISSION_DENIED: Final = 7
+# JSON nested deeper than this is refused before it is parsed (OTLP itself nests about 10 levels; the
+# rest is room for arrayValue/kvlistValue attributes)
+MAX_JSON_DEPTH: Final = 64
+# An int64/uint64 time has at most 20 decimal digits, and a valid one is below 2**64
+_MAX_NANOS: Final = 2**64
+# every byte but the JSON structure ([]{}, commas, colons and the quotes of strings), for bytes.translate
+_NOT_STRUCTURE: Final = bytes(b for b in range(256) if b not in b'[]{}",:')
+# array elements that are not objects (commas past colons and objects) a JSON request may hold
+_MAX_LOOSE_VALUES: Final = 65536
+_JSON_STRING: Final = re.compile(rb'"[^"]*"')
+# brackets to depth steps for a signed running sum: opening +1, closing -1 (255 as a signed byte)
+_DEPTH_STEPS: Final = bytes.maketrans(b"[]{}", bytes((1, 255, 1, 255)))
+_DEPTH_SLICE: Final = 65536
+# a span's start time key: only spans have one (events and links do not), so their count is a lower bound
+# of a well-formed request's span count, found with bytes.count before anything is parsed
+_SPAN_KEYS: Final = (b'"startTimeUnixNano"', b'"start_time_unix_nano"')
+# a quoted value in an error message is cut to this many characters
+_MAX_SHOWN: Final = 80
+# inflate in steps of this size, so a limit can stop it early
+_INFLATE_STEP: Final = 1024 * 1024
 
 
 class OtlpSpan(NamedTuple):
@@ -147,22 +174,199 @@ class OtlpError(Exception):
 
 
 # --- body ----------------------------------------------------------------------------------------------
-def gunzip(body: bytes, limit: int) -> bytes:
+def gunzip(body: bytes, limit: int, check: Callable[[bytes], None] | None = None) -> bytes:
     """Inflate a gzip body, refusing (413) once the output would pass ``limit`` bytes.
 
     At most ``limit + 1`` bytes are ever inflated, so a gzip bomb costs what its first ``limit`` bytes
-    cost and no more. A corrupt or truncated stream is a 400.
+    cost and no more. It is inflated in steps of ``_INFLATE_STEP``; ``check`` sees each step and may
+    raise (an OtlpError) to stop there. A corrupt or truncated stream is a 400.
     """
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    parts: list[bytes] = []
+    size = 0
+    pending = body
     try:
-        out = inflater.decompress(body, limit + 1)
+        while True:
+            step = inflater.decompress(pending, min(_INFLATE_STEP, limit + 1 - size))
+            pending = inflater.unconsumed_tail
+            size += len(step)
+            if step and check is not None:
+                check(step)  # first: a body that is no request is a 400 whatever its size
+            if size > limit:
+                raise OtlpError(413, f"gzip body inflates past the {limit}-byte limit (ARK_OBS_MAX_DECOMPRESSED_BYTES)")
+            if step:
+                parts.append(step)
+            if inflater.eof or not step:
+                break
     except zlib.error as exc:
         raise OtlpError(400, f"gzip body could not be decompressed: {exc}") from exc
-    if len(out) > limit:
-        raise OtlpError(413, f"gzip body inflates past the {limit}-byte limit (ARK_OBS_MAX_DECOMPRESSED_BYTES)")
     if not inflater.eof:
         raise OtlpError(400, "gzip body is truncated")
-    return out
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut short: client values go into error messages."""
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+# --- limits before decoding -------------------------------------------------------------------------------
+def count_json_span_keys(body: bytes) -> int:
+    """How many span start-time keys an OTLP JSON body holds: at most its span count, by ``bytes.count``."""
+    return sum(body.count(key) for key in _SPAN_KEYS)
+
+
+def check_json_depth(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """OtlpError(400) when JSON ``body`` nests arrays and objects deeper than ``max_depth``, its brackets or
+    quotes do not balance, or it holds far more values than an OTLP request could: checked on its structure
+    alone, before the body is parsed.
+
+    Escaped backslashes and quotes are removed first, then every byte that is not a bracket, a quote, a
+    comma or a colon, then the strings (with what they held). Every array of an OTLP request holds
+    objects, so its commas are at most its colons (one per member) plus its objects; past that by
+    ``_MAX_LOOSE_VALUES`` (room for unknown fields, which receivers must ignore) the body is no request,
+    whatever it would parse to (8 MiB of ``null`` took 25 ms to parse). The depth is then a running sum
+    (+1 opening, -1 closing) taken in slices of ``_DEPTH_SLICE`` brackets, so a deep body is refused in
+    its first slice and no single step holds the interpreter long.
+    """
+    s = body
+    if b"\\" in s:
+        s = s.replace(b"\\\\", b"").replace(b'\\"', b"")
+    s = s.translate(None, _NOT_STRUCTURE)
+    if b'"' in s:
+        s = _JSON_STRING.sub(b"", s)
+        if b'"' in s:
+            raise OtlpError(400, "body is not JSON: a string is not closed")
+    loose = s.count(b",") - s.count(b":") - s.count(b"{")
+    if loose > _MAX_LOOSE_VALUES:
+        raise OtlpError(
+            400, f"body is not an OTLP request: {loose} more array elements than objects (OTLP arrays hold objects)"
+        )
+    steps = memoryview(s.translate(_DEPTH_STEPS, b",:")).cast("b")
+    depth = 0
+    for at in range(0, len(steps), _DEPTH_SLICE):
+        levels = list(accumulate(steps[at : at + _DEPTH_SLICE], initial=depth))
+        if max(levels) > max_depth:
+            raise OtlpError(400, f"body nests arrays or objects deeper than {max_depth} levels")
+        if min(levels) < 0:
+            raise OtlpError(400, "body is not JSON: a bracket closes what was not opened")
+        depth = levels[-1]
+    if depth:
+        raise OtlpError(400, "body is not JSON: a bracket is not closed")
+
+
+def check_start(head: bytes, content_type: str) -> None:
+    """OtlpError(400) when the first bytes of a body already show it is no request: a JSON request is an
+    object, and a protobuf one starts with a valid field tag. Lets a gzip body be refused after its first
+    inflated step instead of its whole inflated size."""
+    if content_type == CONTENT_TYPE_PROTOBUF:
+        tag = head[0] if head else 8
+        if tag >> 3 == 0 or tag & 7 in (3, 4, 6, 7):  # field 0, groups or no wire type: never a request
+            raise OtlpError(400, "body is not an ExportTraceServiceRequest: it starts with an invalid field tag")
+        return
+    first = head.lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf")[:1]
+    if first and first != b"{":
+        raise OtlpError(400, "body is not a JSON ExportTraceServiceRequest: it does not start with an object")
+
+
+def _varint_at(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while pos < end and shift < 64:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+    raise ValueError("bad varint")
+
+
+def _length_fields(buf: bytes, pos: int, end: int, field: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each length-delimited occurrence of ``field`` in ``buf[pos:end]`` (others skipped)."""
+    while pos < end:
+        tag, pos = _varint_at(buf, pos, end)
+        wire = tag & 7
+        if wire == 2:
+            size, pos = _varint_at(buf, pos, end)
+            if tag >> 3 == field:
+                yield pos, pos + size
+            pos += size
+        elif wire == 0:
+            pos = _varint_at(buf, pos, end)[1]
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"wire type {wire}")
+        if pos > end:
+            raise ValueError("field past its message")
+
+
+def count_protobuf_spans(body: bytes, stop_after: int) -> int:
+    """Spans in a binary ``ExportTraceServiceRequest``, from the wire format without decoding it; counting
+    stops once past ``stop_after``. -1 when the walk cannot tell (malformed, or groups): decode to know.
+
+    ``resource_spans`` is field 1 of the request, ``scope_spans`` field 2 of ResourceSpans, ``spans``
+    field 2 of ScopeSpans.
+    """
+    count = 0
+    try:
+        for rs_start, rs_end in _length_fields(body, 0, len(body), 1):
+            for ss_start, ss_end in _length_fields(body, rs_start, rs_end, 2):
+                count += _count_spans(body, ss_start, ss_end, stop_after - count)
+                if count > stop_after:
+                    return count
+    except ValueError:
+        return -1
+    return count
+
+
+def _count_spans(buf: bytes, pos: int, end: int, stop_after: int) -> int:
+    """Occurrences of field 2 (length-delimited) in the ScopeSpans ``buf[pos:end]``, stopping once past
+    ``stop_after``: the one loop run per span, so the common one-byte tag and length are read inline."""
+    count = 0
+    while pos < end:
+        tag = buf[pos]
+        if tag == 0x12 and pos + 1 < end and buf[pos + 1] < 0x80:  # a span shorter than 128 bytes
+            pos += 2 + buf[pos + 1]
+        elif tag == 0x12:
+            size, pos = _varint_at(buf, pos + 1, end)
+            pos += size
+        else:
+            pos = _next_field(buf, pos, end)  # another field (the scope, the schema URL): skipped
+            continue
+        count += 1
+        if count > stop_after:
+            return count
+    if pos > end:
+        raise ValueError("field past its message")
+    return count
+
+
+def _next_field(buf: bytes, pos: int, end: int) -> int:
+    """Where the field starting at ``pos`` ends."""
+    tag, pos = _varint_at(buf, pos, end)
+    wire = tag & 7
+    if wire == 2:
+        size, pos = _varint_at(buf, pos, end)
+        pos += size
+    elif wire == 0:
+        pos = _varint_at(buf, pos, end)[1]
+    elif wire == 1:
+        pos += 8
+    elif wire == 5:
+        pos += 4
+    else:
+        raise ValueError(f"wire type {wire}")
+    if pos > end:
+        raise ValueError("field past its message")
+    return pos
+
+
+def _too_many(limit: int) -> OtlpError:
+    return OtlpError(413, f"more than {limit} spans in one request (ARK_OBS_MAX_BATCH_SPANS)")
 
 
 # --- mapping ---------------------------------------------------------------------------------------------
@@ -191,7 +395,7 @@ class _Merger:
 
     def add(self, trace_id: str, agent: object, start_ns: int, end_ns: int, ok: bool) -> None:
         if not self.valid(agent):
-            self.reject(f"agent {agent!r} is not a valid agent name" if agent else "span has no agent attribute")
+            self.reject(f"agent {_shown(agent)} is not a valid agent name" if agent else "span has no agent attribute")
             return
         if start_ns <= 0 or end_ns < start_ns:
             self.reject(f"span times {start_ns}..{end_ns} ns are missing or end before they start")
@@ -218,12 +422,22 @@ def decode_protobuf(
     *,
     resource_attribute: str = DEFAULT_RESOURCE_ATTRIBUTE,
     span_attribute: str = DEFAULT_SPAN_ATTRIBUTE,
+    max_spans: int | None = None,
 ) -> Decoded:
-    """Map a binary ``ExportTraceServiceRequest`` to continuity spans; OtlpError(400) if it does not parse."""
+    """Map a binary ``ExportTraceServiceRequest`` to continuity spans; OtlpError(400) if it does not parse,
+    413 past ``max_spans`` spans (counted on the wire format first, so an oversized body is not decoded).
+    """
+    # an empty span takes 2 bytes, so a body under 2 * max_spans cannot hold too many
+    if max_spans is not None and len(body) >= 2 * max_spans and count_protobuf_spans(body, max_spans) > max_spans:
+        raise _too_many(max_spans)
     try:
         request = ExportTraceServiceRequest.FromString(body)
-    except (DecodeError, ValueError) as exc:
+    except (DecodeError, ValueError, RecursionError) as exc:
         raise OtlpError(400, f"body is not an ExportTraceServiceRequest: {exc}") from exc
+    if max_spans is not None:
+        total = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        if total > max_spans:
+            raise _too_many(max_spans)
     merger = _Merger()
     parts, valid, add = merger.parts, merger.valid, merger.add
     received = 0
@@ -278,22 +492,25 @@ def _json_trace_id(value: object) -> str | None:
 
 
 def _json_int(value: object) -> int:
-    """An int64 as OTLP JSON sends it (a decimal string or a number); -1 when it is neither."""
+    """A uint64 time as OTLP JSON sends it (a decimal string or a number); -1 when it is neither or too large."""
     if type(value) is int:
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+        return value if 0 <= value < _MAX_NANOS else -1
+    # ASCII digits only ("²".isdigit() holds, int("²") fails), and at most 20 of them (2**64 has 20)
+    if isinstance(value, str) and 0 < len(value) <= 20 and value.isascii() and value.isdigit():
+        number = int(value)
+        return number if number < _MAX_NANOS else -1
     return -1
 
 
-def _json_string_attribute(attributes: object, key: str) -> object:
+def _json_string_attribute(attributes: object, key: str) -> str | None:
     """The string value of ``key`` in an OTLP JSON attribute list; None absent, "" present but not a string."""
-    found: object = None
+    found: str | None = None
     if isinstance(attributes, list):
         for attribute in attributes:
             if isinstance(attribute, dict) and attribute.get("key") == key:
                 value = attribute.get("value")
-                found = value.get("stringValue", "") if isinstance(value, dict) else ""
+                text = value.get("stringValue") if isinstance(value, dict) else None
+                found = text if isinstance(text, str) else ""
     return found
 
 
@@ -315,42 +532,58 @@ def decode_json(
     *,
     resource_attribute: str = DEFAULT_RESOURCE_ATTRIBUTE,
     span_attribute: str = DEFAULT_SPAN_ATTRIBUTE,
+    max_spans: int | None = None,
 ) -> Decoded:
-    """Map an OTLP JSON ``ExportTraceServiceRequest`` to continuity spans; OtlpError(400) if it does not parse.
+    """Map an OTLP JSON ``ExportTraceServiceRequest`` to continuity spans; OtlpError(400) if it does not parse,
+    413 past ``max_spans`` spans.
 
+    Before parsing: the span start-time keys are counted (more than ``max_spans`` is a 413) and the
+    nesting is checked (``check_json_depth``); after parsing, the spans are counted before any is mapped.
     Unknown keys are ignored (the spec: receivers MUST), snake_case keys included; a span whose own
     fields are wrong is refused on its own, a request whose structure is wrong as a whole.
     """
+    if max_spans is not None and count_json_span_keys(body) > max_spans:
+        raise _too_many(max_spans)
+    check_start(body[:64], CONTENT_TYPE_JSON)
+    check_json_depth(body)
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise OtlpError(400, f"body is not JSON: {exc}") from exc
     root = _json_object(document, "the request")
-    merger = _Merger()
+    groups: list[tuple[str | None, list[Any]]] = []
+    total = 0
     for resource_spans in _json_list(root, "resourceSpans"):
         resource_spans = _json_object(resource_spans, "resourceSpans[]")
         resource = _json_object(resource_spans.get("resource", {}), "resource")
         default_agent = _json_string_attribute(resource.get("attributes"), resource_attribute)
         for scope_spans in _json_list(resource_spans, "scopeSpans"):
-            for span in _json_list(_json_object(scope_spans, "scopeSpans[]"), "spans"):
-                merger.received += 1
-                if not isinstance(span, dict):
-                    merger.reject("span is not an object")
-                    continue
-                trace_id = _json_trace_id(span.get("traceId"))
-                if trace_id is None:
-                    merger.reject(f"trace id {span.get('traceId')!r} is not 32 hex digits or base64 of 16 bytes")
-                    continue
-                agent = _json_string_attribute(span.get("attributes"), span_attribute)
-                status = span.get("status")
-                code = status.get("code") if isinstance(status, dict) else None
-                merger.add(
-                    trace_id,
-                    default_agent if agent is None else agent,
-                    _json_int(span.get("startTimeUnixNano")),
-                    _json_int(span.get("endTimeUnixNano")),
-                    code not in (STATUS_CODE_ERROR, "STATUS_CODE_ERROR"),
-                )
+            spans = _json_list(_json_object(scope_spans, "scopeSpans[]"), "spans")
+            groups.append((default_agent, spans))
+            total += len(spans)
+    if max_spans is not None and total > max_spans:
+        raise _too_many(max_spans)
+    merger = _Merger()
+    merger.received = total
+    for default_agent, spans in groups:
+        for span in spans:
+            if not isinstance(span, dict):
+                merger.reject("span is not an object")
+                continue
+            trace_id = _json_trace_id(span.get("traceId"))
+            if trace_id is None:
+                merger.reject(f"trace id {_shown(span.get('traceId'))} is not 32 hex digits or base64 of 16 bytes")
+                continue
+            agent = _json_string_attribute(span.get("attributes"), span_attribute)
+            status = span.get("status")
+            code = status.get("code") if isinstance(status, dict) else None
+            merger.add(
+                trace_id,
+                default_agent if agent is None else agent,
+                _json_int(span.get("startTimeUnixNano")),
+                _json_int(span.get("endTimeUnixNano")),
+                code not in (STATUS_CODE_ERROR, "STATUS_CODE_ERROR"),
+            )
     return merger.result()
 
 
@@ -360,11 +593,11 @@ def decode(
     *,
     resource_attribute: str = DEFAULT_RESOURCE_ATTRIBUTE,
     span_attribute: str = DEFAULT_SPAN_ATTRIBUTE,
+    max_spans: int | None = None,
 ) -> Decoded:
     """Decode by content type (``CONTENT_TYPE_PROTOBUF`` or ``CONTENT_TYPE_JSON``)."""
-    if content_type == CONTENT_TYPE_PROTOBUF:
-        return decode_protobuf(body, resource_attribute=resource_attribute, span_attribute=span_attribute)
-    return decode_json(body, resource_attribute=resource_attribute, span_attribute=span_attribute)
+    decoder = decode_protobuf if content_type == CONTENT_TYPE_PROTOBUF else decode_json
+    return decoder(body, resource_attribute=resource_attribute, span_attribute=span_attribute, max_spans=max_spans)
 
 
 # --- responses -------------------------------------------------------------------------------------------
@@ -400,12 +633,16 @@ def encode_status(http_status: int, message: str, content_type: str) -> bytes:
     Encoded by hand: the message has two scalar fields, and the generated class is not in
     ``opentelemetry-proto``.
     """
-    code = {400: _RPC_INVALID_ARGUMENT, 401: _RPC_UNAUTHENTICATED, 413: _RPC_RESOURCE_EXHAUSTED}.get(
-        http_status, _RPC_UNAVAILABLE if http_status >= 500 else _RPC_INVALID_ARGUMENT
-    )
+    code = {
+        400: _RPC_INVALID_ARGUMENT,
+        401: _RPC_UNAUTHENTICATED,
+        403: _RPC_PERMISSION_DENIED,
+        413: _RPC_RESOURCE_EXHAUSTED,
+        429: _RPC_RESOURCE_EXHAUSTED,
+    }.get(http_status, _RPC_UNAVAILABLE if http_status >= 500 else _RPC_INVALID_ARGUMENT)
     if content_type != CONTENT_TYPE_PROTOBUF:
         return json.dumps({"code": code, "message": message}).encode()
-    text = message.encode()
+    text = message.encode(errors="replace")
     return b"\x08" + _varint(code) + b"\x12" + _varint(len(text)) + text
 
 

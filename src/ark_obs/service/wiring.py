@@ -70,6 +70,7 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
         settings.heartbeat_interval_seconds,
         sweep=True,
         pipeline=settings.pipeline,
+        known=settings.known_agents,
         max_agents=settings.max_heartbeat_agents,
         forget_after_seconds=settings.heartbeat_forget_seconds,
     )

@@ -10,7 +10,8 @@ reported within 1.75 intervals of its last beat; it counts ``agent_heartbeat_fai
 once per outage (claimed in Redis, so once across replicas) and marks the agent up again when beats
 resume. Timestamps are the beating process' clock: hosts need synchronised clocks (NTP).
 
-The configured pipeline agents are always admitted and never forgotten (a dead Kenny stays reported
+The configured pipeline agents, and the known agents outside it (``known``: the Watchdog and other named
+services, ``ARK_OBS_KNOWN_AGENTS``), are always admitted and never forgotten (a dead Kenny stays reported
 down). Other agents are admitted up to ``max_agents`` and forgotten once silent for
 ``forget_after_seconds``, so made-up names can neither lock the pipeline out nor stay forever;
 ``ark_agent_in_pipeline`` tells the alert rules which agents page and which are summarized.
@@ -93,7 +94,8 @@ class HeartbeatMonitor:
     ``sweep``: whether this monitor detects outages and exports the scrape-time families; None means
     yes for a store of its own (memory), no for a shared one (Redis), where the ark-obs service does.
     ``pipeline``: agents always admitted and never forgotten (default: ``$ARK_OBS_PIPELINE``, else
-    Kyle..Aletheia); ``max_agents`` caps the others.
+    Kyle..Aletheia); ``known``: more agents admitted and kept alike, outside the pipeline (they do not
+    page); ``max_agents`` caps the others.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class HeartbeatMonitor:
         sweep: bool | None = None,
         background: bool = True,
         pipeline: Sequence[str] | None = None,
+        known: Sequence[str] = (),
     ) -> None:
         if not interval_seconds > 0:
             raise ValueError(f"interval_seconds must be positive, got {interval_seconds}")
@@ -120,6 +123,8 @@ class HeartbeatMonitor:
         self.forget_after = float(forget_after_seconds)
         self.max_agents = max_agents
         self.pipeline = frozenset(pipeline if pipeline is not None else default_pipeline())
+        self.known = frozenset(known) - self.pipeline
+        self._always = self.pipeline | self.known  # admitted past the cap, never forgotten
         self.store: HeartbeatStore = store if store is not None else collector.traces.store  # type: ignore[assignment]
         self.sweeping = (not self.store.shared) if sweep is None else sweep
         self._clock = collector.clock
@@ -140,7 +145,7 @@ class HeartbeatMonitor:
 
     def beat(self, agent: str) -> None:
         """Record a heartbeat from ``agent`` now; never raises on bad data or a store failure."""
-        if agent not in self._agents and agent not in self.pipeline:
+        if agent not in self._agents and agent not in self._always:
             if not isinstance(agent, str) or not agent:
                 raise TypeError(f"agent must be a non-empty string, got {agent!r}")
             registry = self.collector.registry
@@ -171,7 +176,7 @@ class HeartbeatMonitor:
             now = self._clock() if now is None else now
             for agent, last in list(beats.items()):
                 silent = now - last
-                if silent > self.forget_after and agent not in self.pipeline:
+                if silent > self.forget_after and agent not in self._always:
                     self._forget(agent)
                     del beats[agent]
                 elif silent > self.down_after:

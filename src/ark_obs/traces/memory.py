@@ -97,8 +97,13 @@ class MemoryStore:
                 live.move_to_end(trace_id)
                 t[0] = now
             agents = t[4]
-            if len(agents) >= self._max_agents and agent not in agents:
-                full = True  # one trace must not grow without bound (nor its report)
+            if (
+                len(agents) >= self._max_agents
+                and agent not in self._pipeline
+                and agent not in agents
+                and len(agents) - len(self._pipeline.intersection(agents)) >= self._max_agents
+            ):
+                full = True  # one trace must not grow without bound (nor its report); pipeline agents always fit
                 return
             t[2] += 1
             if agent in agents:  # a repeat (retry): widen that agent's span

@@ -164,8 +164,10 @@ class TraceSettings:
             raise ValueError(f"ttl_seconds must be positive, got {self.ttl_seconds}")
         if self.max_in_flight < 1 or self.recent_max < 1:
             raise ValueError("max_in_flight and recent_max must be at least 1")
-        if self.max_agents < len(self.pipeline):
-            raise ValueError(f"max_agents ({self.max_agents}) must hold the pipeline's {len(self.pipeline)} agents")
+        if self.max_agents < 1:
+            raise ValueError(
+                f"max_agents (agents outside the pipeline per trace) must be at least 1, got {self.max_agents}"
+            )
 
 
 class TraceSink(Protocol):

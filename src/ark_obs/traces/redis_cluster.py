@@ -80,6 +80,10 @@ class LazyCluster:
                 client = self._client
         return client
 
+    def built(self) -> RedisCluster | None:
+        """The client if it was built (None before the cluster first answered); never connects."""
+        return self._client
+
     def __getattr__(self, name: str) -> Any:
         if name == "nodes_manager":
             return self.get().nodes_manager

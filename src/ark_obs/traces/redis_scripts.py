@@ -12,9 +12,9 @@ from typing import Final
 # cap, pipeline (JSON list), max agents per trace, spans (JSON list of [trace id, agent, start, end, ok,
 # seen], or [trace id, agent, t] for the common ok span with start = end = seen). Spans are grouped by
 # trace so each trace costs one HMGET and one HSET whatever its number of spans. A span for a
-# finalized trace is late, also within a batch. A span of a new agent for a trace that holds max agents
-# already (field ``a`` counts them) is refused. Times are stored with %.17g, which round-trips a
-# double exactly. Returns {traces completed, spans refused}.
+# finalized trace is late, also within a batch. A span of a new agent outside the pipeline for a trace
+# that holds max such agents already (field ``a`` counts them) is refused; pipeline agents always fit.
+# Times are stored with %.17g, which round-trips a double exactly. Returns {traces completed, spans refused}.
 _ADD_LUA: Final = """
 local prefix = ARGV[1]
 local ttl_ms = tonumber(ARGV[2])
@@ -66,7 +66,7 @@ for _, id in ipairs(order) do
     for _, sp in ipairs(g) do
       if missing == 0 then
         late = late + 1
-      elseif not cur['@' .. sp[2]] and agents >= max_agents then
+      elseif not cur['@' .. sp[2]] and agents >= max_agents and not in_pipeline['@' .. sp[2]] then
         refused = refused + 1
       else
         n = n + 1
@@ -85,12 +85,10 @@ for _, id in ipairs(order) do
         elseif short then
           local ts = string.format('%.17g', s)
           v = ts .. ' ' .. ts .. ' ' .. n .. ' 1'
-          if in_pipeline[f] then missing = missing - 1 end
-          agents = agents + 1
+          if in_pipeline[f] then missing = missing - 1 else agents = agents + 1 end
         else
           v = string.format('%.17g %.17g %d %s', s, e, n, ok and '1' or '0')
-          if in_pipeline[f] then missing = missing - 1 end
-          agents = agents + 1
+          if in_pipeline[f] then missing = missing - 1 else agents = agents + 1 end
         end
         if not changed[f] then
           changed[f] = true

@@ -8,7 +8,8 @@ spans, so spans are visible to readers well within a second. Reads (``get``, the
 counts) use short socket timeouts (``timeout``, 250 ms) and no retries; the background writer allows
 ``write_timeout`` (1 s) for a batch. When Redis fails the store
 marks itself unhealthy, drops new spans at once (the monitor counts them in
-``ark_obs_dropped_total{reason="store_unavailable"}``) and probes Redis every ``retry_seconds``.
+``ark_obs_dropped_total{reason="store_unavailable"}``) and probes Redis every ``DOWN_PROBE_SECONDS``
+until it answers (every ``retry_seconds`` when idle and healthy).
 
 Keys, all under ``prefix`` (default ``ark:obs:``) and all with TTLs, so nothing grows without bound:
 
@@ -88,6 +89,9 @@ DEFAULT_FLUSH_SECONDS: Final = 0.05
 DEFAULT_BATCH_SIZE: Final = 500  # spans per Lua call: a few ms of Redis time at most
 DEFAULT_MAX_PENDING: Final = 100_000
 DEFAULT_RETRY_SECONDS: Final = 1.0
+# while down, Redis is probed this often (at most every retry_seconds): writes resume within this long of
+# Redis (or the cluster's slots) being served again; the probe runs on the writer thread, never a request's
+DOWN_PROBE_SECONDS: Final = 0.1
 HEARTBEAT_KEY_TTL_MS: Final = 86_400_000
 CLUSTER_SPANS_PER_CALL: Final = 250  # batch size on a cluster: this many spans per shard (measured in bench_cluster)
 MAX_CLUSTER_BATCH: Final = 8000
@@ -105,6 +109,21 @@ def make_client(url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> redis.Red
         health_check_interval=0,
         decode_responses=True,
     )
+
+
+def _drop_idle_connections(client: Any) -> None:
+    """Close the idle pooled connections of a Redis or (built) Redis Cluster client; never raises."""
+    try:
+        if isinstance(client, redis.Redis):
+            client.connection_pool.disconnect(inuse_connections=False)
+            return
+        built = getattr(client, "built", None)
+        cluster = built() if callable(built) else None
+        for node in cluster.get_nodes() if cluster is not None else ():
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect(inuse_connections=False)
+    except Exception:  # closing sockets is best effort: a failure leaves them to fail on their own
+        log.debug("could not close idle Redis connections", exc_info=True)
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
@@ -365,9 +384,13 @@ class RedisStore:
         if self._healthy:
             log.warning("ark-obs trace store %s is unavailable: %s", redact_url(self.url or "redis"), why)
             self._down_since = time.time()
+            # idle pooled connections to a node that failed are stale once it is back (restarted, or its
+            # port reused): each would fail one more call, one probe interval apart
+            for client in (self.client, self.writer):
+                _drop_idle_connections(client)
         self._healthy = False
         self._detail = f"redis unavailable: {why}"
-        self._next_probe = time.monotonic() + self._retry_seconds
+        self._next_probe = time.monotonic() + min(self._retry_seconds, DOWN_PROBE_SECONDS)
 
     def _check(self) -> None:
         if not self._healthy:

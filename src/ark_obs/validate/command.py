@@ -24,7 +24,16 @@ from ark_obs.validate.builtin import BASE_URL, FAULTS, SyntheticDeployment
 from ark_obs.validate.evidence import AlertmanagerReader, ArkObsReader, PrometheusReader
 from ark_obs.validate.expectations import Readers
 from ark_obs.validate.inject import Injector
-from ark_obs.validate.plan import DEFAULT_WATCH_SECONDS, Plan, PlanError, Sources, default_plan, load_plan
+from ark_obs.validate.plan import (
+    DEFAULT_WATCH_SECONDS,
+    CommandInject,
+    HttpInject,
+    Plan,
+    PlanError,
+    Sources,
+    default_plan,
+    load_plan,
+)
 from ark_obs.validate.report import EXIT_STATUS, StepResult, ValidationReport, print_table
 from ark_obs.validate.runner import run_plan
 
@@ -61,6 +70,51 @@ ARGUMENTS: Final[tuple[tuple[tuple[str, ...], dict[str, Any]], ...]] = (
     (("--fault",), {"action": "append", "default": [], "choices": FAULTS,
                     "help": "--synthetic: break a safeguard, to see validation fail (repeatable)"}),
 )  # fmt: skip
+
+
+# request headers whose values are credentials
+_SECRET_HEADER = ("authorization", "cookie", "token", "secret", "key", "auth", "pass")
+
+
+class Masker:
+    """Masks the plan's credentials (URL user information and passwords, credential-like query values,
+    secret header values, URLs in command arguments) in every text validate prints."""
+
+    def __init__(self, plan: Plan | None, args: argparse.Namespace) -> None:
+        urls = [u for u in (args.ark_obs, args.prometheus, args.alertmanager) if u]
+        secrets: list[str] = []
+        if plan is not None:
+            s = plan.sources
+            urls += [u for u in (s.ark_obs, s.prometheus, s.alertmanager) if u]
+            for step in plan.steps:
+                if isinstance(step.inject, HttpInject):
+                    urls.append(step.inject.http.url)
+                    secrets += [
+                        value
+                        for name, value in step.inject.http.headers.items()
+                        if any(word in name.lower() for word in _SECRET_HEADER)
+                    ]
+                elif isinstance(step.inject, CommandInject):
+                    urls += [arg for arg in step.inject.command if "://" in arg]
+        self.urls = tuple(urls)
+        # a header value "Bearer abc..." is masked whole and by its last word (the credential alone)
+        self.secrets = tuple({p for v in secrets for p in (v, v.split()[-1] if v.split() else v)})
+
+    def __call__(self, text: str) -> str:
+        return scrub(text, *self.urls, secrets=self.secrets)
+
+    def tree(self, value: Any) -> Any:
+        """Every string in a JSON-ready value masked."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, list):
+            return [self.tree(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.tree(v) for k, v in value.items()}
+        return value
+
+    def report(self, report: ValidationReport) -> ValidationReport:
+        return ValidationReport.model_validate(self.tree(report.model_dump(mode="json")))
 
 
 def _sources(plan_sources: Sources, args: argparse.Namespace) -> Sources:
@@ -144,7 +198,7 @@ async def unreachable_sources(sources: Sources) -> list[str]:
     return [a for a in answers if a is not None]
 
 
-async def _run(plan: Plan, args: argparse.Namespace, live: bool) -> ValidationReport:
+async def _run(plan: Plan, args: argparse.Namespace, live: bool, mask: Masker) -> ValidationReport:
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
@@ -157,9 +211,11 @@ async def _run(plan: Plan, args: argparse.Namespace, live: bool) -> ValidationRe
         for column in ("step", "state", "observed", "time"):
             table.add_column(column)
         for r in done:
-            table.add_row(r.name, r.verdict.value, r.observed, f"{r.seconds:.1f} s")
+            table.add_row(mask(r.name), r.verdict.value, mask(r.observed), f"{r.seconds:.1f} s")
         if current["step"]:
-            table.add_row(str(current["step"]), "running", str(current["observed"]), f"{current['elapsed']:.1f} s")
+            table.add_row(
+                mask(str(current["step"])), "running", mask(str(current["observed"])), f"{current['elapsed']:.1f} s"
+            )
         return table
 
     with Live(render(), console=Console(stderr=True, quiet=not live), transient=True) as display:
@@ -188,12 +244,14 @@ def main(args: argparse.Namespace) -> int:
     if args.fault and not args.synthetic:
         print("ark-obs validate: --fault breaks the built-in pipeline; it needs --synthetic", file=sys.stderr)
         return inconclusive
+    base: Plan | None = None
     try:
         base = load_plan(args.plan) if args.plan else default_plan(watch_seconds=args.watch, killed_agent=args.kill)
         plan = base.model_copy(update={"sources": _sources(base.sources, args)})
     except (PlanError, ValueError) as exc:
-        print(f"ark-obs validate: {exc}", file=sys.stderr)
+        print(Masker(base, args)(" ".join(f"ark-obs validate: {exc}".split())), file=sys.stderr)
         return inconclusive
+    mask = Masker(plan, args)
     if plan.synthetic and not args.synthetic:
         print(
             "ark-obs validate: the plan's synthetic injections need --synthetic; against a deployment, give "
@@ -202,16 +260,15 @@ def main(args: argparse.Namespace) -> int:
         )
         return inconclusive
     if not args.synthetic:
-        down = asyncio.run(unreachable_sources(plan.sources))
+        down = [mask(line) for line in asyncio.run(unreachable_sources(plan.sources))]
         if down:
             for line in down:
                 print(f"ark-obs validate: {line}; nothing was tested (inconclusive)", file=sys.stderr)
             if args.json:
-                print(
-                    json.dumps({"verdict": Verdict.INCONCLUSIVE.value, "failed": [], "steps": [], "unreachable": down})
-                )
+                answer = {"target": mask(plan.sources.ark_obs), "verdict": Verdict.INCONCLUSIVE.value}
+                print(json.dumps({**answer, "failed": [], "steps": [], "unreachable": down}))
             return inconclusive
-    report = asyncio.run(_run(plan, args, live=not args.json and sys.stderr.isatty()))
+    report = mask.report(asyncio.run(_run(plan, args, live=not args.json and sys.stderr.isatty(), mask=mask)))
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

@@ -51,6 +51,8 @@ DEFAULT_ARK_OBS_URL: Final = "http://127.0.0.1:9871"
 DEFAULT_DEADLINE_SECONDS: Final = 30.0
 DEFAULT_WATCH_SECONDS: Final = 1800.0  # the seed's Task 7: monitor SLOs for 30 minutes
 MAX_STEPS: Final = 100
+# a deadline, watch or timeout longer than a week is a typo (10^23 days was accepted once)
+MAX_SECONDS: Final = 7 * 86400.0
 SYNTHETIC_ACTIONS: Final = ("bad-actions", "kenny-errors", "kill")
 
 
@@ -62,7 +64,9 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-Seconds = Annotated[float, Field(gt=0)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+# a counter bound: finite, not negative
+Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 def _seconds(value: object) -> object:
@@ -121,8 +125,8 @@ class CounterIncrease(_Frozen):
     kind: Literal["counter_increase"]
     metric: str = Field(pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
     labels: dict[str, str] = Field(default_factory=dict)
-    at_least: float | None = None
-    at_most: float | None = None
+    at_least: Amount | None = None
+    at_most: Amount | None = None
 
     @model_validator(mode="after")
     def _one_bound(self) -> CounterIncrease:
@@ -145,7 +149,7 @@ class AgentSilent(_Frozen):
 
     kind: Literal["agent_silent"]
     agent: str
-    within_heartbeats: float = Field(default=2.0, gt=0)
+    within_heartbeats: float = Field(default=2.0, gt=0, le=1000, allow_inf_nan=False)
 
 
 class SlosMet(_Frozen):
@@ -242,17 +246,31 @@ class Plan(_Frozen):
         return any(isinstance(s.inject, SyntheticInject) for s in self.steps)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def load_plan(path: Path) -> Plan:
-    """Read a TOML plan; ``PlanError`` lists every problem with its location."""
+    """Read a TOML plan; ``PlanError`` lists every problem with its location, on one line.
+
+    Whatever the file holds (not UTF-8, not TOML, nested thousands deep, numbers out of range) the
+    answer is a PlanError, never another exception.
+    """
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise PlanError(f"{path}: {exc}") from exc
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PlanError(_one_line(f"{path}: {exc}")) from exc
+    except RecursionError:
+        raise PlanError(f"{path}: arrays or tables nested too deeply to read") from None
     try:
         return Plan.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise PlanError(f"{path}: {problems}") from exc
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(plan)'}: {e['msg']}" for e in exc.errors(include_input=False)
+        )
+        raise PlanError(_one_line(f"{path}: {problems}")) from exc
+    except RecursionError:
+        raise PlanError(f"{path}: a value nested too deeply to check") from None
 
 
 def default_plan(

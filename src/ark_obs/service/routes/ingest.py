@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ark_obs import catalog
 from ark_obs.service.api import Accepted, SpanIn, TraceId, TraceParentTraceId
-from ark_obs.service.auth import unavailable, write_guard, write_responses
+from ark_obs.service.auth import require_agents, unavailable, write_guard, write_responses
 from ark_obs.service.validation import read_batch
 from ark_obs.service.wiring import Service
 from ark_obs.traces import SPAN_METRIC, StoreUnavailable
@@ -35,8 +35,9 @@ def router(service: Service) -> APIRouter:
     # this count move answers 503 rather than claim its spans landed. Retrying is safe: a repeated
     # span only widens that agent's span.
     dropped_spans = collector.metric(catalog.ARK_OBS_DROPPED_TOTAL.name).labels(SPAN_METRIC, "store_unavailable")
-    responses = write_responses(settings.token)
-    api = APIRouter(dependencies=write_guard(settings.token))
+    bound = settings.bound_tokens
+    responses = write_responses(settings.token, bound)
+    api = APIRouter(dependencies=write_guard(settings.token, bound))
 
     def store(spans: list[SpanTuple]) -> None:
         """Record ``spans`` and flush: on return they are in the store; StoreUnavailable otherwise."""
@@ -87,10 +88,12 @@ def router(service: Service) -> APIRouter:
 
     @api.post("/traces/{trace_id}/spans", response_model=Accepted, summary="Record one span", responses=responses)
     async def post_span(
+        request: Request,
         trace_id: Annotated[TraceId, Path(description="UUID or W3C trace-id.")],
         span: SpanIn,
     ) -> Accepted:
         """Record that ``span.agent`` processed the trace."""
+        require_agents(request, (span.agent,))
         refuse_implausible_times([span], ("body",))
         return await store_or_503([(trace_id, span.agent, span.at, span.duration_ms, span.ok)])
 
@@ -101,6 +104,7 @@ def router(service: Service) -> APIRouter:
         responses=responses,
     )
     async def post_traced_span(
+        request: Request,
         traceparent: Annotated[
             TraceParentTraceId, Header(description="W3C traceparent: the trace the span belongs to.")
         ],
@@ -110,6 +114,7 @@ def router(service: Service) -> APIRouter:
 
         For agents that propagate W3C trace context: forward the header you received, no trace id needed.
         """
+        require_agents(request, (span.agent,))
         refuse_implausible_times([span], ("body",))
         return await store_or_503([(traceparent, span.agent, span.at, span.duration_ms, span.ok)])
 
@@ -137,6 +142,7 @@ def router(service: Service) -> APIRouter:
         200: every span is in the store. 503: some may not be; send the whole batch again.
         """
         batch = await read_batch(request, settings.max_batch_spans)
+        require_agents(request, {s.agent for s in batch.spans})
         refuse_implausible_times(batch.spans, ("body", "spans"))
         return await store_or_503([(s.trace_id, s.agent, s.at, s.duration_ms, s.ok) for s in batch.spans])
 
