@@ -410,6 +410,22 @@ async def _trace_ttl(env: Env) -> None:
         await poll("the trace expired incomplete", listed)
 
 
+@case("stall_seconds")
+async def _stall_seconds(env: Env) -> None:
+    """ARK_OBS_STALL_SECONDS=0.2: a trace with only Kyle's span is stalled at Joey within a second (listed and
+    counted); the default 6 s would not have it stalled yet."""
+    async with env.app(stall_seconds="0.2") as c:
+        assert (await c.post(f"/traces/{TRACE}/spans", json={"agent": "Kyle"})).status_code == 200
+
+        async def listed() -> bool:
+            body = (await c.get("/traces", params={"status": "stalled"})).json()
+            return [(t["trace_id"], t["waiting_on"]) for t in body["traces"]] == [(TRACE, "Joey")]
+
+        await poll("the trace stalled at Joey", listed, timeout=5)
+        text = (await c.get("/metrics")).text
+    assert sample_values(text, "ark_traces_stalled", waiting_on="Joey") == [1.0]
+
+
 @case("max_in_flight_traces")
 async def _max_in_flight(env: Env) -> None:
     """ARK_OBS_MAX_IN_FLIGHT_TRACES=2 (in .env): a third open trace evicts the oldest (counted as capacity)."""

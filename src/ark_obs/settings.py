@@ -166,6 +166,14 @@ class Settings(BaseSettings):
         le=10_000,
         description="Distinct agents one trace may hold; spans of further agents are dropped and counted (trace_full).",
     )
+    stall_seconds: float = Field(
+        default=6.0,
+        gt=0,
+        le=86400,
+        description="An in-flight trace without a span this long is stalled at its first missing pipeline agent "
+        "(ark_traces_stalled, GET /traces?status=stalled); 6 s covers the 400 ms latency objective plus an "
+        "OpenTelemetry SDK's 5 s export delay.",
+    )
     pipeline: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_PIPELINE,
         description="Comma-separated agents every trace must pass, in order.",

@@ -64,6 +64,7 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
         store_timeout=settings.store_timeout_seconds,
         clock_skew_seconds=settings.max_clock_skew_seconds,
         max_agents_per_trace=settings.max_agents_per_trace,
+        stall_seconds=settings.stall_seconds,
     )
     collector.traces = traces
     heartbeats = HeartbeatMonitor(

@@ -23,11 +23,13 @@ from ark_obs.traces.model import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_PIPELINE,
     DEFAULT_RECENT_MAX,
+    DEFAULT_STALL_SECONDS,
     DEFAULT_SWEEP_SECONDS,
     DEFAULT_TTL_SECONDS,
     ENV_MAX_AGENTS,
     ENV_MAX_IN_FLIGHT,
     ENV_PIPELINE,
+    ENV_STALL,
     ENV_STORE,
     ENV_TTL,
     MAX_TRACE_ID_LENGTH,
@@ -40,6 +42,7 @@ from ark_obs.traces.model import (
     TraceStatus,
     TraceStore,
     build_report,
+    failed_at,
 )
 from ark_obs.traces.redis_store import RedisStore, StreamDepths, open_store
 
@@ -103,6 +106,8 @@ class TraceMonitor:
     where the ark-obs service sweeps. ``streams``: Redis streams whose XLEN is exported at scrape time
     as ``redis_stream_depth{stream}``, read from ``streams_url`` or the Redis trace store.
     ``store_timeout``: read timeout of a Redis store this monitor opens from a URL (default 0.25 s).
+    ``stall_seconds``: an in-flight trace without a span this long is stalled at its first missing
+    pipeline agent (default ``$ARK_OBS_STALL_SECONDS``, else 6 s).
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class TraceMonitor:
         store_timeout: float | None = None,
         clock_skew_seconds: float = DEFAULT_CLOCK_SKEW_SECONDS,
         max_agents_per_trace: int | None = None,
+        stall_seconds: float | None = None,
     ) -> None:
         self.collector = collector
         self.settings = TraceSettings(
@@ -135,6 +141,7 @@ class TraceMonitor:
             int(max_agents_per_trace)
             if max_agents_per_trace is not None
             else int(_env_number(ENV_MAX_AGENTS, DEFAULT_MAX_AGENTS_PER_TRACE)),
+            float(stall_seconds) if stall_seconds is not None else _env_number(ENV_STALL, DEFAULT_STALL_SECONDS),
         )
         self._clock = collector.clock
         self.clock_skew_seconds = float(clock_skew_seconds)
@@ -148,6 +155,7 @@ class TraceMonitor:
         self._complete = collector.metric(catalog.ARK_TRACES_COMPLETE_TOTAL.name)._unlabelled()
         self._latency = collector.metric(catalog.ARK_TRACE_LATENCY_MS.name)._unlabelled()
         self._incomplete = collector.metric(catalog.ARK_TRACES_INCOMPLETE_TOTAL.name)
+        self._failed = collector.metric(catalog.ARK_TRACES_FAILED_TOTAL.name)
         self._evicted = collector.metric(catalog.ARK_TRACES_EVICTED_TOTAL.name)
         self._late = collector.metric(catalog.ARK_TRACE_LATE_SPANS_TOTAL.name)._unlabelled()
         self._dropped = collector.metric(catalog.ARK_OBS_DROPPED_TOTAL.name)
@@ -289,7 +297,19 @@ class TraceMonitor:
             record = self.store.get(canonical)
         except StoreUnavailable:
             return build_report(canonical, None, expected, TraceStatus.UNAVAILABLE, requested)
-        return build_report(canonical, record, expected, requested_id=requested)
+        if record is None:
+            return build_report(canonical, None, expected, requested_id=requested)
+        return self._report(record, expected, requested)
+
+    def _report(self, record: TraceRecord, expected: Sequence[str], requested: str = "") -> TraceReport:
+        return build_report(
+            record.trace_id,
+            record,
+            expected,
+            requested_id=requested,
+            now=self._clock(),
+            stall_seconds=self.settings.stall_seconds,
+        )
 
     def recent_incomplete(self, limit: int = 20) -> list[TraceReport]:
         """The most recently expired incomplete traces (newest first), against the pipeline; [] if unavailable."""
@@ -299,10 +319,33 @@ class TraceMonitor:
             return []
         return [build_report(r.trace_id, r, self.pipeline) for r in records]
 
+    def recent_failed(self, limit: int = 20) -> list[TraceReport]:
+        """The most recently completed traces an agent failed in (newest first); [] if unavailable."""
+        try:
+            records = self.store.recent_failed(max(0, limit))
+        except StoreUnavailable:
+            return []
+        return [build_report(r.trace_id, r, self.pipeline) for r in records]
+
+    def recent_stalled(self, limit: int = 20) -> list[TraceReport]:
+        """Stalled traces, the most recently active first, with the agent each waits on; [] if unavailable."""
+        try:
+            records = self.store.recent_stalled(self._clock(), max(0, limit))
+        except StoreUnavailable:
+            return []
+        return [self._report(r, self.pipeline) for r in records]
+
     def in_flight(self) -> int | None:
         """Traces not finalized yet, or None when the store cannot be read."""
         try:
             return self.store.in_flight()
+        except StoreUnavailable:
+            return None
+
+    def stalled(self) -> dict[str, int] | None:
+        """Stalled traces now by the pipeline agent they wait on, or None when the store cannot be read."""
+        try:
+            return self.store.stalled(self._clock())
         except StoreUnavailable:
             return None
 
@@ -352,11 +395,16 @@ class TraceMonitor:
             self._streams.close()
 
     # the store's outcome sink --------------------------------------------------------------------------
-    def on_complete(self, trace_id: str, latency_ms: float | None) -> None:
-        """Count a complete trace and observe its latency with the trace id as exemplar."""
+    def on_complete(self, trace_id: str, latency_ms: float | None, record: TraceRecord | None = None) -> None:
+        """Count a complete trace and observe its latency with the trace id as exemplar; a trace an agent
+        failed in is also counted in ``ark_traces_failed_total`` under the agent it failed at."""
         self._complete.inc()
         if latency_ms is not None:
             self._latency.observe(latency_ms, trace_id)
+        if record is not None:
+            agent = failed_at(record.spans, self.pipeline)
+            if agent is not None:
+                self._failed.labels(agent if agent in self.pipeline else "other").inc()
 
     def on_expired(self, record: TraceRecord) -> None:
         """Count an incomplete trace under its first missing pipeline agent."""
@@ -395,7 +443,8 @@ class TraceMonitor:
 
 
 class _TraceCollector:
-    """Scrape-time families of a sweeping monitor: ``ark_traces_in_flight`` and ``redis_stream_depth``.
+    """Scrape-time families of a sweeping monitor: ``ark_traces_in_flight``, ``ark_traces_stalled`` and
+    ``redis_stream_depth``.
 
     Stream depths are read with a bounded timeout; on failure the family is left out of that scrape.
     When streams are watched this collector also exports the values agents set on the
@@ -422,6 +471,8 @@ class _TraceCollector:
     def describe(self) -> Iterator[Metric]:
         """The families this collector yields (names only)."""
         yield GaugeMetricFamily(catalog.ARK_TRACES_IN_FLIGHT.name, catalog.ARK_TRACES_IN_FLIGHT.help)
+        spec = catalog.ARK_TRACES_STALLED
+        yield GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
         if self._stream_gauge is not None:
             spec = catalog.REDIS_STREAM_DEPTH
             yield GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
@@ -432,6 +483,13 @@ class _TraceCollector:
         if in_flight is not None:
             spec = catalog.ARK_TRACES_IN_FLIGHT
             yield GaugeMetricFamily(spec.name, spec.help, value=in_flight)
+        stalled = self._monitor.stalled()
+        if stalled is not None:
+            spec = catalog.ARK_TRACES_STALLED
+            family = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+            for agent, count in stalled.items():
+                family.add_metric([agent], count)
+            yield family
         streams = self._monitor._streams
         if self._stream_gauge is None or streams is None:
             return
