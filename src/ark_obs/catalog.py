@@ -188,6 +188,16 @@ ARK_TRACES_STALLED = gauge(
     labels=("waiting_on",),
     collected=True,
 )
+ARK_SPAN_LATENCY_MS = latency_ms(
+    "ark_span_latency_ms",
+    "Duration of each recorded span that carries one (HTTP, OTLP, in-process), by agent: the span-metrics SLI (ms).",
+    labels=("agent",),
+)
+ARK_SPANS_TOTAL = counter(
+    "ark_spans_total",
+    "Spans recorded (HTTP, OTLP, in-process), by agent and outcome (ok, error).",
+    labels=("agent", "outcome"),
+)
 ARK_TRACES_FAILED_TOTAL = counter(
     "ark_traces_failed_total",
     "Complete traces in which an agent failed (span ok false, OTLP status ERROR), by the agent they failed at "
@@ -306,6 +316,8 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ARK_TRACES_IN_FLIGHT,
     ARK_TRACES_STALLED,
     ARK_TRACES_FAILED_TOTAL,
+    ARK_SPAN_LATENCY_MS,
+    ARK_SPANS_TOTAL,
     ARK_AGENT_LAST_HEARTBEAT_TIMESTAMP_SECONDS,
     ARK_AGENT_UP,
     ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS,

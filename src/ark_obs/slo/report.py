@@ -39,6 +39,11 @@ class SloStatus(SeedDict):
     burn_rate: Annotated[float | None, Field(description="error ratio / (1 - compliance_objective) over the window")]
     burn_rates: Annotated[dict[str, float], Field(description="burn rate per short window (5m, 30m, 1h) with data")]
     min_events: int | None
+    source: Annotated[
+        str | None,
+        Field(description="the series judged over the window, e.g. ark_pass_latency_ms or, when that has no event, "
+              "its span-derived fallback"),
+    ] = None  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -159,6 +159,10 @@ class TraceMonitor:
         self._evicted = collector.metric(catalog.ARK_TRACES_EVICTED_TOTAL.name)
         self._late = collector.metric(catalog.ARK_TRACE_LATE_SPANS_TOTAL.name)._unlabelled()
         self._dropped = collector.metric(catalog.ARK_OBS_DROPPED_TOTAL.name)
+        self._span_latency = collector.metric(catalog.ARK_SPAN_LATENCY_MS.name)
+        self._spans = collector.metric(catalog.ARK_SPANS_TOTAL.name)
+        # agent -> (latency child, ok counter child, error counter child); bounded like the series themselves
+        self._span_slis: dict[str, tuple[Any, Any, Any]] = {}
         self._add = store.add  # bound once: the hot path calls it per span
         self._errors_logged: set[str] = set()
         if streams and not self.sweeping:
@@ -241,6 +245,18 @@ class TraceMonitor:
         except Exception as exc:  # a store bug must not reach the agent
             self._log_once("add", exc)
             self.on_dropped(1, repr(exc))
+        # the span-metrics SLIs (as OpenTelemetry's span-metrics connector derives them), once per span
+        slis = self._span_slis.get(agent) or self._span_sli(agent)
+        (slis[1] if ok else slis[2]).inc()
+        if end > start or duration_ms is not None:  # a span without timing is counted, not timed
+            slis[0].observe((end - start) * 1000.0, trace_id)
+
+    def _span_sli(self, agent: str) -> tuple[Any, Any, Any]:
+        """The span-metric children of ``agent`` (cached while under the series cap; refused ones count drops)."""
+        slis = (self._span_latency.labels(agent), self._spans.labels(agent, "ok"), self._spans.labels(agent, "error"))
+        if len(self._span_slis) < self.collector.registry.max_series:
+            self._span_slis[agent] = slis
+        return slis
 
     def _check(
         self, trace_id: object, agent: object, start: float, end: float, duration_ms: float | None, now: float
