@@ -426,6 +426,18 @@ async def _stall_seconds(env: Env) -> None:
     assert sample_values(text, "ark_traces_stalled", waiting_on="Joey") == [1.0]
 
 
+@case("spans_as_heartbeats")
+async def _spans_as_heartbeats(env: Env) -> None:
+    """ARK_OBS_SPANS_AS_HEARTBEATS=false: an agent that only sends spans is not tracked (the default reads it
+    up while its spans arrive); heartbeats still count."""
+    async with env.app(spans_as_heartbeats="false") as c:
+        assert (await c.post(f"/traces/{TRACE}/spans", json={"agent": "Kyle"})).status_code == 200
+        assert (await c.post("/heartbeats/Joey")).status_code == 200
+        text = (await c.get("/metrics")).text
+    assert sample_values(text, "ark_agent_up", agent="Joey") == [1.0]
+    assert sample_values(text, "ark_agent_up", agent="Kyle") == []
+
+
 @case("max_in_flight_traces")
 async def _max_in_flight(env: Env) -> None:
     """ARK_OBS_MAX_IN_FLIGHT_TRACES=2 (in .env): a third open trace evicts the oldest (counted as capacity)."""

@@ -184,6 +184,11 @@ class Settings(BaseSettings):
         le=3600,
         description="Interval agents heartbeat at; an agent silent for 1.5 intervals is reported down.",
     )
+    spans_as_heartbeats: bool = Field(
+        default=True,
+        description="An agent that never heartbeats counts as alive while its spans arrive (OpenTelemetry-only "
+        "agents), and as down once none arrived for STALL_SECONDS; false: such agents are not tracked.",
+    )
     max_heartbeat_agents: int = Field(
         default=1000,
         ge=1,

@@ -79,6 +79,18 @@ def test_kenny_fault_over_http_stalls_at_kenny_within_10_s_and_fails_at_kenny(st
     assert failed["count"] >= 3 and {t["failed_at"] for t in failed["traces"]} == {"Kenny"}
     one = httpx.get(server.url + f"/traces/{failed['traces'][0]['trace_id']}", timeout=10).json()
     assert (one["status"], one["complete"], one["failed_at"]) == ("failed", True, "Kenny")
+    assert_latency_slos_from_spans(server.url)
+
+
+def assert_latency_slos_from_spans(url: str) -> None:
+    """Agents feed the service only spans: both latency SLOs have data, judged on the span-derived SLIs."""
+    slos = {s["name"]: s for s in httpx.get(url + "/slos", timeout=10).json()["slos"]}
+    assert slos["decision_latency_p95"]["status"] != "no_data" and slos["decision_latency_p95"]["total_events"] > 0
+    assert slos["decision_latency_p95"]["source"] == "ark_trace_latency_ms"
+    assert slos["hrm_eval_latency_p95"]["status"] != "no_data"
+    assert slos["hrm_eval_latency_p95"]["source"] == 'ark_span_latency_ms{agent="HRM"}'
+    met = samples(url, "ark_slo_met")
+    assert "decision_latency_p95" in met and "hrm_eval_latency_p95" in met
 
 
 def _providers(url: str) -> dict[str, TracerProvider]:
@@ -92,8 +104,9 @@ def _providers(url: str) -> dict[str, TracerProvider]:
 
 @pytest.mark.slow
 def test_otel_agents_kenny_failing_then_silent_fail_and_stall_at_kenny(start: Any) -> None:
-    """Five agents exporting with the OpenTelemetry SDK: a pass where Kenny's span has status ERROR is
-    complete and failed at Kenny; a pass Kenny never reports is stalled at Kenny within 10 s of its start."""
+    """Five agents exporting with the OpenTelemetry SDK, no heartbeat: they read up, the latency SLOs have
+    data; a pass where Kenny's span has status ERROR is complete and failed at Kenny; a pass Kenny never
+    reports is stalled at Kenny within 10 s of its start."""
     server = start()
     providers = _providers(server.url)
     try:
@@ -118,6 +131,8 @@ def test_otel_agents_kenny_failing_then_silent_fail_and_stall_at_kenny(start: An
             provider.shutdown()
     report = httpx.get(server.url + f"/traces/{failed_id}", timeout=10).json()
     assert (report["status"], report["complete"], report["failed_at"]) == ("failed", True, "Kenny")
+    assert samples(server.url, "ark_agent_up") == dict.fromkeys(PIPELINE, 1.0)  # no heartbeat, spans only
+    assert_latency_slos_from_spans(server.url)
     assert samples(server.url, "ark_traces_failed_total") == {"Kenny": 1.0}
 
     report = httpx.get(server.url + f"/traces/{stalled_id}", timeout=10).json()

@@ -74,6 +74,7 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
         pipeline=settings.pipeline,
         max_agents=settings.max_heartbeat_agents,
         forget_after_seconds=settings.heartbeat_forget_seconds,
+        spans_alive_seconds=settings.stall_seconds if settings.spans_as_heartbeats else None,
     )
     collector.heartbeats = heartbeats
     specs = None if settings.slo_file is None else load_slo_file(settings.slo_file, collector.registry)

@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -47,6 +47,8 @@ from ark_obs.traces.model import (
 from ark_obs.traces.redis_store import RedisStore, StreamDepths, open_store
 
 log = logging.getLogger("ark_obs")
+
+SPAN_BEAT_SECONDS = 0.25  # an agent's spans count as a beat at most this often (a quarter interval)
 
 
 def register(collector: MetricSource, scrape: Any, owner: str) -> None:
@@ -161,8 +163,12 @@ class TraceMonitor:
         self._dropped = collector.metric(catalog.ARK_OBS_DROPPED_TOTAL.name)
         self._span_latency = collector.metric(catalog.ARK_SPAN_LATENCY_MS.name)
         self._spans = collector.metric(catalog.ARK_SPANS_TOTAL.name)
-        # agent -> (latency child, ok counter child, error counter child); bounded like the series themselves
-        self._span_slis: dict[str, tuple[Any, Any, Any]] = {}
+        # agent -> [latency child, ok counter child, error counter child, next span beat (monitor clock)];
+        # bounded like the series themselves
+        self._span_slis: dict[str, list[Any]] = {}
+        # called with an agent whose span arrived, at most every SPAN_BEAT_SECONDS per agent (the
+        # heartbeat monitor sets it: agents that only send spans count as alive)
+        self.agent_seen: Callable[[str], None] | None = None
         self._add = store.add  # bound once: the hot path calls it per span
         self._errors_logged: set[str] = set()
         if streams and not self.sweeping:
@@ -250,10 +256,21 @@ class TraceMonitor:
         (slis[1] if ok else slis[2]).inc()
         if end > start or duration_ms is not None:  # a span without timing is counted, not timed
             slis[0].observe((end - start) * 1000.0, trace_id)
+        if now >= slis[3] and self.agent_seen is not None:
+            slis[3] = now + SPAN_BEAT_SECONDS
+            try:
+                self.agent_seen(agent)
+            except Exception as exc:  # a heartbeat store bug must not reach the agent
+                self._log_once("span beat", exc)
 
-    def _span_sli(self, agent: str) -> tuple[Any, Any, Any]:
+    def _span_sli(self, agent: str) -> list[Any]:
         """The span-metric children of ``agent`` (cached while under the series cap; refused ones count drops)."""
-        slis = (self._span_latency.labels(agent), self._spans.labels(agent, "ok"), self._spans.labels(agent, "error"))
+        slis = [
+            self._span_latency.labels(agent),
+            self._spans.labels(agent, "ok"),
+            self._spans.labels(agent, "error"),
+            -math.inf,
+        ]
         if len(self._span_slis) < self.collector.registry.max_series:
             self._span_slis[agent] = slis
         return slis
