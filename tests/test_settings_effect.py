@@ -438,6 +438,23 @@ async def _spans_as_heartbeats(env: Env) -> None:
     assert sample_values(text, "ark_agent_up", agent="Kyle") == []
 
 
+@case("trace_history_seconds")
+async def _trace_history_seconds(env: Env) -> None:
+    """ARK_OBS_TRACE_HISTORY_SECONDS=0 with a 0.2 s TTL: a finished trace is forgotten within a second (the
+    default keeps it an hour), and the 404 says what is kept."""
+    async with env.app(trace_history_seconds="0", trace_ttl_seconds="0.2") as c:
+        spans = [{"trace_id": TRACE, "agent": a} for a in ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")]
+        assert (await c.post("/spans", json={"spans": spans})).status_code == 200
+        assert (await c.get(f"/traces/{TRACE}")).json()["status"] == "complete"
+
+        async def forgotten() -> bool:
+            return (await c.get(f"/traces/{TRACE}")).status_code == 404
+
+        await poll("the finished trace forgotten", forgotten, timeout=5)
+        detail = (await c.get(f"/traces/{TRACE}")).json()["detail"]
+    assert "ARK_OBS_TRACE_HISTORY_SECONDS=0.2 s" in detail
+
+
 @case("max_in_flight_traces")
 async def _max_in_flight(env: Env) -> None:
     """ARK_OBS_MAX_IN_FLIGHT_TRACES=2 (in .env): a third open trace evicts the oldest (counted as capacity)."""

@@ -150,6 +150,13 @@ class Settings(BaseSettings):
         le=86400,
         description="Idle time after which an in-flight trace is finalized (incomplete if agents are missing).",
     )
+    trace_history_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        le=7 * 86400,
+        description="How long a finished trace stays answerable on /traces/{id} (dashboards' exemplar links: an "
+        "hour), at most MAX_IN_FLIGHT_TRACES of them; never shorter than TRACE_TTL_SECONDS.",
+    )
     max_in_flight_traces: int = Field(
         default=100_000, ge=1, le=100_000_000, description="Most traces held in flight; older ones are evicted."
     )

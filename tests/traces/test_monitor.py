@@ -418,6 +418,38 @@ def test_status_never_contradicts_complete_with_expected_agents(make_monitor: Ca
     assert (report.status, report.complete, report.missing_agents) == (TraceStatus.INCOMPLETE, False, ("Extra",))
 
 
+def test_finished_traces_stay_answerable_for_the_history_then_the_answer_says_why(
+    make_monitor: Callable[..., TraceMonitor], store_factory: Callable[..., TraceStore], backend: str, clock: FakeClock
+) -> None:
+    """history_seconds keeps finished traces (complete and expired) answerable past the TTL, at most
+    max_in_flight of them (one-shard cluster: one cap); past that they are unknown, and forgotten_why
+    says what is kept and how far back it reaches."""
+    store = store_factory(shards=1) if backend == "cluster" else None
+    monitor = make_monitor(store, ttl_seconds=300, history_seconds=3600, max_in_flight=3)
+    for agent in PIPELINE:
+        monitor.record_span("old", agent)
+    monitor.record_span("stuck", "Kyle")
+    monitor.flush()
+    clock.advance(301)
+    monitor.sweep()  # "stuck" expires incomplete
+    clock.advance(3000)
+    monitor.sweep()
+    assert monitor.validate("old").status is TraceStatus.COMPLETE
+    assert monitor.validate("stuck").status is TraceStatus.INCOMPLETE
+    for i in range(3):  # three more finished traces: the oldest finished one ("old") goes first
+        for agent in PIPELINE:
+            monitor.record_span(f"new{i}", agent)
+        monitor.flush()
+    monitor.sweep()
+    assert monitor.validate("old").status is TraceStatus.UNKNOWN
+    assert monitor.validate("new0").status is TraceStatus.COMPLETE
+    clock.advance(3601)
+    monitor.sweep()
+    assert monitor.validate("new2").status is TraceStatus.UNKNOWN
+    why = monitor.forgotten_why("new2")
+    assert "ARK_OBS_TRACE_HISTORY_SECONDS=3600 s, at most 3 traces" in why and "none is held now" in why
+
+
 def test_expiry_runs_in_the_background(store_factory: Callable[[], TraceStore]) -> None:
     """With the real clock the background sweep finalizes idle traces and forgets finalized ones after the TTL."""
     collector = MetricsCollector(ticker=False)

@@ -65,6 +65,7 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
         clock_skew_seconds=settings.max_clock_skew_seconds,
         max_agents_per_trace=settings.max_agents_per_trace,
         stall_seconds=settings.stall_seconds,
+        history_seconds=settings.trace_history_seconds,
     )
     collector.traces = traces
     heartbeats = HeartbeatMonitor(

@@ -1,7 +1,8 @@
 """The embedded trace store: bounded, in this process, nothing to start.
 
 In-flight traces live in an ``OrderedDict`` kept in last-span order, so expiry and capacity eviction
-pop from its front in O(1); finalized traces move to a second one (same bound) for ``ttl_seconds``.
+pop from its front in O(1); finalized traces move to a second one (same bound) for ``ttl_seconds``, or
+``history_seconds`` when longer, so ``/traces/{id}`` answers as long as dashboards link to them.
 Stalled traces (no span for ``stall_seconds``) are the front of that order: ``_advance`` moves them,
 oldest first, into a third ``OrderedDict`` and counts them per agent they wait on, so each trace moves
 at most once per stall and ``stalled()`` is a count, whatever the number in flight; a span moves its
@@ -222,9 +223,10 @@ class MemoryStore:
                 self._finalize(trace_id, t, _INCOMPLETE, now)
                 self._recent.appendleft(trace_id)
                 expired.append(_record(trace_id, t))
+            forget = now - max(self.settings.ttl_seconds, self.settings.history_seconds)
             while done:
                 trace_id, t = next(iter(done.items()))
-                if t[_SEEN] > deadline:
+                if t[_SEEN] > forget:
                     break
                 del done[trace_id]
         for record in expired:
@@ -257,6 +259,13 @@ class MemoryStore:
     def in_flight(self) -> int:
         """Traces not finalized yet."""
         return len(self._live) + len(self._stalled)
+
+    def history_reach(self, now: float) -> float | None:
+        """How long ago the oldest finalized trace still held was finalized."""
+        with self._lock:
+            if not self._done:
+                return None
+            return now - float(next(iter(self._done.values()))[_SEEN])
 
     def stalled(self, now: float) -> dict[str, int]:
         """Stalled traces by the pipeline agent they wait on: moves the newly stalled, then counts."""

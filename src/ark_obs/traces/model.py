@@ -177,6 +177,8 @@ class TraceSettings:
     recent_max: int = DEFAULT_RECENT_MAX
     max_agents: int = DEFAULT_MAX_AGENTS_PER_TRACE
     stall_seconds: float = DEFAULT_STALL_SECONDS
+    # finalized traces stay answerable this long (at least ttl_seconds; 0: ttl_seconds), at most max_in_flight
+    history_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.pipeline:
@@ -187,6 +189,8 @@ class TraceSettings:
             raise ValueError(f"ttl_seconds must be positive, got {self.ttl_seconds}")
         if self.max_in_flight < 1 or self.recent_max < 1:
             raise ValueError("max_in_flight and recent_max must be at least 1")
+        if not self.history_seconds >= 0:
+            raise ValueError(f"history_seconds must not be negative, got {self.history_seconds}")
         if not self.stall_seconds > 0:
             raise ValueError(f"stall_seconds must be positive, got {self.stall_seconds}")
         if self.max_agents < len(self.pipeline):
@@ -274,6 +278,9 @@ class TraceStore(Protocol):
 
     def in_flight(self) -> int:
         """Traces not finalized yet."""
+
+    def history_reach(self, now: float) -> float | None:
+        """How long before ``now`` the oldest finalized trace still held was finalized (None: none held)."""
 
     def stalled(self, now: float) -> dict[str, int]:
         """In-flight traces whose last span arrived ``stall_seconds`` or more before ``now``, by the first

@@ -109,7 +109,8 @@ class TraceMonitor:
     as ``redis_stream_depth{stream}``, read from ``streams_url`` or the Redis trace store.
     ``store_timeout``: read timeout of a Redis store this monitor opens from a URL (default 0.25 s).
     ``stall_seconds``: an in-flight trace without a span this long is stalled at its first missing
-    pipeline agent (default ``$ARK_OBS_STALL_SECONDS``, else 6 s).
+    pipeline agent (default ``$ARK_OBS_STALL_SECONDS``, else 6 s). ``history_seconds``: how long a
+    finalized trace stays answerable (at least ``ttl_seconds``, the default), at most ``max_in_flight``.
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class TraceMonitor:
         clock_skew_seconds: float = DEFAULT_CLOCK_SKEW_SECONDS,
         max_agents_per_trace: int | None = None,
         stall_seconds: float | None = None,
+        history_seconds: float = 0.0,
     ) -> None:
         self.collector = collector
         self.settings = TraceSettings(
@@ -144,6 +146,7 @@ class TraceMonitor:
             if max_agents_per_trace is not None
             else int(_env_number(ENV_MAX_AGENTS, DEFAULT_MAX_AGENTS_PER_TRACE)),
             float(stall_seconds) if stall_seconds is not None else _env_number(ENV_STALL, DEFAULT_STALL_SECONDS),
+            float(history_seconds),
         )
         self._clock = collector.clock
         self.clock_skew_seconds = float(clock_skew_seconds)
@@ -374,6 +377,20 @@ class TraceMonitor:
             return self.store.in_flight()
         except StoreUnavailable:
             return None
+
+    def forgotten_why(self, trace_id: str) -> str:
+        """Why ``trace_id`` is not held: what the store keeps, and how far back its finished traces reach now."""
+        keep = max(self.settings.ttl_seconds, self.settings.history_seconds)
+        try:
+            reach = self.store.history_reach(self._clock())
+        except StoreUnavailable:
+            reach = None
+        held = "none is held now" if reach is None else f"the oldest held finished {reach:.0f} s ago"
+        return (
+            f"unknown trace {trace_id}: not in flight, and not among the finished traces kept "
+            f"(ARK_OBS_TRACE_HISTORY_SECONDS={keep:g} s, at most {self.settings.max_in_flight:,} traces; {held}): "
+            "never seen, evicted, or finished longer ago than that"
+        )
 
     def stalled(self) -> dict[str, int] | None:
         """Stalled traces now by the pipeline agent they wait on, or None when the store cannot be read."""

@@ -23,7 +23,8 @@ local ttl_ms = tonumber(ARGV[2])
 local cap = tonumber(ARGV[3])
 local pipeline = cjson.decode(ARGV[4])
 local max_agents = tonumber(ARGV[5])
-local spans = cjson.decode(ARGV[6])
+local hist_ms = tonumber(ARGV[6])
+local spans = cjson.decode(ARGV[7])
 local idx, done = prefix .. 'inflight', prefix .. 'done'
 local head = {'state', 'n', 'x', 'a'}
 local in_pipeline = {}
@@ -58,7 +59,7 @@ local function push(lists, name, value)
 end
 local late, refused = 0, 0
 local finished, unindex, touched = {}, {}, {}
-local wait, unwait = {}, {}
+local wait, unwait, hist = {}, {}, {}
 for _, id in ipairs(order) do
   local g = groups[id]
   local key = prefix .. 't:' .. id
@@ -138,8 +139,10 @@ for _, id in ipairs(order) do
     if missing == 0 then
       if existed then unindex[#unindex + 1] = id end
       if was_waiting then push(unwait, was_waiting, id) end
-      redis.call('PEXPIRE', key, ttl_ms)
+      redis.call('PEXPIRE', key, hist_ms)
       finished[#finished + 1] = id
+      hist[#hist + 1] = string.format('%.17g', seen)
+      hist[#hist + 1] = id
     else
       local score = string.format('%.17g', seen)
       touched[#touched + 1] = score
@@ -162,6 +165,8 @@ for agent, members in pairs(wait) do
 end
 local completed = #finished
 if completed > 0 then
+  redis.call('ZADD', prefix .. 'hist', unpack(hist))
+  redis.call('PEXPIRE', prefix .. 'hist', 2 * hist_ms)
   redis.call('LPUSH', done, unpack(finished))
   redis.call('LTRIM', done, 0, cap - 1)
   redis.call('PEXPIRE', done, 2 * ttl_ms)
@@ -187,7 +192,9 @@ return {completed, refused}
 """
 
 # ARGV = prefix, idle_before (now - ttl; '' = only claim outcomes), ttl_ms, limit, recent_max, pipeline
-# (JSON list). The sweeper's own TTL decides expiry: the index holds last-span times, not deadlines.
+# (JSON list), history_ms, hist_before (now - history; ''), hist_cap. Finalized traces stay in ``hist``
+# (by finalization time) for the history, at most hist_cap per shard (the oldest deleted beyond). The
+# sweeper's own TTL decides expiry: the index holds last-span times, not deadlines.
 # Claims (so each outcome is counted by one sweeper): expired traces, completed ones, late and evicted counts.
 # A completed trace with a failed span ("... 0") goes on the ``failed`` list (newest first, capped).
 _SWEEP_LUA: Final = """
@@ -197,6 +204,10 @@ local ttl_ms = tonumber(ARGV[3])
 local limit = tonumber(ARGV[4])
 local recent_max = tonumber(ARGV[5])
 local pipeline = cjson.decode(ARGV[6])
+local hist_ms = tonumber(ARGV[7])
+local hist_before = ARGV[8]
+local hist_cap = tonumber(ARGV[9])
+local hist = prefix .. 'hist'
 local idx = prefix .. 'inflight'
 local recent = prefix .. 'recent'
 local expired = {}
@@ -212,7 +223,9 @@ if idle_before ~= '' then
     local h = redis.call('HGETALL', key)
     if #h > 0 then
       redis.call('HSET', key, 'state', 'incomplete')
-      redis.call('PEXPIRE', key, ttl_ms)
+      redis.call('PEXPIRE', key, hist_ms)
+      redis.call('ZADD', hist, string.format('%.17g', tonumber(idle_before) + ttl_ms / 1000), id)
+      redis.call('PEXPIRE', hist, 2 * hist_ms)
       redis.call('LPUSH', recent, id)
       expired[#expired + 1] = id
       expired[#expired + 1] = h
@@ -224,6 +237,19 @@ if idle_before ~= '' then
     redis.call('LTRIM', recent, 0, recent_max - 1)
     redis.call('PEXPIRE', recent, ttl_ms)
   end
+end
+-- finished traces kept for the history (their keys expire by themselves): at most hist_cap per shard
+if hist_before ~= '' then
+  local aged = redis.call('ZRANGEBYSCORE', hist, '-inf', hist_before, 'LIMIT', 0, limit)
+  if #aged > 0 then
+    for _, id in ipairs(aged) do redis.call('DEL', prefix .. 't:' .. id) end
+    redis.call('ZREM', hist, unpack(aged))
+  end
+end
+local over = redis.call('ZCARD', hist) - hist_cap
+if over > 0 then
+  local popped = redis.call('ZPOPMIN', hist, over)
+  for k = 1, #popped, 2 do redis.call('DEL', prefix .. 't:' .. popped[k]) end
 end
 local completed = {}
 local failed = {}

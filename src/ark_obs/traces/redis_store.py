@@ -20,6 +20,9 @@ Keys, all under ``prefix`` (default ``ark:obs:``) and all with TTLs, so nothing 
 - ``w:<agent>``  per pipeline agent, the in-flight traces whose first missing agent it is, by last span
   time: the stalled traces waiting on it are one ZCOUNT (``stalled``), never a scan.
 - ``failed``  recently completed traces with a failed span (capped), pushed by the sweeper that claims them.
+- ``hist``  finalized traces by finalization time: their hashes are kept ``history_seconds`` (at least
+  ``ttl``) so ``/traces/{id}`` answers as long as dashboards link to them, at most ``max_in_flight`` per
+  shard (the sweeper deletes the oldest beyond).
 - ``done``  list of traces completed but not yet accounted for by a sweeping monitor (capped).
 - ``late``, ``evicted``  counters not yet accounted for; ``recent``  recently expired ids (capped).
 - ``hb``  hash agent -> last heartbeat (unix s); ``hbdown`` agent -> the beat an outage was counted for.
@@ -236,11 +239,14 @@ class RedisStore:
         shards = len(self._prefixes)
         self._recent_per_shard = max(1, math.ceil(settings.recent_max / shards))
         self._pipeline_json = json.dumps(settings.pipeline)
+        self._history_ms = max(self._ttl_ms, math.ceil(settings.history_seconds * 1000))
+        self._cap_per_shard = max(1, math.ceil(settings.max_in_flight / shards))
         self._head: list[Any] = [
             self._ttl_ms,
-            max(1, math.ceil(settings.max_in_flight / shards)),
+            self._cap_per_shard,
             json.dumps(settings.pipeline),
             settings.max_agents,
+            self._history_ms,
         ]
 
     # writes: buffered, never blocking ---------------------------------------------------------------
@@ -423,6 +429,19 @@ class RedisStore:
 
         return int(self._call(count))
 
+    def history_reach(self, now: float) -> float | None:
+        """How long ago the oldest finalized trace still held was finalized (None: none is held)."""
+
+        def read() -> float | None:
+            pipe = self.client.pipeline(transaction=False)
+            for prefix in self._prefixes:
+                pipe.zrange(prefix + "hist", 0, 0, withscores=True)
+            oldest = [float(got[0][1]) for got in pipe.execute() if got]
+            return now - min(oldest) if oldest else None
+
+        reach: float | None = self._call(read)
+        return reach
+
     def stalled(self, now: float) -> dict[str, int]:
         """Stalled traces by the pipeline agent they wait on: one ZCOUNT per shard and agent."""
         pipeline = self.settings.pipeline
@@ -515,7 +534,8 @@ class RedisStore:
                 self._sweep_script,
                 keys=[prefix + "inflight"],
                 args=[prefix, "" if now is None else repr(now - self.settings.ttl_seconds), self._ttl_ms,
-                      _SWEEP_LIMIT, self._recent_per_shard, self._pipeline_json],
+                      _SWEEP_LIMIT, self._recent_per_shard, self._pipeline_json, self._history_ms,
+                      "" if now is None else repr(now - self._history_ms / 1000), self._cap_per_shard],
             )  # fmt: skip
             expired, completed, late, evicted, lost = result
             for i in range(0, len(expired), 2):

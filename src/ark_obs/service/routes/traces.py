@@ -55,7 +55,7 @@ def router(service: Service) -> APIRouter:
         if report.status is TraceStatus.UNAVAILABLE:
             raise HTTPException(503, "trace store unavailable", headers={"Retry-After": "1"})
         if not report.known:
-            raise HTTPException(404, f"unknown trace {trace_id} (never seen, evicted, or expired)")
+            raise HTTPException(404, await run_in_threadpool(traces.forgotten_why, trace_id))
         return TraceReportOut.of(report)
 
     listings = {
