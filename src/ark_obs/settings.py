@@ -194,7 +194,8 @@ class Settings(BaseSettings):
     spans_as_heartbeats: bool = Field(
         default=True,
         description="An agent that never heartbeats counts as alive while its spans arrive (OpenTelemetry-only "
-        "agents), and as down once none arrived for STALL_SECONDS; false: such agents are not tracked.",
+        "agents), and as unknown again (not down) once none arrived for STALL_SECONDS; false: such agents are "
+        "not tracked.",
     )
     max_heartbeat_agents: int = Field(
         default=1000,

@@ -72,8 +72,9 @@ def test_keys_spread_over_every_primary_and_all_expire(
     cluster_store: RedisStore, redis_cluster: RedisClusterServers, clock: FakeClock
 ) -> None:
     """Trace keys and per-shard structures land on every primary, none holding more than half; all have a TTL."""
+    # finished traces kept for an hour: every trace key is still there after the sweep
     monitor = TraceMonitor(MetricsCollector(clock=clock, ticker=False), cluster_store, ttl_seconds=60, sweep=True,
-                           background=False)  # fmt: skip
+                           background=False, history_seconds=3600)  # fmt: skip
     for i in range(300):
         for agent in PIPELINE[: 1 + i % 5]:
             monitor.record_span(f"spread-{i}", agent)

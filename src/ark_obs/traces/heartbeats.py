@@ -12,9 +12,11 @@ resume. Timestamps are the beating process' clock: hosts need synchronised clock
 
 Agents that only send spans (OpenTelemetry, ``POST /spans``) count as alive while their spans arrive:
 the trace monitor reports each agent's spans (at most every quarter second) as a *span beat*, kept next
-to the heartbeats in the store (key ``~span:<agent>``), and an agent that never heartbeats is judged on
-them, down once no span arrived for ``spans_alive_seconds`` (the stall threshold, 6 s: it covers an
-OpenTelemetry SDK's 5 s export delay). An agent that heartbeats is judged on its heartbeats alone.
+to the heartbeats in the store (key ``~span:<agent>``), and an agent that never heartbeats is up while
+a span of it arrived within ``spans_alive_seconds`` (the stall threshold, 6 s: it covers an OpenTelemetry
+SDK's 5 s export delay). Past that it is unknown again (not exported), never down: spans stop when
+traffic pauses too, and a dead agent under traffic shows as traces stalled at it. An agent that
+heartbeats is judged on its heartbeats alone.
 ``spans_alive_seconds=None`` turns span beats off: span-only agents are then not tracked at all.
 
 The configured pipeline agents are always admitted and never forgotten (a dead Kenny stays reported
@@ -194,17 +196,18 @@ class HeartbeatMonitor:
             now = self._clock() if now is None else now
             spans = {k[len(SPAN_BEAT_PREFIX) :]: t for k, t in beats.items() if k.startswith(SPAN_BEAT_PREFIX)}
             beats = {k: t for k, t in beats.items() if not k.startswith(SPAN_BEAT_PREFIX)}
-            heartbeating = set(beats)
+            span_only: set[str] = set()
             if self.spans_alive is not None:
                 for agent, at in spans.items():  # judged on spans only if it never heartbeats
-                    beats.setdefault(agent, at)
+                    if agent not in beats and now - at <= self.spans_alive:
+                        beats[agent] = at  # an idle span-only agent is unknown again, never down
+                        span_only.add(agent)
             for agent, last in list(beats.items()):
                 silent = now - last
-                allowed = self.down_after if agent in heartbeating else (self.spans_alive or self.down_after)
                 if silent > self.forget_after and agent not in self.pipeline:
                     self._forget(agent)
                     del beats[agent]
-                elif silent > allowed:
+                elif silent > self.down_after and agent not in span_only:
                     if self._down.get(agent) != last:  # a new outage
                         self._down[agent] = last
                         if self._claim(agent, last):
