@@ -9,7 +9,7 @@ SYSTEM_BINS := redis-server:redis-server redis-cli:redis-tools prometheus:promet
                amtool:prometheus-alertmanager prometheus-alertmanager:prometheus-alertmanager \
                chromium:chromium
 
-.PHONY: run test lint types imports pytest bench system-deps venv clean
+.PHONY: run start test lint types imports pytest bench system-deps venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/ark-obs serve --synthetic
+
+# the orchestrated start: check-config, serve, wait for /readyz, validate --synthetic, status summary, keep serving
+# (arguments: make start ARGS="--port 9871 --watch 30s")
+start: $(STAMP)
+	$(VENV)/bin/ark-obs up $(ARGS)
 
 system-deps:
 	@scripts/system-deps.sh $(SYSTEM_BINS)

@@ -6,6 +6,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,26 @@ def test_canary_check_against_an_unreachable_prometheus_is_inconclusive(capsys: 
     assert cli.main(["canary-check", "--prometheus", "http://127.0.0.1:1", "--json"]) == 2
     out = capsys.readouterr().out
     assert '"verdict": "inconclusive"' in out and "unreachable" in out
+
+
+def test_check_config_probes_the_store_and_prometheus(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str
+) -> None:
+    """check-config asks the trace store for PING and Prometheus for a query: unreachable ones are problems
+    (exit 2, named by their variables), reachable ones pass, and --offline skips the probes."""
+    from plugins.net import free_port
+
+    nowhere = free_port()
+    monkeypatch.setenv("ARK_OBS_TRACE_STORE", f"redis://:pr0be-s3cret@127.0.0.1:{nowhere}/0")
+    monkeypatch.setenv("ARK_OBS_PROMETHEUS_URL", f"http://ops:pr0be-s3cret@127.0.0.1:{nowhere}")
+    started = time.monotonic()
+    assert cli.main(["check-config"]) == 2
+    assert time.monotonic() - started < 2 * cli.PROBE_TIMEOUT_SECONDS + 2
+    err = capsys.readouterr().err
+    assert f"ARK_OBS_TRACE_STORE: redis://***@127.0.0.1:{nowhere}/0 does not answer PING" in err
+    assert f"ARK_OBS_PROMETHEUS_URL: Prometheus http://***@127.0.0.1:{nowhere} does not answer" in err
+    assert "pr0be-s3cret" not in err  # credentials never reach the report
+    assert cli.main(["check-config", "--offline"]) == 0
+    monkeypatch.delenv("ARK_OBS_PROMETHEUS_URL")
+    monkeypatch.setenv("ARK_OBS_TRACE_STORE", redis_url)
+    assert cli.main(["check-config"]) == 0, capsys.readouterr().err

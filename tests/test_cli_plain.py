@@ -31,8 +31,11 @@ def test_check_config_reports_a_bad_canary_setting(tmp_path: Path) -> None:
 
 
 def test_check_config_lists_the_canary_settings_when_ok(tmp_path: Path) -> None:
-    """The effective settings printed by check-config include every ARK_OBS_CANARY_* setting."""
-    result = run(tmp_path, "check-config", env={"ARK_OBS_CANARY_PROMETHEUS_URL": "http://prom.example:9090"})
+    """The effective settings printed by check-config (offline: nothing listens there) include every
+    ARK_OBS_CANARY_* setting."""
+    result = run(
+        tmp_path, "check-config", "--offline", env={"ARK_OBS_CANARY_PROMETHEUS_URL": "http://prom.example:9090"}
+    )
     assert result.returncode == 0, result.stderr
     assert "ARK_OBS_CANARY_PROMETHEUS_URL=http://prom.example:9090" in result.stdout
     assert "ARK_OBS_CANARY_MIN_DECISIONS=20" in result.stdout

@@ -21,7 +21,7 @@ from ark_obs.settings import Settings
 from plugins.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-MANUALS = [ROOT / "README.md", *sorted((ROOT / "deploy").rglob("*.md"))]
+MANUALS = [ROOT / "README.md", *sorted((ROOT / "deploy").rglob("*.md")), ROOT / "src/ark_obs/service/static/runbook.md"]
 BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.S | re.M)
 
 

@@ -755,6 +755,25 @@ async def _otel_spans(env: Env) -> None:
         processor.shutdown()
 
 
+# --- the status page ---------------------------------------------------------------------------------------
+@case("runbook_url")
+async def _runbook_url(env: Env) -> None:
+    """ARK_OBS_RUNBOOK_URL=https://ops.example/ark/runbook: the status page's runbook links use that base."""
+    async with env.app(runbook_url="https://ops.example/ark/runbook") as c:
+        assert (await c.get("/status.json")).json()["runbook_url"] == "https://ops.example/ark/runbook"
+
+
+@case("prometheus_url")
+async def _prometheus_url(env: Env) -> None:
+    """ARK_OBS_PROMETHEUS_URL (a loopback port nothing listens on): the fleet tiles ask that Prometheus and say
+    it is unreachable; the canary analysis asks it too (ARK_OBS_CANARY_PROMETHEUS_URL unset)."""
+    url = f"http://127.0.0.1:{free_port()}"
+    async with env.app(prometheus_url=url) as c:
+        fleet = (await c.get("/status.json")).json()["fleet"]
+        assert fleet["prometheus"] == url and fleet["reachable"] is False and fleet["error"], fleet
+        assert (await c.get("/canary/analysis")).json()["prometheus"] == url
+
+
 # --- the table ------------------------------------------------------------------------------------------
 @pytest.fixture
 def env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Env]:

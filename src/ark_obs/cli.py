@@ -1,10 +1,12 @@
 """The ``ark-obs`` command: ``serve`` and ``check-config`` (other subcommands plug in with ``@command``).
 
-    ark-obs serve [--host H] [--port P] [--synthetic]   run the HTTP service (uvicorn)
-    ark-obs check-config [--env-file F]     report every bad setting at once; exit status 2 if any
+    ark-obs serve [--host H] [--port P] [--synthetic [--fault F ...]]   run the HTTP service (uvicorn)
+    ark-obs check-config [--env-file F] [--offline]   report every bad setting and unreachable store or
+                                            Prometheus at once; exit status 2 if any
     ark-obs synthetic [--rate R] [...]      the seed's validation loop, with a report (exit 1 on a failure)
     ark-obs canary-check --prometheus URL   canary vs baseline verdict: exit 0 pass, 1 fail, 2 inconclusive
     ark-obs validate --synthetic | --plan F post-deploy validation: exit 0 pass, 1 a step failed, 2 inconclusive
+    ark-obs up [--port P] [--watch 30s]     check-config, serve, wait for /readyz, validate --synthetic, summary
 
 A subcommand is one decorated function: ``@command(name, help, arg(...), ...)`` above
 ``def run(args) -> int`` registers its parser, its arguments and what it runs.
@@ -26,8 +28,8 @@ from typing import Any, Final, TextIO
 
 from pydantic import ValidationError
 
-from ark_obs import __version__, canary, catalog, synthetic
-from ark_obs._redact import redact_url
+from ark_obs import __version__, canary, catalog, synthetic, up
+from ark_obs._redact import redact_url, scrub
 from ark_obs.settings import Problem, Settings, env_name
 from ark_obs.validate import command as validate_command
 
@@ -228,6 +230,13 @@ def _report(problems: Sequence[Problem], out: TextIO, heading: str) -> None:
         print(f"  {p.setting}: {p.why}", file=out)
 
 
+def _fault(text: str) -> synthetic.Fault:
+    try:
+        return synthetic.Fault.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 # --- serve ------------------------------------------------------------------------------------------
 @command(
     "serve",
@@ -236,7 +245,12 @@ def _report(problems: Sequence[Problem], out: TextIO, heading: str) -> None:
     arg("--port", type=int, help=f"port to bind (overrides {env_name('port')}; default 9871)"),
     arg("--env-file", type=Path, help="dotenv file to read (default: ./.env if it exists)"),
     arg("--synthetic", action="store_true", help="feed the service with the synthetic loop (1 pass/s)"),
-)
+    arg("--fault", type=_fault, action="append", default=[], metavar="FAULT",
+        help="with --synthetic, inject a fault of the loop (repeatable): kenny-errors, skip-revision, "
+        "silence:AGENT, drop:AGENT"),
+    arg("--drop-share", type=float, default=0.1,
+        help="with --fault drop:AGENT, the share of passes whose span is lost (default 0.1)"),
+)  # fmt: skip
 def serve(args: argparse.Namespace) -> int:
     """Validate the configuration, then serve until SIGTERM or Ctrl-C (both exit 0 once drained)."""
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -246,8 +260,20 @@ def serve(args: argparse.Namespace) -> int:
     if settings is None or problems:
         _report(problems, sys.stderr, "ark-obs: refusing to start; fix these settings:")
         return EXIT_BAD_CONFIG
+    if args.fault and not args.synthetic:
+        print("ark-obs: --fault injects into the synthetic loop: add --synthetic", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if not 0 <= args.drop_share <= 1:
+        print(f"ark-obs: --drop-share {args.drop_share}: must be between 0 and 1", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     if args.synthetic:
-        return run_server(settings, background=[synthetic.background_hook()])
+        config = synthetic.SyntheticConfig(
+            duration_seconds=None,
+            heartbeat_interval_seconds=settings.heartbeat_interval_seconds,
+            faults=tuple(dict.fromkeys(args.fault)),
+            drop_share=args.drop_share,
+        )
+        return run_server(settings, background=[synthetic.background_hook(config)])
     return run_server(settings)
 
 
@@ -363,14 +389,18 @@ def _bind(host: str, port: int) -> socket.socket:
 # --- check-config -------------------------------------------------------------------------------------
 @command(
     "check-config",
-    "Validate the configuration (environment, .env file, SLO file, canary analysis); exit status 2 on any problem.",
+    "Validate the configuration (environment, .env file, SLO file, canary analysis) and probe the trace store "
+    "and Prometheus; exit status 2 on any problem.",
     arg("--env-file", type=Path, help="dotenv file to read (default: ./.env if it exists)"),
+    arg("--offline", action="store_true", help="do not probe the trace store and Prometheus (settings only)"),
 )
 def check_config(args: argparse.Namespace) -> int:
     """Print every problem at once (exit 2) or the effective settings (exit 0)."""
     env_file, missing = _env_file(args.env_file)
     settings, problems = load_settings(env_file)
     problems = [*missing, *problems]
+    if settings is not None and not problems and not args.offline:
+        problems = probe(settings, env_file)
     if settings is None or problems:
         _report(problems, sys.stderr, f"ark-obs: {len(problems)} configuration problem(s):")
         return EXIT_BAD_CONFIG
@@ -393,6 +423,61 @@ def check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+PROBE_TIMEOUT_SECONDS: Final = 2.0
+
+
+def probe(settings: Settings, env_file: Path | None, timeout: float = PROBE_TIMEOUT_SECONDS) -> list[Problem]:
+    """What the configured servers say: the trace store answers PING, each Prometheus an instant query.
+
+    Only what is configured is probed: a Redis or Redis Cluster trace store, ``ARK_OBS_PROMETHEUS_URL``, and
+    the canary's Prometheus when it is set (its default, 127.0.0.1:9090, is not probed). Each probe gives up
+    after ``timeout`` seconds.
+    """
+    import httpx
+    import redis
+
+    out: list[Problem] = []
+    store = settings.trace_store
+    if store != "memory":
+        try:
+            if "+cluster://" in store:
+                from redis.cluster import ClusterNode, RedisCluster
+
+                from ark_obs.traces.redis_cluster import parse_cluster_url
+
+                nodes, options, _ = parse_cluster_url(store)
+                client: Any = RedisCluster(
+                    startup_nodes=[ClusterNode(h, p) for h, p in nodes],  # type: ignore[no-untyped-call]
+                    socket_connect_timeout=timeout, socket_timeout=timeout, **options,
+                )  # fmt: skip
+            else:
+                client = redis.Redis.from_url(store, socket_connect_timeout=timeout, socket_timeout=timeout)
+            try:
+                client.ping()
+            finally:
+                client.close()
+        except Exception as exc:  # every way a client fails is the store being unreachable here
+            why = scrub(f"{type(exc).__name__}: {exc}", store)
+            out.append(Problem(env_name("trace_store"), f"{redact_url(store)} does not answer PING: {why}"))
+    explicit_canary = os.environ.get(canary.env_name("prometheus_url")) or (
+        env_file is not None and canary.env_name("prometheus_url") in env_file.read_text(errors="replace")
+    )
+    urls = {env_name("prometheus_url"): settings.prometheus_url}
+    if explicit_canary:
+        urls[canary.env_name("prometheus_url")] = canary.CanaryConfig(_env_file=env_file).prometheus_url  # type: ignore[call-arg]
+    for variable, url in urls.items():
+        if not url:
+            continue
+        try:
+            answer = httpx.get(f"{url}/api/v1/query", params={"query": "1"}, timeout=timeout)
+            if answer.status_code != 200 or answer.json().get("status") != "success":
+                raise ValueError(f"HTTP {answer.status_code}, not a Prometheus query answer")
+        except (httpx.HTTPError, ValueError) as exc:
+            why = scrub(f"{type(exc).__name__}: {exc}", url)
+            out.append(Problem(variable, f"Prometheus {redact_url(url)} does not answer: {why}"))
+    return out
+
+
 # --- synthetic and canary-check: their modules own their arguments ----------------------------------------
 command("synthetic", synthetic.HELP, *(arg(*flags, **options) for flags, options in synthetic.ARGUMENTS))(
     synthetic.main
@@ -401,6 +486,8 @@ command("canary-check", canary.HELP, *(arg(*flags, **options) for flags, options
 command("validate", validate_command.HELP, *(arg(*f, **o) for f, o in validate_command.ARGUMENTS))(
     validate_command.main
 )
+
+command("up", up.HELP, *(arg(*f, **o) for f, o in up.ARGUMENTS))(up.main)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -280,6 +280,18 @@ class Settings(BaseSettings):
         description="Agents: @instrument_agent_method opens an OpenTelemetry span per call (read at decoration).",
     )
 
+    # the status page and the alerts' links ---------------------------------------------------------
+    runbook_url: str = Field(
+        default="http://127.0.0.1:9871/runbook",
+        description="Absolute base URL of the runbook; an alert's section is {base}#{alertname lowercased}.",
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus whose recording rules give the status page the fleet's numbers (denials, "
+        "quarantines, availability, SLO burn); unset: this process' own numbers. The canary analysis uses it "
+        "when CANARY_PROMETHEUS_URL is unset.",
+    )
+
     # validators ------------------------------------------------------------------------------------
     @field_validator("pipeline", "redis_streams", mode="before")
     @classmethod
@@ -333,6 +345,17 @@ class Settings(BaseSettings):
         if parts.scheme != "unix" and db and not db.isdigit():
             raise ValueError(f"{shown!r}: the database after the last '/' must be a number")
         return value
+
+    @field_validator("runbook_url", "prometheus_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{redact_url(value)!r} must be an absolute http:// or https:// URL")
+        return value.rstrip("/") if parts.fragment == "" else value
 
     @field_validator("slo_file")
     @classmethod

@@ -21,6 +21,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from ark_obs import catalog
+from ark_obs.settings import Settings
 from plugins.ci import missing_dependency
 
 if TYPE_CHECKING:
@@ -219,10 +220,26 @@ def test_alert_has_labels_annotations_and_runbook(rule: dict[str, Any]) -> None:
     for key in ("summary", "description", "runbook_url"):
         assert annotations.get(key, "").strip(), key
     url = annotations["runbook_url"]
-    path, _, anchor = url.partition("#")
-    assert path == "deploy/README.md", url
+    base, _, anchor = url.partition("#")
+    assert base == Settings.model_fields["runbook_url"].default == "http://127.0.0.1:9871/runbook", url
     assert anchor == rule["alert"].lower(), url
-    assert anchor in github_anchors(README.read_text()), f"deploy/README.md has no section #{anchor}"
+
+
+def test_every_runbook_url_anchor_is_a_section_of_the_served_runbook() -> None:
+    """Every runbook_url in the rule files and their promtool tests names a section GET /runbook renders."""
+    from ark_obs.service import runbook
+
+    page = runbook.render()
+    urls = [
+        url
+        for path in sorted((DEPLOY / "prometheus").rglob("*.yml"))
+        for url in re.findall(r"runbook_url: (\S+)", path.read_text())
+    ]
+    assert len(urls) >= len(alert_rules())
+    for url in urls:
+        base, _, anchor = url.partition("#")
+        assert base == "http://127.0.0.1:9871/runbook", url
+        assert f'<h2 id="{anchor}">' in page, f"the runbook has no section #{anchor}"
 
 
 def test_every_alert_has_a_firing_and_a_non_firing_unit_test() -> None:

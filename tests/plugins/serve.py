@@ -22,14 +22,16 @@ ARK_OBS = Path(sys.executable).with_name("ark-obs")
 class Server:
     """An ``ark-obs serve`` subprocess; its output goes to ``log``."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], args: tuple[str, ...] = (), binary: Path = ARK_OBS) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"ark-obs-{self.port}.log"
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("ARK_OBS_", "PROMETHEUS_MULTIPROC"))}
+        if binary != ARK_OBS:  # another install (a clean venv): nothing of this source tree on its path
+            clean.pop("PYTHONPATH", None)
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [str(ARK_OBS), "serve", "--port", str(self.port), *args],
+                [str(binary), "serve", "--port", str(self.port), *args],
                 env={**clean, "ARK_OBS_LOG_LEVEL": "info", **env},
                 cwd=workdir,  # no stray .env
                 stdout=out,

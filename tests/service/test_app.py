@@ -633,13 +633,16 @@ async def test_schema_declares_security_only_with_a_token() -> None:
 
 
 def test_every_route_has_a_response_model() -> None:
-    """Every JSON endpoint documents its 200 body with a schema; /metrics documents both formats, / is HTML."""
+    """Every JSON endpoint documents its 200 body with a schema; /metrics documents both formats, / and
+    /runbook are HTML, /runbook.md is markdown."""
     schema = create_app(settings()).openapi()
     for path, ops in schema["paths"].items():
         for method, op in ops.items():
             content = op["responses"]["200"]["content"]
-            if path == "/":
-                assert set(content) == {"text/html"}  # the status page
+            if path in ("/", "/runbook"):
+                assert set(content) == {"text/html"}  # the status page, the runbook
+            elif path == "/runbook.md":
+                assert "text/markdown" in content
             elif path == "/metrics":
                 assert set(content) == {
                     "text/plain; version=0.0.4; charset=utf-8",

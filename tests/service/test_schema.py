@@ -112,6 +112,8 @@ def test_schema_is_valid_openapi() -> None:
     assert paths == {
         "/",
         "/status.json",
+        "/runbook",
+        "/runbook.md",
         "/metrics",
         "/metrics/json",
         "/healthz",

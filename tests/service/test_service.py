@@ -200,6 +200,24 @@ def test_serve_synthetic_is_what_make_run_shows(start: Any) -> None:
     assert "Traceback" not in server.output()
 
 
+def test_serve_synthetic_takes_the_loops_faults(start: Any) -> None:
+    """`ark-obs serve --synthetic --fault kenny-errors` runs the loop with that fault: Kenny fails until the
+    Watchdog quarantines him, and the status page's data shows the quarantine; --fault alone is refused."""
+    server = start(args=("--synthetic", "--fault", "kenny-errors"), env={"ARK_OBS_HEARTBEAT_INTERVAL_SECONDS": "0.5"})
+    deadline = time.monotonic() + 20
+    while True:
+        body = httpx.get(server.url + "/status.json", timeout=5).json()
+        if (body["period"]["quarantines"] or 0) >= 1:
+            break
+        assert time.monotonic() < deadline, body["period"]
+        time.sleep(0.2)
+    kenny = next(a for a in body["agents"] if a["agent"] == "Kenny")
+    assert kenny["quarantines_in_window"] >= 1 and body["quarantines"]["Kenny"] >= 1
+    assert server.terminate() == 0
+    refused = start(args=("--fault", "kenny-errors"), healthy=False)
+    assert refused.proc.wait(20) == 2 and "add --synthetic" in refused.output()
+
+
 async def test_serve_socket_turns_nagle_off_on_every_connection() -> None:
     """Connections accepted on the socket ``serve`` listens on have TCP_NODELAY, as asyncio sets it for TCP.
 

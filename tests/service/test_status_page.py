@@ -97,7 +97,10 @@ async def test_status_json_reports_agents_latency_and_traces() -> None:
     assert latency["p95"] is not None and latency["over_threshold"] == 0
     assert body["traces"]["complete"] == report.traces_complete
     assert body["denials"] == report.denials > 0
-    assert body["quarantines"] == {}
+    # the in-process Watchdog and HRM report their series from the start: none is 0, not "not reported"
+    assert body["quarantines"] == {"Kenny": 0} and body["period"]["quarantines"] == 0
+    assert body["period"]["denials"] == report.denials
+    assert body["store"] == {"backend": "memory", "state": "ok", "detail": "", "since": None, "dropped_in_window": 0}
 
 
 # --- in a real browser ------------------------------------------------------------------------------------
@@ -110,7 +113,7 @@ def test_chromium_shows_slos_agents_latency_and_a_stuck_trace(live_service: dict
     dom = result.stdout
     assert result.returncode == 0 and "</html>" in dom, result.stderr[-2000:]
 
-    assert re.search(r'id="live" class="ok"', dom), "a panel failed to load"
+    assert re.search(r'id="live" class="ok" data-store="ok"', dom), "a panel failed to load"
     for slo in slos:
         assert f'data-slo="{slo}"' in dom, slo
     assert set(slos) == {"availability", "decision_latency_p95", "hrm_eval_latency_p95", "ethics_drift"}
@@ -119,6 +122,7 @@ def test_chromium_shows_slos_agents_latency_and_a_stuck_trace(live_service: dict
     assert 'data-agent="Joey" data-up="down"' in dom
     assert 'data-agent="Kyle" data-up="up"' in dom
     assert re.search(r'<tr data-trace="[0-9a-f]{32}" data-missing="Kenny">', dom)
+    assert 'href="http://127.0.0.1:9871/runbook#arkagentsilent"' in dom  # Joey's silent badge says what to do
     bars = re.findall(r'class="col" data-le="([^"]+)" data-count="([^"]+)"', dom)
     assert len(bars) >= 5 and sum(float(c) for _, c in bars) > 0
     assert "400" in [le.removesuffix(".0") for le, _ in bars]  # the SLO threshold is always on the chart

@@ -10,7 +10,7 @@ import re
 from typing import Annotated, Final
 
 import httpx
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import AliasChoices, BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ark_obs._redact import redact_url
@@ -137,8 +137,12 @@ class CanaryConfig(BaseSettings):
         frozen=True,
     )
 
+    # ARK_OBS_CANARY_PROMETHEUS_URL, else the status page's ARK_OBS_PROMETHEUS_URL: one Prometheus to set
     prometheus_url: str = Field(
-        default="http://127.0.0.1:9090", description="Base URL of the Prometheus that scrapes both tracks."
+        default="http://127.0.0.1:9090",
+        validation_alias=AliasChoices("prometheus_url", "ARK_OBS_CANARY_PROMETHEUS_URL", "ARK_OBS_PROMETHEUS_URL"),
+        description="Base URL of the Prometheus that scrapes both tracks (unset: ARK_OBS_PROMETHEUS_URL, "
+        "else the default).",
     )
     selector: Selector = Field(default='track="canary"', description="The canary: a track value or matcher.")
     baseline_selector: Selector = Field(default='track="stable"', description="The baseline (stable) track.")

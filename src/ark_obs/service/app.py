@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ark_obs import __version__, canary, catalog
 from ark_obs.metrics import MetricsCollector
-from ark_obs.service import docs_ui, status_page
+from ark_obs.service import docs_ui, runbook, status_page
 from ark_obs.service.api import SpanBatch
 from ark_obs.service.middleware import REFUSALS, BodyLimit, HeadAsGet, RefusalCounter
 from ark_obs.service.routes import health, heartbeats, ingest, otlp, scrape, slos, state, traces
@@ -117,7 +117,8 @@ def create_app(
     for area in (scrape, health, slos, traces, ingest, heartbeats, state):
         app.include_router(area.router(service))
     # the live status page at / and its data at /status.json: no Grafana needed to see the pipeline
-    app.include_router(status_page.router(collector))
+    app.include_router(status_page.router(collector, settings))
+    app.include_router(runbook.router())
     app.include_router(canary.router(canary.CanaryConfig()))
     # OTLP/HTTP: OpenTelemetry exporters feed continuity; same token and body limit as the other writes
     app.include_router(otlp.router(service))

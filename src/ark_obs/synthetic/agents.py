@@ -65,6 +65,8 @@ class Watchdog:
 
     def __init__(self, collector: MetricsCollector, state: RunState, controls: PipelineControls | None = None) -> None:
         self._quarantines = collector.metric(catalog.WATCHDOG_QUARANTINES_TOTAL.name)
+        # the series it can count exist at 0 from the start: "none yet" is reported, not unknown
+        self._quarantines.labels("Kenny", "exec_errors")
         self._state = state
         self._controls = controls or PipelineControls()
         self._errors: Counter[str] = Counter()
@@ -186,6 +188,8 @@ class Hrm(Agent):
         self.rules = rules
         self._sealed = {r.rule_id: hash(r) for r in rules}
         self._denials = ctx.collector.metric(catalog.HRM_DENIALS_TOTAL.name)
+        for rule in rules:  # at 0 from the start: an HRM that denied nothing reports 0, not nothing
+            self._denials.labels(rule.rule_id, "Kenny")
         self._drift = ctx.collector.metric(catalog.ARK_ETHICS_DRIFT.name)
 
     async def _evaluate(self, action: Action, trace_id: str | None = None) -> Verdict:

@@ -165,6 +165,7 @@ class StoreHealth:
     backend: str
     healthy: bool
     detail: str = ""
+    since: float | None = None  # Unix time (s) the store stopped answering, while it is unhealthy
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -49,6 +50,9 @@ from ark_obs.traces.redis_store import RedisStore, StreamDepths, open_store
 log = logging.getLogger("ark_obs")
 
 SPAN_BEAT_SECONDS = 0.25  # an agent's spans count as a beat at most this often (a quarter interval)
+# Incomplete traces this monitor finalized, kept in memory with their reports for the status page
+# (the store forgets a trace one TTL after it expired; the page lists what its counter counts).
+EXPIRED_KEPT = 1000
 
 
 def register(collector: MetricSource, scrape: Any, owner: str) -> None:
@@ -173,6 +177,7 @@ class TraceMonitor:
         # heartbeat monitor sets it: agents that only send spans count as alive)
         self.agent_seen: Callable[[str], None] | None = None
         self._add = store.add  # bound once: the hot path calls it per span
+        self._expired: deque[tuple[float, TraceReport]] = deque(maxlen=EXPIRED_KEPT)
         self._errors_logged: set[str] = set()
         if streams and not self.sweeping:
             raise ValueError("stream depths are exported by a sweeping monitor: pass sweep=True")
@@ -461,6 +466,20 @@ class TraceMonitor:
         seen = set(record.agents)
         missing = next((a for a in self.pipeline if a not in seen), "")
         self._incomplete.labels(missing).inc()
+        self._expired.appendleft((self._clock(), build_report(record.trace_id, record, self.pipeline)))
+
+    def expired_since(self, since: float) -> list[tuple[float, TraceReport]]:
+        """(when, report) of the incomplete traces this monitor finalized after ``since``, newest first.
+
+        Kept in memory, the newest ``EXPIRED_KEPT``: what this process counted in
+        ``ark_traces_incomplete_total``, with reports that outlive the store's copy.
+        """
+        out = []
+        for item in list(self._expired):
+            if item[0] < since:
+                break
+            out.append(item)
+        return out
 
     def on_late(self, count: int) -> None:
         """Count spans that arrived after their trace was finalized."""

@@ -176,6 +176,7 @@ class RedisStore:
         self._flush_lock = threading.Lock()
         self._healthy = True
         self._detail = ""
+        self._down_since: float | None = None  # Unix time of the failure that made it unhealthy
         self._next_probe = 0.0  # monotonic time of the next liveness probe when idle or down
         self._add_script = client.register_script(_ADD_LUA)
         self._primaries: Any = None if shards is None else RedisCluster.PRIMARIES
@@ -373,7 +374,7 @@ class RedisStore:
             return
         if not self._healthy:
             log.warning("ark-obs trace store %s is reachable again", redact_url(self.url or "redis"))
-        self._healthy, self._detail = True, ""
+        self._healthy, self._detail, self._down_since = True, "", None
         self._next_probe = time.monotonic() + self._retry_seconds
 
     def _failed(self, exc: BaseException) -> None:
@@ -381,6 +382,7 @@ class RedisStore:
         why = scrub(repr(exc), self.url, secrets=_client_secrets(self.client))
         if self._healthy:
             log.warning("ark-obs trace store %s is unavailable: %s", redact_url(self.url or "redis"), why)
+            self._down_since = time.time()
         self._healthy = False
         self._detail = f"redis unavailable: {why}"
         self._next_probe = time.monotonic() + self._retry_seconds
@@ -391,7 +393,7 @@ class RedisStore:
 
     def health(self) -> StoreHealth:
         """Healthy unless the last write or probe failed (probed every ``retry_seconds`` when idle)."""
-        return StoreHealth(self.backend, self._healthy, self._detail)
+        return StoreHealth(self.backend, self._healthy, self._detail, None if self._healthy else self._down_since)
 
     # reads: short timeouts, raise StoreUnavailable -----------------------------------------------------
     def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import httpx
 
+from ark_obs._redact import redact_url, scrub
 from ark_obs.canary import Verdict
 from ark_obs.slo import parse_duration
 from ark_obs.validate.builtin import BASE_URL, FAULTS, SyntheticDeployment
@@ -113,6 +114,36 @@ async def validate(
         return await run_plan(plan, readers, injector, target=target, on_step=on_step, **kwargs)
 
 
+# each source's cheapest answer: the process is up and speaks HTTP
+_PROBES: Final = {"ark_obs": ("ark-obs", "/healthz"), "prometheus": ("Prometheus", "/-/ready"),
+                  "alertmanager": ("Alertmanager", "/-/ready")}  # fmt: skip
+
+
+async def unreachable_sources(sources: Sources) -> list[str]:
+    """Why each configured source does not answer (empty: all do), asked at once, ``sources.timeout`` each.
+
+    Run before the plan, so that an unreachable ark-obs, Prometheus or Alertmanager is reported within one
+    connect timeout, not after the first step's deadline.
+    """
+
+    async def ask(client: httpx.AsyncClient, field: str) -> str | None:
+        name, path = _PROBES[field]
+        url = getattr(sources, field)
+        try:
+            answer = await client.get(url.rstrip("/") + path)
+        except httpx.HTTPError as exc:
+            why = scrub(str(exc) or type(exc).__name__, url)
+            return f"{name} at {redact_url(url)} is unreachable: {type(exc).__name__}: {why}"
+        if answer.status_code >= 500:
+            return f"{name} at {redact_url(url)} answered HTTP {answer.status_code} on {path}"
+        return None
+
+    fields = [f for f in _PROBES if getattr(sources, f)]
+    async with httpx.AsyncClient(timeout=sources.timeout) as client:
+        answers = await asyncio.gather(*(ask(client, f) for f in fields))
+    return [a for a in answers if a is not None]
+
+
 async def _run(plan: Plan, args: argparse.Namespace, live: bool) -> ValidationReport:
     from rich.console import Console
     from rich.live import Live
@@ -170,6 +201,16 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return inconclusive
+    if not args.synthetic:
+        down = asyncio.run(unreachable_sources(plan.sources))
+        if down:
+            for line in down:
+                print(f"ark-obs validate: {line}; nothing was tested (inconclusive)", file=sys.stderr)
+            if args.json:
+                print(
+                    json.dumps({"verdict": Verdict.INCONCLUSIVE.value, "failed": [], "steps": [], "unreachable": down})
+                )
+            return inconclusive
     report = asyncio.run(_run(plan, args, live=not args.json and sys.stderr.isatty()))
     if args.json:
         print(json.dumps(report.as_json(), indent=2))

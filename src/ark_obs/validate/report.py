@@ -58,6 +58,17 @@ class ValidationReport(BaseModel):
 _STYLE: Final = {Verdict.PASS: "green", Verdict.FAIL: "bold red", Verdict.INCONCLUSIVE: "yellow"}
 
 
+def table_width() -> int:
+    """The terminal's width: ``COLUMNS`` when set (as shells export it), else the terminal's, else 160."""
+    import os
+    import shutil
+
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) >= 20:
+        return int(columns)
+    return shutil.get_terminal_size((160, 24)).columns
+
+
 def print_table(report: ValidationReport, file: Any = None) -> None:
     """The report as a rich table, one row per step, then the verdict naming the failed steps."""
     from rich.console import Console
@@ -79,7 +90,7 @@ def print_table(report: ValidationReport, file: Any = None) -> None:
             s.evidence,
             f"{s.seconds:.1f} s",
         )
-    console = Console(file=file, width=160)
+    console = Console(file=file, width=table_width())
     console.print(table)
     verdict = report.verdict
     detail = f": {', '.join(report.failed)} failed" if report.failed else ""
