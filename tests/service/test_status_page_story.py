@@ -407,9 +407,11 @@ def test_healthy_http_fed_service_says_not_reported_and_names_trace_latency(heal
     assert no_data == 1 and met >= 1 and met + violated == 3
     assert "every agent heartbeating, none quarantined" in dom
     # the evidence: heartbeats, traces, none stalled among them (and the SLOs, when this machine met them)
-    assert {"tile-agents", "tile-traces", "tile-stalled"} <= set(green_tiles(dom)) <= {
-        "tile-agents", "tile-traces", "tile-stalled", "tile-slos"
-    }
+    assert (
+        {"tile-agents", "tile-traces", "tile-stalled"}
+        <= set(green_tiles(dom))
+        <= {"tile-agents", "tile-traces", "tile-stalled", "tile-slos"}
+    )
 
 
 def test_fresh_start_shows_no_green_without_evidence(fresh: str, tmp_path: Path) -> None:
