@@ -448,6 +448,51 @@ async def _trace_ttl(env: Env) -> None:
         await poll("the trace expired incomplete", listed)
 
 
+@case("stall_seconds")
+async def _stall_seconds(env: Env) -> None:
+    """ARK_OBS_STALL_SECONDS=0.2: a trace with only Kyle's span is stalled at Joey within a second (listed and
+    counted); the default 6 s would not have it stalled yet."""
+    async with env.app(stall_seconds="0.2") as c:
+        assert (await c.post(f"/traces/{TRACE}/spans", json={"agent": "Kyle"})).status_code == 200
+
+        async def listed() -> bool:
+            body = (await c.get("/traces", params={"status": "stalled"})).json()
+            return [(t["trace_id"], t["waiting_on"]) for t in body["traces"]] == [(TRACE, "Joey")]
+
+        await poll("the trace stalled at Joey", listed, timeout=5)
+        text = (await c.get("/metrics")).text
+    assert sample_values(text, "ark_traces_stalled", waiting_on="Joey") == [1.0]
+
+
+@case("spans_as_heartbeats")
+async def _spans_as_heartbeats(env: Env) -> None:
+    """ARK_OBS_SPANS_AS_HEARTBEATS=false: an agent that only sends spans is not tracked (the default reads it
+    up while its spans arrive); heartbeats still count."""
+    async with env.app(spans_as_heartbeats="false") as c:
+        assert (await c.post(f"/traces/{TRACE}/spans", json={"agent": "Kyle"})).status_code == 200
+        assert (await c.post("/heartbeats/Joey")).status_code == 200
+        text = (await c.get("/metrics")).text
+    assert sample_values(text, "ark_agent_up", agent="Joey") == [1.0]
+    assert sample_values(text, "ark_agent_up", agent="Kyle") == []
+
+
+@case("trace_history_seconds")
+async def _trace_history_seconds(env: Env) -> None:
+    """ARK_OBS_TRACE_HISTORY_SECONDS=0 with a 0.2 s TTL: a finished trace is forgotten within a second (the
+    default keeps it an hour), and the 404 says what is kept."""
+    async with env.app(trace_history_seconds="0", trace_ttl_seconds="0.2") as c:
+        spans = [{"trace_id": TRACE, "agent": a} for a in ("Kyle", "Joey", "HRM", "Kenny", "Aletheia")]
+        assert (await c.post("/spans", json={"spans": spans})).status_code == 200
+        assert (await c.get(f"/traces/{TRACE}")).json()["status"] == "complete"
+
+        async def forgotten() -> bool:
+            return (await c.get(f"/traces/{TRACE}")).status_code == 404
+
+        await poll("the finished trace forgotten", forgotten, timeout=5)
+        detail = (await c.get(f"/traces/{TRACE}")).json()["detail"]
+    assert "ARK_OBS_TRACE_HISTORY_SECONDS=0.2 s" in detail
+
+
 @case("max_in_flight_traces")
 async def _max_in_flight(env: Env) -> None:
     """ARK_OBS_MAX_IN_FLIGHT_TRACES=2 (in .env): a third open trace evicts the oldest (counted as capacity)."""

@@ -183,6 +183,29 @@ ARK_TRACE_LATE_SPANS_TOTAL = counter("ark_trace_late_spans_total", "Spans that a
 ARK_TRACES_IN_FLIGHT = gauge(
     "ark_traces_in_flight", "Traces in the store that are not finalized yet (at scrape time).", collected=True
 )
+ARK_TRACES_STALLED = gauge(
+    "ark_traces_stalled",
+    "In-flight traces without a span for ARK_OBS_STALL_SECONDS, by the first pipeline agent they miss "
+    "(at scrape time; every replica reads the shared store: aggregate with max by (waiting_on)).",
+    labels=("waiting_on",),
+    collected=True,
+)
+ARK_SPAN_LATENCY_MS = latency_ms(
+    "ark_span_latency_ms",
+    "Duration of each recorded span that carries one (HTTP, OTLP, in-process), by agent: the span-metrics SLI (ms).",
+    labels=("agent",),
+)
+ARK_SPANS_TOTAL = counter(
+    "ark_spans_total",
+    "Spans recorded (HTTP, OTLP, in-process), by agent and outcome (ok, error).",
+    labels=("agent", "outcome"),
+)
+ARK_TRACES_FAILED_TOTAL = counter(
+    "ark_traces_failed_total",
+    "Complete traces in which an agent failed (span ok false, OTLP status ERROR), by the agent they failed at "
+    "(the first failed pipeline agent; other agents as 'other'); also counted in ark_traces_complete_total.",
+    labels=("agent",),
+)
 ARK_AGENT_LAST_HEARTBEAT_TIMESTAMP_SECONDS = gauge(
     "ark_agent_last_heartbeat_timestamp_seconds",
     "Unix time of the last heartbeat the monitor received from an agent.",
@@ -300,6 +323,10 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ARK_TRACES_EVICTED_TOTAL,
     ARK_TRACE_LATE_SPANS_TOTAL,
     ARK_TRACES_IN_FLIGHT,
+    ARK_TRACES_STALLED,
+    ARK_TRACES_FAILED_TOTAL,
+    ARK_SPAN_LATENCY_MS,
+    ARK_SPANS_TOTAL,
     ARK_AGENT_LAST_HEARTBEAT_TIMESTAMP_SECONDS,
     ARK_AGENT_UP,
     ARK_AGENT_HEARTBEAT_INTERVAL_SECONDS,

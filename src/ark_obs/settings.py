@@ -207,6 +207,13 @@ class Settings(BaseSettings):
         le=86400,
         description="Idle time after which an in-flight trace is finalized (incomplete if agents are missing).",
     )
+    trace_history_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        le=7 * 86400,
+        description="How long a finished trace stays answerable on /traces/{id} (dashboards' exemplar links: an "
+        "hour), at most MAX_IN_FLIGHT_TRACES of them; never shorter than TRACE_TTL_SECONDS.",
+    )
     max_in_flight_traces: int = Field(
         default=100_000, ge=1, le=100_000_000, description="Most traces held in flight; older ones are evicted."
     )
@@ -224,6 +231,14 @@ class Settings(BaseSettings):
         description="Distinct agents outside PIPELINE one trace may hold; spans of further agents are dropped "
         "and counted (trace_full). Pipeline agents are always admitted.",
     )
+    stall_seconds: float = Field(
+        default=6.0,
+        gt=0,
+        le=86400,
+        description="An in-flight trace without a span this long is stalled at its first missing pipeline agent "
+        "(ark_traces_stalled, GET /traces?status=stalled); 6 s covers the 400 ms latency objective plus an "
+        "OpenTelemetry SDK's 5 s export delay.",
+    )
     pipeline: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_PIPELINE,
         description="Comma-separated agents every trace must pass, in order.",
@@ -233,6 +248,12 @@ class Settings(BaseSettings):
         gt=0,
         le=3600,
         description="Interval agents heartbeat at; an agent silent for 1.5 intervals is reported down.",
+    )
+    spans_as_heartbeats: bool = Field(
+        default=True,
+        description="An agent that never heartbeats counts as alive while its spans arrive (OpenTelemetry-only "
+        "agents), and as unknown again (not down) once none arrived for STALL_SECONDS; false: such agents are "
+        "not tracked.",
     )
     max_heartbeat_agents: int = Field(
         default=1000,

@@ -157,7 +157,9 @@ def after_stop() -> Iterator[str]:
         held = httpx.get(url + "/traces?status=incomplete", timeout=2).json()["count"]
         return st["period"]["incomplete"] > 10 and held == 0
 
-    yield from serve(settings(trace_ttl_seconds=1.0), [background_hook(config, announce=lambda _: None)], ready,
+    # no history beyond the TTL: the finished traces are forgotten a second after they expire
+    hook = background_hook(config, announce=lambda _: None)
+    yield from serve(settings(trace_ttl_seconds=1.0, trace_history_seconds=0), [hook], ready,
                      "incomplete traces counted, no longer held by the store")  # fmt: skip
 
 
@@ -400,21 +402,16 @@ def test_healthy_http_fed_service_says_not_reported_and_names_trace_latency(heal
     assert note and "No quarantine is reported to this service" in note.group(1)
     assert 'data-slo="availability" data-status="met" data-shown="unknown"' in dom
     met, violated, no_data, _ = slo_tile(dom)
-    assert violated == 0 and met >= 1 and no_data >= 2  # no decision or HRM latency arrives over HTTP
+    # decision and HRM latency are judged on the spans (ark_trace_latency_ms, HRM's span durations): data, met or
+    # violated as this loaded machine's passes were; availability alone has nothing reported
+    assert no_data == 1 and met >= 1 and met + violated == 3
     assert "every agent heartbeating, none quarantined" in dom
-    assert set(green_tiles(dom)) == {"tile-agents", "tile-traces"}  # the evidence: heartbeats and traces
-    # nothing violated but SLOs without data: the tile says "no data", not "met", and each such SLO's badge too
-    assert '<div class="tile no_data" id="tile-slos">' in dom
-    assert re.search(r"#summary \.tile\.no_data(, #summary \.tile\.unknown)? \{ border-color: [^;]+;", dom)
-    silent = {s["name"] for s in httpx.get(healthy + "/slos").json()["slos"] if s["status"] == "no_data"}
-    rows = re.findall(
-        r'<div class="slo" data-slo="([^"]+)" data-status="no_data"[^>]*>'
-        r'.*?<span class="badge ([a-z_]+)"[^>]*>([^<]+)<',
-        dom,
+    # the evidence: heartbeats, traces, none stalled among them (and the SLOs, when this machine met them)
+    assert (
+        {"tile-agents", "tile-traces", "tile-stalled"}
+        <= set(green_tiles(dom))
+        <= {"tile-agents", "tile-traces", "tile-stalled", "tile-slos"}
     )
-    # the tile's "no data" also counts availability, met by /slos but without evidence here ("met, no evidence")
-    assert {r[0] for r in rows} == silent and len(silent) + 1 == no_data
-    assert all(r[1:] == ("no_data", "no data") for r in rows), rows
 
 
 def test_fresh_start_shows_no_green_without_evidence(fresh: str, tmp_path: Path) -> None:
@@ -431,6 +428,20 @@ def test_fresh_start_shows_no_green_without_evidence(fresh: str, tmp_path: Path)
     assert "0 good of 0 events" in dom and "0 events)" in dom  # plurals: 0 events, never "0 event"
     assert "no events in the last 5 min" in dom
     assert text_of(element(dom, "sum-traces")) == "0 / 0"
+    _, violated, no_data, _ = slo_tile(dom)
+    assert violated == 0
+    # nothing violated but SLOs without data: the tile says "no data", not "met", and each such SLO's badge too
+    assert '<div class="tile no_data" id="tile-slos">' in dom
+    assert re.search(r"#summary \.tile\.no_data(, #summary \.tile\.unknown)? \{ border-color: [^;]+;", dom)
+    silent = {s["name"] for s in httpx.get(fresh + "/slos").json()["slos"] if s["status"] == "no_data"}
+    rows = re.findall(
+        r'<div class="slo" data-slo="([^"]+)" data-status="no_data"[^>]*>'
+        r'.*?<span class="badge ([a-z_]+)"[^>]*>([^<]+)<',
+        dom,
+    )
+    # the tile's "no data" also counts availability, met by /slos but without evidence here ("met, no evidence")
+    assert {r[0] for r in rows} == silent and len(silent) + 1 == no_data
+    assert all(r[1:] == ("no_data", "no data") for r in rows), rows
 
 
 def test_store_killed_mid_traffic_is_shown_within_one_refresh(store_down: dict[str, Any], tmp_path: Path) -> None:
@@ -588,8 +599,8 @@ def stalled() -> Iterator[str]:
 
 
 def test_stalled_traces_are_shown_with_the_agent_waited_on(stalled: str, fresh: str, tmp_path: Path) -> None:
-    """Where /traces?status=stalled answers, the page shows a stalled tile (count, who they wait on, runbook)
-    and the newest 10 with the agent each waits on and for how long; where it does not, neither is shown."""
+    """Where traces are stalled, the page shows a stalled tile (count, who they wait on, runbook) and the newest
+    10 with the agent each waits on and for how long; with no traffic yet, none stalled is not shown green."""
     dom = render(stalled, tmp_path, "status_stalled.png")
     assert '<div class="tile warn" id="tile-stalled">' in dom
     assert text_of(element(dom, "sum-stalled")) == "12"
@@ -598,6 +609,7 @@ def test_stalled_traces_are_shown_with_the_agent_waited_on(stalled: str, fresh: 
     rows = re.findall(r'<tr data-stalled="([0-9a-f]{32})" data-waiting-on="Kenny">', dom)
     assert len(rows) == 10 and "and 2 more" in dom
     assert '<section class="wide" id="stalled-panel">' in dom
-    plain = render(fresh, tmp_path, "status_fresh.png")  # /traces?status=stalled is refused there (422)
-    assert '<section class="wide" id="stalled-panel" hidden="">' in plain
-    assert re.search(r'<div class="tile" id="tile-stalled" hidden="">', plain)
+    plain = render(fresh, tmp_path, "status_fresh.png")  # no traffic yet: none stalled is not good news
+    assert '<section class="wide" id="stalled-panel">' in plain
+    assert re.search(r'<div class="tile unknown" id="tile-stalled">', plain)
+    assert "none: no trace is waiting on an agent" in plain

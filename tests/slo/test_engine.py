@@ -522,3 +522,37 @@ def test_multiprocess_agents_are_evaluated_together(tmp_path: Path) -> None:
 def test_multiprocess_gauge_slo_reads_the_aggregated_gauge(tmp_path: Path) -> None:
     """ark_ethics_drift (multiprocess mode "max") is judged on the worst process' value."""
     assert run_agents(tmp_path)["ethics_drift"]["value"] == 1.0
+
+
+# --- SLIs from spans ------------------------------------------------------------------------------------
+def test_latency_slos_fall_back_to_span_slis_and_never_count_twice(collector: MetricsCollector, clock: Clock) -> None:
+    """Agents that only send spans: decision latency is judged on ark_trace_latency_ms (complete traces) and
+    HRM's on the durations of HRM's spans, and each SLO names that source. Once the in-process histograms
+    have events they are the only source judged: a pass is never counted from both."""
+    from ark_obs.traces import DEFAULT_PIPELINE, TraceMonitor
+
+    collector.traces = TraceMonitor(collector, "memory", background=False, sweep=True)
+    engine = SloEngine(collector)
+    advance(collector, clock, SLICE)
+    for i in range(20):  # 20 passes of 5 spans, 60 ms each and back to back: 300 ms per pass; HRM 60 ms
+        for k, agent in enumerate(DEFAULT_PIPELINE):
+            collector.traces.record_span(f"t{i}", agent, at=clock.t - 1 + k * 0.06, duration_ms=60)
+    advance(collector, clock, SLICE)
+    report = engine.check()
+    decision, hrm = status(report, "decision_latency_p95"), status(report, "hrm_eval_latency_p95")
+    assert (decision.status, decision.total_events, decision.source) == (Status.MET, 20, "ark_trace_latency_ms")
+    assert 250 < decision.value <= 400
+    assert (hrm.status, hrm.total_events, hrm.source) == (Status.MET, 20, 'ark_span_latency_ms{agent="HRM"}')
+    assert status(report, "availability").source == "watchdog_quarantines_total"
+    gauges = collector.registry.prometheus
+    assert gauges.get_sample_value("ark_slo_met", {"slo": "hrm_eval_latency_p95"}) == 1.0
+    assert gauges.get_sample_value("ark_spans_total", {"agent": "HRM", "outcome": "ok"}) == 20
+
+    observe(collector, 500.0, 3)  # in-process recording too: it alone is judged, the spans are not added
+    observe(collector, 50.0, 2, "hrm_eval_latency_ms")
+    advance(collector, clock, SLICE)
+    report = engine.check()
+    decision, hrm = status(report, "decision_latency_p95"), status(report, "hrm_eval_latency_p95")
+    assert (decision.status, decision.total_events, decision.source) == (Status.VIOLATED, 3, "ark_pass_latency_ms")
+    assert (hrm.total_events, hrm.source) == (2, "hrm_eval_latency_ms")
+    collector.traces.close()

@@ -224,3 +224,38 @@ def test_killed_agent_process_is_reported_down_within_two_intervals(redis_url: s
             agent.wait(5)
         monitor.close()
         store.close()
+
+
+def test_agents_that_only_send_spans_are_up_while_their_spans_arrive(
+    store_factory: Callable[[], HeartbeatStore], clock: FakeClock
+) -> None:
+    """A span counts as a beat for an agent that never heartbeats: up while spans arrive, unknown again (not
+    down, no outage: traffic may just have paused) once none came for spans_alive_seconds; an agent that
+    heartbeats is judged on its beats alone."""
+    from ark_obs.traces import TraceMonitor
+
+    collector = MetricsCollector(clock=clock, ticker=False)
+    collector.traces = TraceMonitor(collector, store_factory(), sweep=True, background=False)
+    monitor = HeartbeatMonitor(collector, 1.0, sweep=True, background=False, spans_alive_seconds=6)
+    try:
+        for i in range(8):  # a span every second for 8 s: up all along
+            collector.traces.record_span(f"t{i}", "Otel")
+            collector.traces.record_span(f"t{i}", "Joey")
+            if i < 2:
+                beat(monitor, "Joey")  # Joey heartbeats, then stops: his spans do not keep him up
+            collector.traces.flush()
+            clock.advance(1)
+            assert monitor.sweep()
+            assert monitor.is_up("Otel") is True, i
+        assert monitor.is_up("Joey") is False and failures(collector, "Joey") == 1
+        clock.advance(5.5)  # 6.5 s since Otel's last span
+        monitor.sweep()
+        assert monitor.is_up("Otel") is None and failures(collector, "Otel") == 0
+        assert sample(collector, "ark_agent_up", agent="Otel") is None
+        collector.traces.record_span("again", "Otel")
+        collector.traces.flush()
+        monitor.sweep()
+        assert monitor.is_up("Otel") is True
+    finally:
+        monitor.close()
+        collector.traces.close()

@@ -195,7 +195,7 @@ def test_idle_trace_expires_incomplete_under_its_first_missing_agent(
     monitor.record_span("stuck", "Joey")
     clock.advance(299)
     monitor.sweep()
-    assert monitor.validate("stuck").status is TraceStatus.IN_FLIGHT
+    assert monitor.validate("stuck").status is TraceStatus.STALLED
     assert monitor.in_flight() == 1
     clock.advance(2)
     monitor.sweep()
@@ -219,7 +219,7 @@ def test_each_span_renews_the_idle_ttl(make_monitor: Callable[..., TraceMonitor]
     monitor.record_span("slow", "Joey")
     clock.advance(150)
     monitor.sweep()
-    assert monitor.validate("slow").status is TraceStatus.IN_FLIGHT
+    assert monitor.validate("slow").status is TraceStatus.STALLED
     clock.advance(151)
     monitor.sweep()
     assert monitor.validate("slow").status is TraceStatus.INCOMPLETE
@@ -314,6 +314,140 @@ def test_capacity_evicts_least_recently_touched_in_flight_traces(
     assert monitor.in_flight() == 3
     assert monitor.validate("t1").status is TraceStatus.UNKNOWN
     assert monitor.validate("t0").status is TraceStatus.IN_FLIGHT
+
+
+# --- stalled and failed traces ---------------------------------------------------------------------------
+def stalled_gauge(monitor: TraceMonitor) -> dict[str, float]:
+    """``ark_traces_stalled`` by waiting_on, as a scrape sees it."""
+    return {agent: sample(monitor.collector, "ark_traces_stalled", waiting_on=agent) for agent in PIPELINE}
+
+
+def test_stalled_traces_are_counted_by_the_agent_they_wait_on(
+    make_monitor: Callable[..., TraceMonitor], clock: FakeClock
+) -> None:
+    """A trace without a span for stall_seconds is stalled at its first missing pipeline agent: counted at
+    scrape time, listed newest first with how long it waited; a span makes it fresh again, completion and
+    expiry take it out."""
+    monitor = make_monitor(stall_seconds=6, ttl_seconds=300)
+    for trace_id, agents in (("a", PIPELINE[:2]), ("b", PIPELINE[:3]), ("c", [*PIPELINE[:3], "Aletheia"])):
+        for agent in agents:
+            monitor.record_span(trace_id, agent)
+        clock.advance(0.5)
+    clock.advance(4)
+    monitor.record_span("d", "Kyle")
+    clock.advance(1.5)  # a, b, c idle 7, 6.5 and 6 s: stalled; d idle 1.5 s: not
+    monitor.flush()
+    assert stalled_gauge(monitor) == {"Kyle": 0, "Joey": 0, "HRM": 1, "Kenny": 2, "Aletheia": 0}
+    listed = monitor.recent_stalled(10)
+    assert [(r.trace_id, r.waiting_on, r.waited_seconds) for r in listed] == [
+        ("c", "Kenny", pytest.approx(6.0)), ("b", "Kenny", pytest.approx(6.5)), ("a", "HRM", pytest.approx(7.0))
+    ]  # fmt: skip
+    assert all(r.status is TraceStatus.STALLED for r in listed)
+    assert [r.trace_id for r in monitor.recent_stalled(1)] == ["c"]
+    report = monitor.validate("d")
+    assert (report.status, report.waiting_on, report.waited_seconds) == (TraceStatus.IN_FLIGHT, "Joey", 1.5)
+
+    monitor.record_span("a", "HRM")  # fresh again, now waiting on Kenny
+    monitor.record_span("b", "Kenny")
+    monitor.record_span("b", "Aletheia")  # complete
+    monitor.flush()
+    assert stalled_gauge(monitor) == {"Kyle": 0, "Joey": 0, "HRM": 0, "Kenny": 1, "Aletheia": 0}
+    assert monitor.validate("a").status is TraceStatus.IN_FLIGHT
+    clock.advance(6)
+    assert stalled_gauge(monitor)["Kenny"] == 2 and stalled_gauge(monitor)["Joey"] == 1
+    clock.advance(300)
+    monitor.sweep()
+    assert stalled_gauge(monitor) == dict.fromkeys(PIPELINE, 0)
+    assert monitor.recent_stalled(10) == [] and monitor.in_flight() == 0
+    assert sum(sample(monitor.collector, "ark_traces_incomplete_total", missing_agent=a) for a in PIPELINE) == 3
+
+
+def test_evicted_stalled_traces_leave_the_count(
+    make_monitor: Callable[..., TraceMonitor], store_factory: Callable[..., TraceStore], backend: str, clock: FakeClock
+) -> None:
+    """A stalled trace evicted for capacity is no longer counted stalled (one-shard cluster: eviction order)."""
+    monitor = make_monitor(store_factory(shards=1) if backend == "cluster" else None, max_in_flight=2, stall_seconds=1)
+    for trace_id in ("t0", "t1"):
+        monitor.record_span(trace_id, "Kyle")
+    clock.advance(2)
+    monitor.flush()
+    assert stalled_gauge(monitor)["Joey"] == 2
+    monitor.record_span("t2", "Kyle")
+    monitor.flush()
+    assert stalled_gauge(monitor)["Joey"] == 1 and monitor.in_flight() == 2
+
+
+def test_failed_traces_are_complete_and_failed_at_their_agent(
+    make_monitor: Callable[..., TraceMonitor], clock: FakeClock
+) -> None:
+    """Every agent seen, one failed: complete for continuity, status failed at that agent, counted in both
+    ark_traces_complete_total and ark_traces_failed_total{agent}, and listed; agents outside the pipeline
+    are counted as 'other'. A trace still missing agents is not failed yet."""
+    monitor = make_monitor()
+    for agent in PIPELINE:
+        monitor.record_span("f", agent, ok=agent != "Kenny")
+    clock.advance(1)
+    for agent in ("Watchdog", *PIPELINE):
+        monitor.record_span("w", agent, ok=agent != "Watchdog")
+    monitor.record_span("open", "Kyle", ok=False)
+    monitor.flush()
+    report = monitor.validate("f")
+    assert report.complete and report.status is TraceStatus.FAILED and report.failed_at == "Kenny"
+    assert report["status"] == "failed" and report.known
+    assert monitor.validate("open").status is TraceStatus.IN_FLIGHT and monitor.validate("open").failed_at is None
+    c = monitor.collector
+    assert sample(c, "ark_traces_complete_total") == 2
+    assert sample(c, "ark_traces_failed_total", agent="Kenny") == 1
+    assert sample(c, "ark_traces_failed_total", agent="other") == 1
+    assert [(r.trace_id, r.failed_at) for r in monitor.recent_failed(10)] == [("w", "Watchdog"), ("f", "Kenny")]
+
+
+def test_status_never_contradicts_complete_with_expected_agents(make_monitor: Callable[..., TraceMonitor]) -> None:
+    """Judged against ?expected=: all seen is complete whatever the pipeline says, a finalized trace
+    missing an expected agent is incomplete, an open one in flight."""
+    monitor = make_monitor()
+    monitor.record_span("x", "Kyle")
+    monitor.record_span("x", "Joey")
+    report = monitor.validate("x", ["Kyle", "Joey"])
+    assert (report.status, report.complete) == (TraceStatus.COMPLETE, True)
+    assert monitor.validate("x", ["Kyle", "HRM"]).status is TraceStatus.IN_FLIGHT
+    for agent in PIPELINE[2:]:
+        monitor.record_span("x", agent)
+    monitor.flush()
+    report = monitor.validate("x", [*PIPELINE, "Extra"])
+    assert (report.status, report.complete, report.missing_agents) == (TraceStatus.INCOMPLETE, False, ("Extra",))
+
+
+def test_finished_traces_stay_answerable_for_the_history_then_the_answer_says_why(
+    make_monitor: Callable[..., TraceMonitor], store_factory: Callable[..., TraceStore], backend: str, clock: FakeClock
+) -> None:
+    """history_seconds keeps finished traces (complete and expired) answerable past the TTL, at most
+    max_in_flight of them (one-shard cluster: one cap); past that they are unknown, and forgotten_why
+    says what is kept and how far back it reaches."""
+    store = store_factory(shards=1) if backend == "cluster" else None
+    monitor = make_monitor(store, ttl_seconds=300, history_seconds=3600, max_in_flight=3)
+    for agent in PIPELINE:
+        monitor.record_span("old", agent)
+    monitor.record_span("stuck", "Kyle")
+    monitor.flush()
+    clock.advance(301)
+    monitor.sweep()  # "stuck" expires incomplete
+    clock.advance(3000)
+    monitor.sweep()
+    assert monitor.validate("old").status is TraceStatus.COMPLETE
+    assert monitor.validate("stuck").status is TraceStatus.INCOMPLETE
+    for i in range(3):  # three more finished traces: the oldest finished one ("old") goes first
+        for agent in PIPELINE:
+            monitor.record_span(f"new{i}", agent)
+        monitor.flush()
+    monitor.sweep()
+    assert monitor.validate("old").status is TraceStatus.UNKNOWN
+    assert monitor.validate("new0").status is TraceStatus.COMPLETE
+    clock.advance(3601)
+    monitor.sweep()
+    assert monitor.validate("new2").status is TraceStatus.UNKNOWN
+    why = monitor.forgotten_why("new2")
+    assert "ARK_OBS_TRACE_HISTORY_SECONDS=3600 s, at most 3 traces" in why and "none is held now" in why
 
 
 def test_expiry_runs_in_the_background(store_factory: Callable[[], TraceStore]) -> None:

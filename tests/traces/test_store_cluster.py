@@ -72,8 +72,9 @@ def test_keys_spread_over_every_primary_and_all_expire(
     cluster_store: RedisStore, redis_cluster: RedisClusterServers, clock: FakeClock
 ) -> None:
     """Trace keys and per-shard structures land on every primary, none holding more than half; all have a TTL."""
+    # finished traces kept for an hour: every trace key is still there after the sweep
     monitor = TraceMonitor(MetricsCollector(clock=clock, ticker=False), cluster_store, ttl_seconds=60, sweep=True,
-                           background=False)  # fmt: skip
+                           background=False, history_seconds=3600)  # fmt: skip
     for i in range(300):
         for agent in PIPELINE[: 1 + i % 5]:
             monitor.record_span(f"spread-{i}", agent)
@@ -266,22 +267,43 @@ def test_three_serve_replicas_on_one_cluster_count_each_trace_once(
     redis_cluster_url: str,
 ) -> None:
     """Three ``ark-obs serve`` replicas on one cluster, each trace's spans sent to different replicas: every
-    trace complete, and ark_traces_complete_total summed over the replicas equals the number of traces."""
-    servers = [start({"ARK_OBS_TRACE_STORE": redis_cluster_url}) for _ in range(3)]
+    trace complete, and ark_traces_complete_total summed over the replicas equals the number of traces;
+    failed ones counted once in ark_traces_failed_total. Traces that stop before Kenny or Joey are stalled
+    there: every replica's ark_traces_stalled is the exact count (so max over replicas is), and each
+    lists them all."""
+    servers = [start({"ARK_OBS_TRACE_STORE": redis_cluster_url, "ARK_OBS_STALL_SECONDS": "1"}) for _ in range(3)]
     traces = [f"{0xC0FFEE00 + i:032x}" for i in range(90)]
+    at_kenny = [f"{0xBADCAFE00 + i:032x}" for i in range(37)]
+    at_joey = [f"{0xDEADBEE00 + i:032x}" for i in range(23)]
+    kenny_failed = set(traces[::9])  # 10 traces
     with httpx.Client(timeout=10) as http:
         for k, agent in enumerate(PIPELINE):
             for r, server in enumerate(servers):
                 batch = [t for i, t in enumerate(traces) if (i + k) % 3 == r]
-                body = {"spans": [{"trace_id": t, "agent": agent} for t in batch]}
+                ok = {t: agent != "Kenny" or t not in kenny_failed for t in batch}
+                body: dict[str, Any] = {"spans": [{"trace_id": t, "agent": agent, "ok": ok[t]} for t in batch]}
+                # the open traces: Kyle, Joey, HRM (waiting on Kenny) or Kyle alone (on Joey), over all replicas
+                for open_traces, agents in ((at_kenny, 3), (at_joey, 1)):
+                    mine = [t for i, t in enumerate(open_traces) if i % 3 == r and k < agents]
+                    body["spans"] += [{"trace_id": t, "agent": agent} for t in mine]
                 response = http.post(server.url + "/spans", json=body)
                 assert response.status_code == 200, response.text
         for i, trace_id in enumerate(traces):
             report = http.get(servers[i % 3].url + f"/traces/{trace_id}").json()
-            assert report["status"] == "complete", report
+            assert report["status"] in ("complete", "failed") and report["complete"], report
     wait_until(lambda: metric_sum(servers, "ark_traces_complete_total") >= len(traces), 30, "outcomes not counted")
-    time.sleep(1.5)  # several sweeps of every replica: nothing counted twice
+    wait_until(lambda: metric_sum(servers, "ark_traces_failed_total") >= len(kenny_failed), 30, "failed not counted")
+    time.sleep(1.5)  # several sweeps of every replica: nothing counted twice; the open traces stall
     assert metric_sum(servers, "ark_traces_complete_total") == len(traces)
+    assert metric_sum(servers, "ark_traces_failed_total") == len(kenny_failed)
+    for server in servers:
+        text = httpx.get(server.url + "/metrics", timeout=5).text
+        assert 'ark_traces_stalled{waiting_on="Kenny"} 37.0' in text
+        assert 'ark_traces_stalled{waiting_on="Joey"} 23.0' in text
+        listed = httpx.get(server.url + "/traces?status=stalled&limit=1000", timeout=5).json()["traces"]
+        assert sorted((t["trace_id"], t["waiting_on"]) for t in listed) == sorted(
+            [(t, "Kenny") for t in at_kenny] + [(t, "Joey") for t in at_joey]
+        )
 
 
 @pytest.mark.slow

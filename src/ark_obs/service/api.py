@@ -188,6 +188,13 @@ class TraceReportOut(BaseModel):
     expected_agents: list[str]
     span_count: int
     spans: list[SpanOut]
+    waiting_on: str | None = Field(
+        None, description="in flight: the first expected agent without a span, where the trace waits (else null)"
+    )
+    waited_seconds: float | None = Field(None, description="in flight: seconds since the trace's last span arrived")
+    failed_at: str | None = Field(
+        None, description="status failed: the agent the trace failed at (first failed expected agent)"
+    )
 
     @classmethod
     def of(cls, report: TraceReport) -> TraceReportOut:
@@ -209,13 +216,16 @@ class TraceReportOut(BaseModel):
                 SpanOut(agent=s.agent, start=s.start, end=s.end, duration_ms=s.duration_ms, ok=s.ok)
                 for s in report.spans
             ],
+            waiting_on=report.waiting_on,
+            waited_seconds=report.waited_seconds,
+            failed_at=report.failed_at,
         )
 
 
 class TraceList(BaseModel):
     """The most recent traces in one state, newest first."""
 
-    status: Literal["incomplete"]
+    status: Literal["incomplete", "stalled", "failed"]
     count: int
     traces: list[TraceReportOut]
 

@@ -63,6 +63,8 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
         store_timeout=settings.store_timeout_seconds,
         clock_skew_seconds=settings.max_clock_skew_seconds,
         max_agents_per_trace=settings.max_agents_per_trace,
+        stall_seconds=settings.stall_seconds,
+        history_seconds=settings.trace_history_seconds,
     )
     collector.traces = traces
     heartbeats = HeartbeatMonitor(
@@ -73,6 +75,7 @@ def build_collector(settings: Settings) -> tuple[MetricsCollector, tuple[Any, ..
         known=settings.known_agents,
         max_agents=settings.max_heartbeat_agents,
         forget_after_seconds=settings.heartbeat_forget_seconds,
+        spans_alive_seconds=settings.stall_seconds if settings.spans_as_heartbeats else None,
     )
     collector.heartbeats = heartbeats
     specs = None if settings.slo_file is None else load_slo_file(settings.slo_file, collector.registry)

@@ -62,6 +62,13 @@ def _at_least(good: float, total: float, share: Decimal) -> bool:
     return Fraction(good) >= Fraction(share) * Fraction(total)
 
 
+def _selector(name: str, labels: Labels) -> str:
+    """``name{k="v",...}``, as PromQL writes a selector."""
+    if not labels:
+        return name
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+
+
 def _opt(x: float | None) -> float | None:
     return None if x is None else _clean(x)
 
@@ -141,9 +148,10 @@ class SloEngine:
             {w for ws in self._windows.values() for _, w in ws} | {s for _, s in self.burn_windows}
         )
         self._bounds = {
-            s.id: (*collector.registry.get(s.metric).spec.buckets, math.inf)
+            name: (*collector.registry.get(name).spec.buckets, math.inf)
             for s in self.specs
             if isinstance(s, LatencySlo)
+            for _, name, _, _ in s.metrics
         }
         if register:
             SloCollector.attach(collector, self)
@@ -220,6 +228,7 @@ class SloEngine:
             burn_rates=burn_rates,
             min_events=None if isinstance(spec, AvailabilitySlo) else min_events,
             value_is_lower_bound=value is not None and self._lower_bound(spec, window, memo),
+            source=self.source(spec, memo),
         )
 
     def _lower_bound(self, spec: SloSpec, window: float, memo: _Memo) -> bool:
@@ -272,19 +281,43 @@ class SloEngine:
         return good, total, (min(1.0, good / total) if total > 0 else None)
 
     def _latency(self, spec: LatencySlo, window: float, memo: _Memo, value: bool) -> tuple[float, float, float | None]:
-        inc = self._increase(spec.metric, window, spec.labels, memo)
-        if inc is None:
+        found = self._latency_events(spec.metric, spec.labels, window, memo)
+        if found is None and spec.fallback_metric is not None:
+            found = self._latency_events(spec.fallback_metric, spec.fallback_labels, window, memo)
+            name = spec.fallback_metric
+        else:
+            name = spec.metric
+        if found is None:
             return 0.0, 0.0, None
-        values, vmin, vmax = inc
-        counts = values[:-1]
-        bounds = self._bounds[spec.id]
-        total = math.fsum(counts)
-        if total <= 0:
-            return 0.0, 0.0, None
+        counts, vmin, vmax, total = found
+        bounds = self._bounds[name]
         # events at or under the threshold, which is a bucket boundary: counted exactly
         good = math.fsum(counts[: bounds.index(spec.threshold) + 1])
         p = histogram_quantile(float(spec.quantile), counts, bounds, vmin, vmax) if value else None
         return good, total, p
+
+    def _latency_events(
+        self, name: str, labels: Labels, window: float, memo: _Memo
+    ) -> tuple[list[float], float, float, float] | None:
+        """(bucket counts, min, max, total) of histogram ``name`` over ``window``; None without an event."""
+        inc = self._increase(name, window, labels, memo)
+        if inc is None:
+            return None
+        values, vmin, vmax = inc
+        counts = list(values[:-1])
+        total = math.fsum(counts)
+        return None if total <= 0 else (counts, vmin, vmax, total)
+
+    def source(self, spec: SloSpec, memo: _Memo | None = None) -> str:
+        """The series ``spec`` judges now over its window: its metric, or its fallback when that has no event."""
+        if isinstance(spec, LatencySlo) and spec.fallback_metric is not None:
+            memo = {} if memo is None else memo
+            if self._latency_events(spec.metric, spec.labels, spec.window, memo) is None:
+                return _selector(spec.fallback_metric, spec.fallback_labels)
+        if isinstance(spec, RatioSlo):
+            good, total = _selector(spec.good_metric, spec.good_labels), _selector(spec.total_metric, spec.total_labels)
+            return f"{good} / {total}"
+        return _selector(spec.metric, spec.labels)
 
     def _availability(self, spec: AvailabilitySlo, window: float, memo: _Memo) -> tuple[float, float]:
         """(availability, downtime seconds) over ``window``: 1 - increase(quarantines) x 5 s / window."""
@@ -326,4 +359,5 @@ class SloEngine:
             burn_rate=None,
             burn_rates={},
             min_events=None,
+            source=self.source(spec),
         )

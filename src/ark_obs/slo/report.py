@@ -49,6 +49,11 @@ class SloStatus(SeedDict):
             "multiprocess mode (no max is shared), read '> value'"
         ),
     ] = False
+    source: Annotated[
+        str | None,
+        Field(description="the series judged over the window, e.g. ark_pass_latency_ms or, when that has no event, "
+              "its span-derived fallback"),
+    ] = None  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -147,6 +148,32 @@ def _compliance(spec: SloSpec) -> Decimal:
 def budget(spec: SloSpec) -> Decimal:
     """1 - compliance objective, exactly."""
     return Decimal(1) - _compliance(spec)
+
+
+def _latency_sources(spec: LatencySlo) -> list[tuple[str, Mapping[str, str]]]:
+    """The histogram a latency SLO judges, then its fallback (``fallback_metric``) if it has one."""
+    sources: list[tuple[str, Mapping[str, str]]] = [(spec.metric, spec.labels)]
+    if spec.fallback_metric is not None:
+        sources.append((spec.fallback_metric, spec.fallback_labels))
+    return sources
+
+
+def _first_of(exprs: list[str]) -> str:
+    """``a or b``: per track, the first expression with a sample (``/slos`` does the same per window)."""
+    if len(exprs) == 1:
+        return exprs[0]
+    parts = ["(\n" + textwrap.indent(e.rstrip("\n"), "    ") + "\n)" for e in exprs]
+    return "\nor\n".join(parts) + "\n"
+
+
+def _fallback_note(spec: LatencySlo) -> str:
+    if spec.fallback_metric is None:
+        return ""
+    labels = _selector(spec.fallback_metric, spec.fallback_labels)
+    return (
+        f"\nWhere {spec.metric} has no event in the window (agents that only send spans), {labels} is judged "
+        "instead:\none source per window and track, never both."
+    )
 
 
 def _events_gate(spec: LatencySlo | RatioSlo) -> str:
@@ -316,18 +343,21 @@ def _error_rules(
             expr = f"clamp_max(clamp_min({events} * {per_event} / {_seconds(w)}, 0), 1)"
             note = f"{spec.id}: error ratio = downtime / window (no traffic denominator)."
         elif isinstance(spec, LatencySlo):
-            count = _selector(f"{spec.metric}_count", spec.labels)
-            bucket = _selector(f"{spec.metric}_bucket", spec.labels, le_matcher(spec.threshold))
-            expr = f"""(
+            exprs = []
+            for metric, labels in _latency_sources(spec):
+                count = _selector(f"{metric}_count", labels)
+                bucket = _selector(f"{metric}_bucket", labels, le_matcher(spec.threshold))
+                exprs.append(f"""(
     sum by (track) (increase({count}[{r}]))
   - sum by (track) (increase({bucket}[{r}]))
 )
 / (sum by (track) (increase({count}[{r}])) {_events_gate(spec)})
-"""
+""")
+            expr = _first_of(exprs)
             note = (
                 f"{spec.id}: events slower than {spec.threshold:g} over all events, from the bucket at the "
                 f'threshold\n(prometheus_client renders it le="{le_label(spec.threshold)}"). No events: '
-                "no sample, not NaN."
+                "no sample, not NaN." + _fallback_note(spec)
             )
         else:
             good = _selector(spec.good_metric, spec.good_labels)
@@ -347,11 +377,14 @@ def _window_verdict_rules(rec: _Group, spec: AvailabilitySlo | LatencySlo | Rati
     r = format_duration(spec.window)
     sel = f'{{slo="{spec.id}"}}'
     if isinstance(spec, LatencySlo):
-        count = _selector(f"{spec.metric}_count", spec.labels)
-        bucket = _selector(f"{spec.metric}_bucket", spec.labels, le_matcher(spec.threshold))
-        good = f"""sum by (track) (increase({bucket}[{r}]))
+        goods = []
+        for metric, labels in _latency_sources(spec):
+            count = _selector(f"{metric}_count", labels)
+            bucket = _selector(f"{metric}_bucket", labels, le_matcher(spec.threshold))
+            goods.append(f"""sum by (track) (increase({bucket}[{r}]))
 / (sum by (track) (increase({count}[{r}])) {_events_gate(spec)})
-"""
+""")
+        good = _first_of(goods)
     elif isinstance(spec, RatioSlo):
         g = _selector(spec.good_metric, spec.good_labels)
         t = _selector(spec.total_metric, spec.total_labels)
@@ -372,16 +405,15 @@ def _window_verdict_rules(rec: _Group, spec: AvailabilitySlo | LatencySlo | Rati
     rec.add(_rec("ark:slo_error_budget_remaining:ratio", f"1 - ark:slo_burn_rate:ratio_rate{r}{sel}", spec.id))
     if isinstance(spec, LatencySlo):
         q = format(spec.quantile * 100, "f").rstrip("0").rstrip(".").replace(".", "_")
-        bucket_all = _selector(f"{spec.metric}_bucket", spec.labels)
-        count = _selector(f"{spec.metric}_count", spec.labels)
-        rule = _rec(
-            f"ark:{spec.metric}:p{q}_rate{r}",
-            f"""histogram_quantile({_num(spec.quantile)}, sum by (track, le) (rate({bucket_all}[{r}])))
+        quantiles = []
+        for metric, labels in _latency_sources(spec):
+            bucket_all = _selector(f"{metric}_bucket", labels)
+            count = _selector(f"{metric}_count", labels)
+            quantiles.append(f"""histogram_quantile({_num(spec.quantile)}, sum by (track, le) (rate({bucket_all}[{r}])))
 and on (track)
 (sum by (track) (rate({count}[{r}])) > 0)
-""",
-            spec.id if spec.labels else None,
-        )
+""")
+        rule = _rec(f"ark:{spec.metric}:p{q}_rate{r}", _first_of(quantiles), spec.id if spec.labels else None)
         rec.add(rule, f"p{q} of {spec.metric} for humans, interpolated within buckets (the SLO is the ratio).")
 
 

@@ -227,7 +227,12 @@ class _SloBase(BaseModel):
 
 
 class LatencySlo(_SloBase):
-    """At least ``quantile`` of the window's events of histogram ``metric`` are at or under ``threshold``."""
+    """At least ``quantile`` of the window's events of histogram ``metric`` are at or under ``threshold``.
+
+    ``fallback_metric`` (with ``fallback_labels``): the histogram judged instead over a window in which
+    ``metric`` has no event, e.g. a span-derived SLI when agents only send spans. One source per window,
+    so nothing is counted twice; the status names the source it used.
+    """
 
     kind: Literal["latency"]
     metric: str
@@ -238,20 +243,28 @@ class LatencySlo(_SloBase):
     min_events: Annotated[int, Field(ge=1)] | None = None
     # None: the SRE workbook's four legs (WORKBOOK_BURN_ALERTS); [] generates no burn-rate alert
     burn_alerts: tuple[BurnAlert, ...] | None = None
+    fallback_metric: str | None = None
+    fallback_labels: Labels = Field(default_factory=dict)
 
     @property
     def metrics(self) -> tuple[tuple[str, str, Kind, Labels], ...]:
-        return (("metric", self.metric, Kind.HISTOGRAM, self.labels),)
+        primary = ("metric", self.metric, Kind.HISTOGRAM, self.labels)
+        if self.fallback_metric is None:
+            return (primary,)
+        return primary, ("fallback_metric", self.fallback_metric, Kind.HISTOGRAM, self.fallback_labels)
 
     def validate_against(self, registry: ArkRegistry) -> list[str]:
         errors = super().validate_against(registry)
-        if not errors and self.threshold not in registry.get(self.metric).spec.buckets:
-            bounds = registry.get(self.metric).spec.buckets
-            near = sorted(bounds, key=lambda b: abs(b - self.threshold))[:2]
-            errors.append(
-                f"threshold: {self.threshold:g} is not a bucket boundary of {self.metric} "
-                f"(nearest: {', '.join(f'{b:g}' for b in sorted(near))}); compliance is counted per bucket"
-            )
+        if errors:
+            return errors
+        for _, name, _, _ in self.metrics:
+            bounds = registry.get(name).spec.buckets
+            if self.threshold not in bounds:
+                near = sorted(bounds, key=lambda b: abs(b - self.threshold))[:2]
+                errors.append(
+                    f"threshold: {self.threshold:g} is not a bucket boundary of {name} "
+                    f"(nearest: {', '.join(f'{b:g}' for b in sorted(near))}); compliance is counted per bucket"
+                )
         return errors
 
 

@@ -10,6 +10,15 @@ reported within 1.75 intervals of its last beat; it counts ``agent_heartbeat_fai
 once per outage (claimed in Redis, so once across replicas) and marks the agent up again when beats
 resume. Timestamps are the beating process' clock: hosts need synchronised clocks (NTP).
 
+Agents that only send spans (OpenTelemetry, ``POST /spans``) count as alive while their spans arrive:
+the trace monitor reports each agent's spans (at most every quarter second) as a *span beat*, kept next
+to the heartbeats in the store (key ``~span:<agent>``), and an agent that never heartbeats is up while
+a span of it arrived within ``spans_alive_seconds`` (the stall threshold, 6 s: it covers an OpenTelemetry
+SDK's 5 s export delay). Past that it is unknown again (not exported), never down: spans stop when
+traffic pauses too, and a dead agent under traffic shows as traces stalled at it. An agent that
+heartbeats is judged on its heartbeats alone.
+``spans_alive_seconds=None`` turns span beats off: span-only agents are then not tracked at all.
+
 The configured pipeline agents, and the known agents outside it (``known``: the Watchdog and other named
 services, ``ARK_OBS_KNOWN_AGENTS``), are always admitted and never forgotten (a dead Kenny stays reported
 down). Other agents are admitted up to ``max_agents`` and forgotten once silent for
@@ -41,6 +50,9 @@ DEFAULT_MAX_AGENTS: Final = 1000
 DEFAULT_FORGET_AFTER_SECONDS: Final = 3600.0
 # ``metric`` label of heartbeats dropped in ark_obs_dropped_total
 HEARTBEAT_METRIC: Final = "agent_heartbeat"
+# span beats sit in the heartbeat store under this prefix (agent names start with a letter: no clash)
+SPAN_BEAT_PREFIX: Final = "~span:"
+DEFAULT_SPANS_ALIVE_SECONDS: Final = 6.0  # = traces.model.DEFAULT_STALL_SECONDS
 
 
 class TracedSource(MetricSource, Protocol):
@@ -111,6 +123,7 @@ class HeartbeatMonitor:
         background: bool = True,
         pipeline: Sequence[str] | None = None,
         known: Sequence[str] = (),
+        spans_alive_seconds: float | None = DEFAULT_SPANS_ALIVE_SECONDS,
     ) -> None:
         if not interval_seconds > 0:
             raise ValueError(f"interval_seconds must be positive, got {interval_seconds}")
@@ -122,6 +135,7 @@ class HeartbeatMonitor:
         self.down_after = self.interval * down_after_intervals
         self.forget_after = float(forget_after_seconds)
         self.max_agents = max_agents
+        self.spans_alive = None if spans_alive_seconds is None else max(float(spans_alive_seconds), self.down_after)
         self.pipeline = frozenset(pipeline if pipeline is not None else default_pipeline())
         self.known = frozenset(known) - self.pipeline
         self._always = self.pipeline | self.known  # admitted past the cap, never forgotten
@@ -137,6 +151,10 @@ class HeartbeatMonitor:
         self._lock = threading.Lock()
         self._worker: Periodic | None = None
         self._scrape: _HeartbeatCollector | None = None
+        if self.spans_alive is not None:
+            traces = getattr(collector, "_traces", None) if store is not None else collector.traces
+            if traces is not None:
+                traces.agent_seen = self.span_beat
         if self.sweeping:
             self._scrape = _HeartbeatCollector(self)
             register(collector, self._scrape, "HeartbeatMonitor")
@@ -145,6 +163,13 @@ class HeartbeatMonitor:
 
     def beat(self, agent: str) -> None:
         """Record a heartbeat from ``agent`` now; never raises on bad data or a store failure."""
+        self._beat(agent, agent)
+
+    def span_beat(self, agent: str) -> None:
+        """Record that a span of ``agent`` arrived now (the trace monitor calls this, throttled)."""
+        self._beat(agent, SPAN_BEAT_PREFIX + agent)
+
+    def _beat(self, agent: str, key: str) -> None:
         if agent not in self._agents and agent not in self._always:
             if not isinstance(agent, str) or not agent:
                 raise TypeError(f"agent must be a non-empty string, got {agent!r}")
@@ -157,7 +182,7 @@ class HeartbeatMonitor:
                 return
             self._agents.add(agent)
         try:
-            taken = self.store.beat(agent, self._clock())
+            taken = self.store.beat(key, self._clock())
         except Exception:  # a store bug must not reach the agent
             taken = False
         if not taken:
@@ -174,12 +199,20 @@ class HeartbeatMonitor:
                 self._readable = False
                 return False
             now = self._clock() if now is None else now
+            spans = {k[len(SPAN_BEAT_PREFIX) :]: t for k, t in beats.items() if k.startswith(SPAN_BEAT_PREFIX)}
+            beats = {k: t for k, t in beats.items() if not k.startswith(SPAN_BEAT_PREFIX)}
+            span_only: set[str] = set()
+            if self.spans_alive is not None:
+                for agent, at in spans.items():  # judged on spans only if it never heartbeats
+                    if agent not in beats and now - at <= self.spans_alive:
+                        beats[agent] = at  # an idle span-only agent is unknown again, never down
+                        span_only.add(agent)
             for agent, last in list(beats.items()):
                 silent = now - last
                 if silent > self.forget_after and agent not in self._always:
                     self._forget(agent)
                     del beats[agent]
-                elif silent > self.down_after:
+                elif silent > self.down_after and agent not in span_only:
                     if self._down.get(agent) != last:  # a new outage
                         self._down[agent] = last
                         if self._claim(agent, last):
@@ -200,6 +233,7 @@ class HeartbeatMonitor:
     def _forget(self, agent: str) -> None:
         try:
             self.store.forget_agent(agent)
+            self.store.forget_agent(SPAN_BEAT_PREFIX + agent)
         except StoreUnavailable:
             return
         self._down.pop(agent, None)

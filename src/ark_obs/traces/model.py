@@ -30,6 +30,14 @@ DEFAULT_CLOCK_SKEW_SECONDS: Final = 60.0
 # Distinct agents one trace may hold: the pipeline's five, retries under other names, the Watchdog, with
 # room to spare. Without a cap one trace id took 104,000 agent names and a 12 MB report.
 DEFAULT_MAX_AGENTS_PER_TRACE: Final = 32
+# An in-flight trace whose last span arrived this long ago is *stalled* at its first missing pipeline agent.
+# The pipeline's latency objective is 400 ms at p95 (decision_latency_p95): in a healthy pass the next
+# agent's span follows the previous one within that, plus the transport's batching: 0.1 s for the
+# synthetic loop's HTTP batches, 0.05 s for the Redis writer, and up to 5 s for an OpenTelemetry SDK's
+# batch span processor (OTEL_BSP_SCHEDULE_DELAY's default). 5 s + 0.4 s, rounded up to 6 s (15 x the
+# objective), never flags a healthy pass, and a stalled trace shows within 6 s + one sweep (1 s) of its
+# last span: inside the 10 s an incident's first minute needs.
+DEFAULT_STALL_SECONDS: Final = 6.0
 MAX_TRACE_ID_LENGTH: Final = MAX_LABEL_VALUE_LENGTH
 # ``metric`` label of spans dropped in ark_obs_dropped_total (a span is not itself a metric)
 SPAN_METRIC: Final = "trace_span"
@@ -40,6 +48,7 @@ ENV_PIPELINE: Final = "ARK_OBS_PIPELINE"
 ENV_TTL: Final = "ARK_OBS_TRACE_TTL_SECONDS"
 ENV_MAX_IN_FLIGHT: Final = "ARK_OBS_MAX_IN_FLIGHT_TRACES"
 ENV_MAX_AGENTS: Final = "ARK_OBS_MAX_AGENTS_PER_TRACE"
+ENV_STALL: Final = "ARK_OBS_STALL_SECONDS"
 
 
 class StoreUnavailable(Exception):
@@ -59,9 +68,16 @@ class TraceStatus(StrEnum):
 
     UNKNOWN = "unknown"  # never seen, evicted, or forgotten ttl_seconds after it was finalized
     IN_FLIGHT = "in_flight"
+    STALLED = "stalled"  # in flight, no span for stall_seconds: waiting on its first missing agent
     COMPLETE = "complete"
+    FAILED = "failed"  # every expected agent has a span, and one of them failed: complete, failed at it
     INCOMPLETE = "incomplete"
     UNAVAILABLE = "unavailable"  # the store could not be read
+
+
+KNOWN_STATUSES: Final = frozenset(
+    {TraceStatus.IN_FLIGHT, TraceStatus.STALLED, TraceStatus.COMPLETE, TraceStatus.FAILED, TraceStatus.INCOMPLETE}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +97,16 @@ class Span:
 
 @dataclass(frozen=True, slots=True)
 class TraceRecord:
-    """A trace as a store holds it: one span per agent, in start order (ties: arrival order)."""
+    """A trace as a store holds it: one span per agent, in start order (ties: arrival order).
+
+    ``last_seen``: when its last span arrived (the recording monitor's clock), while in flight.
+    """
 
     trace_id: str
     spans: tuple[Span, ...]
     state: TraceState
     span_count: int
+    last_seen: float | None = None
 
     @property
     def agents(self) -> tuple[str, ...]:
@@ -122,6 +142,9 @@ class TraceReport(SeedDict):
     span_count: int = 0
     spans: tuple[Span, ...] = field(default=(), repr=False)
     requested_id: str = ""
+    waiting_on: str | None = None
+    waited_seconds: float | None = None
+    failed_at: str | None = None
 
     def _seed_items(self) -> dict[str, Any]:
         items = SeedDict._seed_items(self)
@@ -132,7 +155,7 @@ class TraceReport(SeedDict):
     @property
     def known(self) -> bool:
         """Whether the store holds this trace."""
-        return self.status in (TraceStatus.IN_FLIGHT, TraceStatus.COMPLETE, TraceStatus.INCOMPLETE)
+        return self.status in KNOWN_STATUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +177,9 @@ class TraceSettings:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     recent_max: int = DEFAULT_RECENT_MAX
     max_agents: int = DEFAULT_MAX_AGENTS_PER_TRACE
+    stall_seconds: float = DEFAULT_STALL_SECONDS
+    # finalized traces stay answerable this long (at least ttl_seconds; 0: ttl_seconds), at most max_in_flight
+    history_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.pipeline:
@@ -164,6 +190,10 @@ class TraceSettings:
             raise ValueError(f"ttl_seconds must be positive, got {self.ttl_seconds}")
         if self.max_in_flight < 1 or self.recent_max < 1:
             raise ValueError("max_in_flight and recent_max must be at least 1")
+        if not self.history_seconds >= 0:
+            raise ValueError(f"history_seconds must not be negative, got {self.history_seconds}")
+        if not self.stall_seconds > 0:
+            raise ValueError(f"stall_seconds must be positive, got {self.stall_seconds}")
         if self.max_agents < 1:
             raise ValueError(
                 f"max_agents (agents outside the pipeline per trace) must be at least 1, got {self.max_agents}"
@@ -173,8 +203,11 @@ class TraceSettings:
 class TraceSink(Protocol):
     """What a store reports outcomes to (the sweeping ``TraceMonitor``)."""
 
-    def on_complete(self, trace_id: str, latency_ms: float | None) -> None:
-        """A trace was finalized complete (latency None if its data expired before accounting)."""
+    def on_complete(self, trace_id: str, latency_ms: float | None, record: TraceRecord | None = None) -> None:
+        """A trace was finalized complete (latency None if its data expired before accounting).
+
+        ``record``: the trace when a failed span may be in it (None: every span was ok, or its data expired).
+        """
 
     def on_expired(self, record: TraceRecord) -> None:
         """A trace was finalized incomplete after idling ``ttl_seconds``."""
@@ -195,7 +228,7 @@ class TraceSink(Protocol):
 class NullSink:
     """The sink of a store not bound to a monitor yet: outcomes are not counted."""
 
-    def on_complete(self, trace_id: str, latency_ms: float | None) -> None:
+    def on_complete(self, trace_id: str, latency_ms: float | None, record: TraceRecord | None = None) -> None:
         """Ignore."""
 
     def on_expired(self, record: TraceRecord) -> None:
@@ -243,8 +276,21 @@ class TraceStore(Protocol):
     def recent_incomplete(self, limit: int) -> list[TraceRecord]:
         """The most recently expired incomplete traces still held, newest first."""
 
+    def recent_failed(self, limit: int) -> list[TraceRecord]:
+        """The most recently completed traces with a failed span still held, newest first."""
+
     def in_flight(self) -> int:
         """Traces not finalized yet."""
+
+    def history_reach(self, now: float) -> float | None:
+        """How long before ``now`` the oldest finalized trace still held was finalized (None: none held)."""
+
+    def stalled(self, now: float) -> dict[str, int]:
+        """In-flight traces whose last span arrived ``stall_seconds`` or more before ``now``, by the first
+        pipeline agent they miss (every pipeline agent present, 0 when none waits on it). A count, not a scan."""
+
+    def recent_stalled(self, now: float, limit: int) -> list[TraceRecord]:
+        """Stalled traces (as ``stalled`` counts them), the most recently active first, with ``last_seen``."""
 
     def flush(self) -> None:
         """Make this process' buffered writes visible to readers now."""
@@ -272,16 +318,39 @@ def _missing_and_order(agents: Sequence[str], expected: Sequence[str]) -> tuple[
     return missing, tuple(reversed(out_of_order))
 
 
+def first_missing(agents: Sequence[str] | frozenset[str], pipeline: Sequence[str]) -> str:
+    """The first agent of ``pipeline`` not in ``agents`` ('' when none is missing): where a trace waits."""
+    for agent in pipeline:
+        if agent not in agents:
+            return agent
+    return ""
+
+
+def failed_at(spans: Sequence[Span], order: Sequence[str]) -> str | None:
+    """The agent a trace failed at: the first failed one in ``order``, else the first failed span; None if none."""
+    failed = [s.agent for s in spans if not s.ok]
+    if not failed:
+        return None
+    return next((a for a in order if a in failed), failed[0])
+
+
 def build_report(
     trace_id: str,
     record: TraceRecord | None,
     expected: Sequence[str],
     status: TraceStatus | None = None,
     requested_id: str = "",
+    *,
+    now: float | None = None,
+    stall_seconds: float = DEFAULT_STALL_SECONDS,
 ) -> TraceReport:
     """The report on ``record`` against ``expected`` agents (``record`` None: unknown or unavailable).
 
     ``trace_id`` is the canonical id; ``requested_id`` the form it was asked for (default: the same).
+    The status is judged against ``expected``, so it never contradicts ``complete``: every expected
+    agent seen is ``complete`` (``failed`` if one of them failed); otherwise ``incomplete`` once the
+    trace is finalized, ``stalled`` while in flight with its last span ``stall_seconds`` before ``now``,
+    else ``in_flight``.
     """
     expected = tuple(dict.fromkeys(expected))
     requested_id = requested_id or trace_id
@@ -298,9 +367,25 @@ def build_report(
         )
     agents = record.agents
     missing, out_of_order = _missing_and_order(agents, expected)
+    waiting_on: str | None = None
+    waited: float | None = None
+    failed = failed_at(record.spans, expected)
+    if not missing:
+        judged = TraceStatus.COMPLETE if failed is None else TraceStatus.FAILED
+    elif record.state is not TraceState.IN_FLIGHT:
+        judged, failed = TraceStatus.INCOMPLETE, None
+    else:
+        judged, failed, waiting_on = TraceStatus.IN_FLIGHT, None, missing[0]
+        if record.last_seen is not None and now is not None:
+            waited = max(0.0, now - record.last_seen)
+            if now - record.last_seen >= stall_seconds:
+                judged = TraceStatus.STALLED
     return TraceReport(
         trace_id=trace_id,
-        status=TraceStatus(record.state.value),
+        status=judged,
+        waiting_on=waiting_on,
+        waited_seconds=waited,
+        failed_at=failed,
         complete=not missing,
         missing_agents=missing,
         agents_seen=agents,

@@ -8,7 +8,7 @@ import math
 import os
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -24,11 +24,13 @@ from ark_obs.traces.model import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_PIPELINE,
     DEFAULT_RECENT_MAX,
+    DEFAULT_STALL_SECONDS,
     DEFAULT_SWEEP_SECONDS,
     DEFAULT_TTL_SECONDS,
     ENV_MAX_AGENTS,
     ENV_MAX_IN_FLIGHT,
     ENV_PIPELINE,
+    ENV_STALL,
     ENV_STORE,
     ENV_TTL,
     MAX_TRACE_ID_LENGTH,
@@ -41,11 +43,13 @@ from ark_obs.traces.model import (
     TraceStatus,
     TraceStore,
     build_report,
+    failed_at,
 )
 from ark_obs.traces.redis_store import RedisStore, StreamDepths, open_store
 
 log = logging.getLogger("ark_obs")
 
+SPAN_BEAT_SECONDS = 0.25  # an agent's spans count as a beat at most this often (a quarter interval)
 # Incomplete traces this monitor finalized, kept in memory with their reports for the status page
 # (the store forgets a trace one TTL after it expired; the page lists what its counter counts).
 EXPIRED_KEPT = 1000
@@ -109,6 +113,9 @@ class TraceMonitor:
     as ``redis_stream_depth{stream}``, read from ``streams_url`` (a client of its own, with ``stream_timeout``)
     or through the Redis trace store's client (the store's timeout).
     ``store_timeout``: read timeout of a Redis store this monitor opens from a URL (default 0.25 s).
+    ``stall_seconds``: an in-flight trace without a span this long is stalled at its first missing
+    pipeline agent (default ``$ARK_OBS_STALL_SECONDS``, else 6 s). ``history_seconds``: how long a
+    finalized trace stays answerable (at least ``ttl_seconds``, the default), at most ``max_in_flight``.
     """
 
     def __init__(
@@ -129,6 +136,8 @@ class TraceMonitor:
         store_timeout: float | None = None,
         clock_skew_seconds: float = DEFAULT_CLOCK_SKEW_SECONDS,
         max_agents_per_trace: int | None = None,
+        stall_seconds: float | None = None,
+        history_seconds: float = 0.0,
     ) -> None:
         self.collector = collector
         self.settings = TraceSettings(
@@ -141,6 +150,8 @@ class TraceMonitor:
             int(max_agents_per_trace)
             if max_agents_per_trace is not None
             else int(_env_number(ENV_MAX_AGENTS, DEFAULT_MAX_AGENTS_PER_TRACE)),
+            float(stall_seconds) if stall_seconds is not None else _env_number(ENV_STALL, DEFAULT_STALL_SECONDS),
+            float(history_seconds),
         )
         self._clock = collector.clock
         self.clock_skew_seconds = float(clock_skew_seconds)
@@ -154,9 +165,18 @@ class TraceMonitor:
         self._complete = collector.metric(catalog.ARK_TRACES_COMPLETE_TOTAL.name)._unlabelled()
         self._latency = collector.metric(catalog.ARK_TRACE_LATENCY_MS.name)._unlabelled()
         self._incomplete = collector.metric(catalog.ARK_TRACES_INCOMPLETE_TOTAL.name)
+        self._failed = collector.metric(catalog.ARK_TRACES_FAILED_TOTAL.name)
         self._evicted = collector.metric(catalog.ARK_TRACES_EVICTED_TOTAL.name)
         self._late = collector.metric(catalog.ARK_TRACE_LATE_SPANS_TOTAL.name)._unlabelled()
         self._dropped = collector.metric(catalog.ARK_OBS_DROPPED_TOTAL.name)
+        self._span_latency = collector.metric(catalog.ARK_SPAN_LATENCY_MS.name)
+        self._spans = collector.metric(catalog.ARK_SPANS_TOTAL.name)
+        # agent -> [latency child, ok counter child, error counter child, next span beat (monitor clock)];
+        # bounded like the series themselves
+        self._span_slis: dict[str, list[Any]] = {}
+        # called with an agent whose span arrived, at most every SPAN_BEAT_SECONDS per agent (the
+        # heartbeat monitor sets it: agents that only send spans count as alive)
+        self.agent_seen: Callable[[str], None] | None = None
         self._add = store.add  # bound once: the hot path calls it per span
         self._expired: deque[tuple[float, TraceReport]] = deque(maxlen=EXPIRED_KEPT)
         self._errors_logged: set[str] = set()
@@ -246,6 +266,29 @@ class TraceMonitor:
         except Exception as exc:  # a store bug must not reach the agent
             self._log_once("add", exc)
             self.on_dropped(1, repr(exc))
+        # the span-metrics SLIs (as OpenTelemetry's span-metrics connector derives them), once per span
+        slis = self._span_slis.get(agent) or self._span_sli(agent)
+        (slis[1] if ok else slis[2]).inc()
+        if end > start or duration_ms is not None:  # a span without timing is counted, not timed
+            slis[0].observe((end - start) * 1000.0, trace_id)
+        if now >= slis[3] and self.agent_seen is not None:
+            slis[3] = now + SPAN_BEAT_SECONDS
+            try:
+                self.agent_seen(agent)
+            except Exception as exc:  # a heartbeat store bug must not reach the agent
+                self._log_once("span beat", exc)
+
+    def _span_sli(self, agent: str) -> list[Any]:
+        """The span-metric children of ``agent`` (cached while under the series cap; refused ones count drops)."""
+        slis = [
+            self._span_latency.labels(agent),
+            self._spans.labels(agent, "ok"),
+            self._spans.labels(agent, "error"),
+            -math.inf,
+        ]
+        if len(self._span_slis) < self.collector.registry.max_series:
+            self._span_slis[agent] = slis
+        return slis
 
     def _check(
         self, trace_id: object, agent: object, start: float, end: float, duration_ms: float | None, now: float
@@ -302,7 +345,19 @@ class TraceMonitor:
             record = self.store.get(canonical)
         except StoreUnavailable:
             return build_report(canonical, None, expected, TraceStatus.UNAVAILABLE, requested)
-        return build_report(canonical, record, expected, requested_id=requested)
+        if record is None:
+            return build_report(canonical, None, expected, requested_id=requested)
+        return self._report(record, expected, requested)
+
+    def _report(self, record: TraceRecord, expected: Sequence[str], requested: str = "") -> TraceReport:
+        return build_report(
+            record.trace_id,
+            record,
+            expected,
+            requested_id=requested,
+            now=self._clock(),
+            stall_seconds=self.settings.stall_seconds,
+        )
 
     def recent_incomplete(self, limit: int = 20) -> list[TraceReport]:
         """The most recently expired incomplete traces (newest first), against the pipeline; [] if unavailable."""
@@ -312,10 +367,47 @@ class TraceMonitor:
             return []
         return [build_report(r.trace_id, r, self.pipeline) for r in records]
 
+    def recent_failed(self, limit: int = 20) -> list[TraceReport]:
+        """The most recently completed traces an agent failed in (newest first); [] if unavailable."""
+        try:
+            records = self.store.recent_failed(max(0, limit))
+        except StoreUnavailable:
+            return []
+        return [build_report(r.trace_id, r, self.pipeline) for r in records]
+
+    def recent_stalled(self, limit: int = 20) -> list[TraceReport]:
+        """Stalled traces, the most recently active first, with the agent each waits on; [] if unavailable."""
+        try:
+            records = self.store.recent_stalled(self._clock(), max(0, limit))
+        except StoreUnavailable:
+            return []
+        return [self._report(r, self.pipeline) for r in records]
+
     def in_flight(self) -> int | None:
         """Traces not finalized yet, or None when the store cannot be read."""
         try:
             return self.store.in_flight()
+        except StoreUnavailable:
+            return None
+
+    def forgotten_why(self, trace_id: str) -> str:
+        """Why ``trace_id`` is not held: what the store keeps, and how far back its finished traces reach now."""
+        keep = max(self.settings.ttl_seconds, self.settings.history_seconds)
+        try:
+            reach = self.store.history_reach(self._clock())
+        except StoreUnavailable:
+            reach = None
+        held = "none is held now" if reach is None else f"the oldest held finished {reach:.0f} s ago"
+        return (
+            f"unknown trace {trace_id}: not in flight, and not among the finished traces kept "
+            f"(ARK_OBS_TRACE_HISTORY_SECONDS={keep:g} s, at most {self.settings.max_in_flight:,} traces; {held}): "
+            "never seen, evicted, or finished longer ago than that"
+        )
+
+    def stalled(self) -> dict[str, int] | None:
+        """Stalled traces now by the pipeline agent they wait on, or None when the store cannot be read."""
+        try:
+            return self.store.stalled(self._clock())
         except StoreUnavailable:
             return None
 
@@ -365,11 +457,16 @@ class TraceMonitor:
             self._streams.close()
 
     # the store's outcome sink --------------------------------------------------------------------------
-    def on_complete(self, trace_id: str, latency_ms: float | None) -> None:
-        """Count a complete trace and observe its latency with the trace id as exemplar."""
+    def on_complete(self, trace_id: str, latency_ms: float | None, record: TraceRecord | None = None) -> None:
+        """Count a complete trace and observe its latency with the trace id as exemplar; a trace an agent
+        failed in is also counted in ``ark_traces_failed_total`` under the agent it failed at."""
         self._complete.inc()
         if latency_ms is not None:
             self._latency.observe(latency_ms, trace_id)
+        if record is not None:
+            agent = failed_at(record.spans, self.pipeline)
+            if agent is not None:
+                self._failed.labels(agent if agent in self.pipeline else "other").inc()
 
     def on_expired(self, record: TraceRecord) -> None:
         """Count an incomplete trace under its first missing pipeline agent."""
@@ -422,7 +519,8 @@ class TraceMonitor:
 
 
 class _TraceCollector:
-    """Scrape-time families of a sweeping monitor: ``ark_traces_in_flight`` and ``redis_stream_depth``.
+    """Scrape-time families of a sweeping monitor: ``ark_traces_in_flight``, ``ark_traces_stalled`` and
+    ``redis_stream_depth``.
 
     Stream depths are read with a bounded timeout; on failure the family is left out of that scrape.
     When streams are watched this collector also exports the values agents set on the
@@ -449,6 +547,8 @@ class _TraceCollector:
     def describe(self) -> Iterator[Metric]:
         """The families this collector yields (names only)."""
         yield GaugeMetricFamily(catalog.ARK_TRACES_IN_FLIGHT.name, catalog.ARK_TRACES_IN_FLIGHT.help)
+        spec = catalog.ARK_TRACES_STALLED
+        yield GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
         if self._stream_gauge is not None:
             spec = catalog.REDIS_STREAM_DEPTH
             yield GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
@@ -459,6 +559,13 @@ class _TraceCollector:
         if in_flight is not None:
             spec = catalog.ARK_TRACES_IN_FLIGHT
             yield GaugeMetricFamily(spec.name, spec.help, value=in_flight)
+        stalled = self._monitor.stalled()
+        if stalled is not None:
+            spec = catalog.ARK_TRACES_STALLED
+            family = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+            for agent, count in stalled.items():
+                family.add_metric([agent], count)
+            yield family
         streams = self._monitor._streams
         if self._stream_gauge is None or streams is None:
             return

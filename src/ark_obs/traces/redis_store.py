@@ -18,6 +18,12 @@ Keys, all under ``prefix`` (default ``ark:obs:``) and all with TTLs, so nothing 
   sweeper can still read it when it expires), ttl once finalized.
 - ``inflight``  sorted set of in-flight trace ids by last span time, capped at ``max_in_flight``
   (the least recently touched are evicted and deleted); a sweeper expires those idle for its ttl.
+- ``w:<agent>``  per pipeline agent, the in-flight traces whose first missing agent it is, by last span
+  time: the stalled traces waiting on it are one ZCOUNT (``stalled``), never a scan.
+- ``failed``  recently completed traces with a failed span (capped), pushed by the sweeper that claims them.
+- ``hist``  finalized traces by finalization time: their hashes are kept ``history_seconds`` (at least
+  ``ttl``) so ``/traces/{id}`` answers as long as dashboards link to them, at most ``max_in_flight`` per
+  shard (the sweeper deletes the oldest beyond).
 - ``done``  list of traces completed but not yet accounted for by a sweeping monitor (capped).
 - ``late``, ``evicted``  counters not yet accounted for; ``recent``  recently expired ids (capped).
 - ``hb``  hash agent -> last heartbeat (unix s); ``hbdown`` agent -> the beat an outage was counted for.
@@ -130,8 +136,10 @@ def _pairs(flat: Sequence[Any]) -> dict[str, str]:
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
 
-def parse_trace(trace_id: str, fields: Mapping[str, str], state: TraceState | None = None) -> TraceRecord | None:
-    """A ``TraceRecord`` from a trace hash (None if it holds no span)."""
+def parse_trace(
+    trace_id: str, fields: Mapping[str, str], state: TraceState | None = None, last_seen: float | None = None
+) -> TraceRecord | None:
+    """A ``TraceRecord`` from a trace hash (None if it holds no span); ``last_seen``: its in-flight index score."""
     spans: list[tuple[float, int, Span]] = []
     for name, value in fields.items():
         if name.startswith("@"):
@@ -142,7 +150,13 @@ def parse_trace(trace_id: str, fields: Mapping[str, str], state: TraceState | No
     spans.sort(key=lambda x: (x[0], x[1]))
     if state is None:
         state = TraceState(fields["state"]) if "state" in fields else TraceState.IN_FLIGHT
-    return TraceRecord(trace_id, tuple(s for _, _, s in spans), state, int(fields.get("n", len(spans))))
+    return TraceRecord(
+        trace_id,
+        tuple(s for _, _, s in spans),
+        state,
+        int(fields.get("n", len(spans))),
+        last_seen if state is TraceState.IN_FLIGHT else None,
+    )
 
 
 class RedisStore:
@@ -244,11 +258,15 @@ class RedisStore:
         self._ttl_ms = max(1, math.ceil(settings.ttl_seconds * 1000))
         shards = len(self._prefixes)
         self._recent_per_shard = max(1, math.ceil(settings.recent_max / shards))
+        self._pipeline_json = json.dumps(settings.pipeline)
+        self._history_ms = max(self._ttl_ms, math.ceil(settings.history_seconds * 1000))
+        self._cap_per_shard = max(1, math.ceil(settings.max_in_flight / shards))
         self._head: list[Any] = [
             self._ttl_ms,
-            max(1, math.ceil(settings.max_in_flight / shards)),
+            self._cap_per_shard,
             json.dumps(settings.pipeline),
             settings.max_agents,
+            self._history_ms,
         ]
 
     # writes: buffered, never blocking ---------------------------------------------------------------
@@ -411,8 +429,17 @@ class RedisStore:
 
     def get(self, trace_id: str) -> TraceRecord | None:
         """The trace, in flight or finalized, or None."""
-        fields = self._call(self.client.hgetall, self._shard(trace_id) + "t:" + trace_id)
-        return parse_trace(trace_id, fields)
+
+        def read() -> tuple[dict[str, str], Any]:
+            prefix = self._shard(trace_id)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(prefix + "t:" + trace_id)
+            pipe.zscore(prefix + "inflight", trace_id)
+            fields, score = pipe.execute()
+            return fields, score
+
+        fields, score = self._call(read)
+        return parse_trace(trace_id, fields, last_seen=None if score is None else float(score))
 
     def in_flight(self) -> int:
         """Traces not finalized yet, over every process writing to this Redis."""
@@ -427,15 +454,83 @@ class RedisStore:
 
         return int(self._call(count))
 
+    def history_reach(self, now: float) -> float | None:
+        """How long ago the oldest finalized trace still held was finalized (None: none is held)."""
+
+        def read() -> float | None:
+            pipe = self.client.pipeline(transaction=False)
+            for prefix in self._prefixes:
+                pipe.zrange(prefix + "hist", 0, 0, withscores=True)
+            oldest = [float(got[0][1]) for got in pipe.execute() if got]
+            return now - min(oldest) if oldest else None
+
+        reach: float | None = self._call(read)
+        return reach
+
+    def stalled(self, now: float) -> dict[str, int]:
+        """Stalled traces by the pipeline agent they wait on: one ZCOUNT per shard and agent."""
+        pipeline = self.settings.pipeline
+        deadline = repr(now - self.settings.stall_seconds)
+
+        def count() -> dict[str, int]:
+            pipe = self.client.pipeline(transaction=False)
+            for prefix in self._prefixes:
+                for agent in pipeline:
+                    pipe.zcount(prefix + "w:" + agent, "-inf", deadline)
+            counts = dict.fromkeys(pipeline, 0)
+            for i, n in enumerate(pipe.execute()):
+                counts[pipeline[i % len(pipeline)]] += int(n)
+            return counts
+
+        return dict(self._call(count))
+
+    def recent_stalled(self, now: float, limit: int) -> list[TraceRecord]:
+        """Stalled traces, the most recently active first (at most ``limit`` read per shard and agent)."""
+        if limit <= 0:
+            return []
+        deadline = repr(now - self.settings.stall_seconds)
+
+        def read() -> list[TraceRecord]:
+            pipe = self.client.pipeline(transaction=False)
+            prefixes = [prefix for prefix in self._prefixes for _ in self.settings.pipeline]
+            for prefix in self._prefixes:
+                for agent in self.settings.pipeline:
+                    pipe.zrevrangebyscore(prefix + "w:" + agent, deadline, "-inf", start=0, num=limit, withscores=True)
+            found = [
+                (float(score), prefix, str(member))
+                for prefix, got in zip(prefixes, pipe.execute(), strict=True)
+                for member, score in got
+            ]
+            found.sort(key=lambda x: x[0], reverse=True)
+            found = found[:limit]
+            pipe = self.client.pipeline(transaction=False)
+            for _, prefix, trace_id in found:
+                pipe.hgetall(prefix + "t:" + trace_id)
+            out = []
+            for (score, _, trace_id), fields in zip(found, pipe.execute(), strict=True):
+                record = parse_trace(trace_id, fields, last_seen=score)
+                if record is not None and record.state is TraceState.IN_FLIGHT:
+                    out.append(record)
+            return out
+
+        return list(self._call(read))
+
+    def recent_failed(self, limit: int) -> list[TraceRecord]:
+        """Recently completed traces with a failed span still held, newest first."""
+        return self._recent_list("failed", TraceState.COMPLETE, limit)
+
     def recent_incomplete(self, limit: int) -> list[TraceRecord]:
         """Recently expired incomplete traces still held, newest first."""
+        return self._recent_list("recent", TraceState.INCOMPLETE, limit)
+
+    def _recent_list(self, name: str, state: TraceState, limit: int) -> list[TraceRecord]:
         if limit <= 0:
             return []
 
         def read() -> list[TraceRecord]:
             pipe = self.client.pipeline(transaction=False)
             for prefix in self._prefixes:
-                pipe.lrange(prefix + "recent", 0, limit - 1)
+                pipe.lrange(prefix + name, 0, limit - 1)
             ids = [(prefix, str(i)) for prefix, got in zip(self._prefixes, pipe.execute(), strict=True) for i in got]
             pipe = self.client.pipeline(transaction=False)
             for prefix, trace_id in ids:
@@ -443,7 +538,7 @@ class RedisStore:
             out = []
             for (_, trace_id), fields in zip(ids, pipe.execute(), strict=True):
                 record = parse_trace(trace_id, fields)
-                if record is not None and record.state is TraceState.INCOMPLETE:
+                if record is not None and record.state is state:
                     out.append(record)
             if len(self._prefixes) > 1:
                 # each shard's list is newest first; across shards the last span orders them
@@ -464,7 +559,8 @@ class RedisStore:
                 self._sweep_script,
                 keys=[prefix + "inflight"],
                 args=[prefix, "" if now is None else repr(now - self.settings.ttl_seconds), self._ttl_ms,
-                      _SWEEP_LIMIT, self._recent_per_shard],
+                      _SWEEP_LIMIT, self._recent_per_shard, self._pipeline_json, self._history_ms,
+                      "" if now is None else repr(now - self._history_ms / 1000), self._cap_per_shard],
             )  # fmt: skip
             expired, completed, late, evicted, lost = result
             for i in range(0, len(expired), 2):
@@ -473,7 +569,7 @@ class RedisStore:
                     sink.on_expired(record)
             for i in range(0, len(completed), 2):
                 record = parse_trace(completed[i], _pairs(completed[i + 1]))
-                sink.on_complete(completed[i], None if record is None else record.latency_ms)
+                sink.on_complete(completed[i], None if record is None else record.latency_ms, record)
             if int(late):
                 sink.on_late(int(late))
             if int(evicted):

@@ -142,9 +142,10 @@ class TraceCheck:
         evidence = f"{self.reader.base_url}/traces/{self.trace_id}"
         if status == "unavailable":
             raise EvidenceUnavailable(f"{evidence}: the trace store is unavailable")
-        if status == self.e.state and (self.e.missing is None or self.e.missing in missing):
+        final = "complete" if status == "failed" else status  # failed at an agent: complete for continuity
+        if final == self.e.state and (self.e.missing is None or self.e.missing in missing):
             return Observation(Verdict.PASS, observed, evidence)
-        if status in ("complete", "incomplete"):  # final: it will not change any more
+        if final in ("complete", "incomplete"):  # final: it will not change any more
             return Observation(Verdict.FAIL, observed, evidence)
         return Observation(None, observed, evidence)
 

@@ -1,4 +1,5 @@
-"""Trace continuity routes: ``/traces/{id}`` (which agents saw one signal) and ``/traces`` (stuck ones)."""
+"""Trace continuity routes: ``/traces/{id}`` (which agents saw one signal) and ``/traces`` (incomplete,
+stalled or failed ones)."""
 
 from __future__ import annotations
 
@@ -54,16 +55,29 @@ def router(service: Service) -> APIRouter:
         if report.status is TraceStatus.UNAVAILABLE:
             raise HTTPException(503, "trace store unavailable", headers={"Retry-After": "1"})
         if not report.known:
-            raise HTTPException(404, f"unknown trace {trace_id} (never seen, evicted, or expired)")
+            raise HTTPException(404, await run_in_threadpool(traces.forgotten_why, trace_id))
         return TraceReportOut.of(report)
 
-    @api.get("/traces", response_model=TraceList, summary="Recent stuck traces")
+    listings = {
+        "incomplete": traces.recent_incomplete,
+        "stalled": traces.recent_stalled,
+        "failed": traces.recent_failed,
+    }
+
+    @api.get("/traces", response_model=TraceList, summary="Recent stuck, stalled or failed traces")
     async def trace_list(
-        status: Annotated[Literal["incomplete"], Query(description="Which traces.")] = "incomplete",
+        status: Annotated[
+            Literal["incomplete", "stalled", "failed"],
+            Query(
+                description="incomplete: expired with agents missing; stalled: in flight without a span for "
+                "ARK_OBS_STALL_SECONDS (with waiting_on and waited_seconds); failed: complete, an agent failed "
+                "(with failed_at)."
+            ),
+        ] = "incomplete",
         limit: Annotated[int, Query(ge=1, le=MAX_TRACE_LIST, description="Most traces returned.")] = 20,
     ) -> TraceList:
-        """The most recent traces that expired incomplete, newest first, with their missing agents."""
-        reports = await run_in_threadpool(traces.recent_incomplete, limit)
+        """The most recent traces in that state, newest first (stalled: the most recently active first)."""
+        reports = await run_in_threadpool(listings[status], limit)
         items = [TraceReportOut.of(r) for r in reports[:limit]]
         return TraceList(status=status, count=len(items), traces=items)
 
