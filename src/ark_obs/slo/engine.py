@@ -235,11 +235,15 @@ class SloEngine:
         """Whether a latency SLO's quantile is only a lower bound (``window.quantile_is_lower_bound``)."""
         if not isinstance(spec, LatencySlo):
             return False
-        inc = self._increase(spec.metric, window, spec.labels, memo)
+        # the series judged (``_latency``): the metric, or its fallback when the metric has no event
+        name, labels = spec.metric, spec.labels
+        if spec.fallback_metric is not None and self._latency_events(name, labels, window, memo) is None:
+            name, labels = spec.fallback_metric, spec.fallback_labels
+        inc = self._increase(name, window, labels, memo)
         if inc is None:
             return False
         values, _, vmax = inc
-        return quantile_is_lower_bound(float(spec.quantile), values[:-1], self._bounds[spec.id], vmax)
+        return quantile_is_lower_bound(float(spec.quantile), values[:-1], self._bounds[name], vmax)
 
     def _increase(self, name: str, window: float, labels: Labels, memo: _Memo) -> Increase:
         label_key = tuple(sorted(labels.items()))
