@@ -573,16 +573,30 @@ STALLED = [
 @pytest.fixture(scope="module")
 def stalled() -> Iterator[str]:
     """A service whose /traces?status=stalled answers in the shape of the stall API (items with waiting_on and
-    waited_seconds): 12 traces waiting on Kenny."""
+    waited_seconds), and whose /status.json counts them (``stalled``): 12 traces waiting on Kenny."""
     st = settings()
     app = create_app(st)
 
+    async def answer(send: Any, body: bytes) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
     async def stall_api(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/traces" and b"status=stalled" in scope["query_string"]:
-            body = json.dumps({"status": "stalled", "count": len(STALLED), "traces": STALLED}).encode()
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-            await send({"type": "http.response.body", "body": body})
+            await answer(send, json.dumps({"status": "stalled", "count": len(STALLED), "traces": STALLED}).encode())
+            return
+        if scope["type"] == "http" and scope["path"] == "/status.json":  # the real one, counting the stub's
+            chunks: list[bytes] = []
+
+            async def keep(message: Any) -> None:
+                if message["type"] == "http.response.body":
+                    chunks.append(message.get("body", b""))
+
+            await app(scope, receive, keep)
+            body = json.loads(b"".join(chunks))
+            body["stalled"] = {"Kenny": len(STALLED)}
+            await answer(send, json.dumps(body).encode())
             return
         await app(scope, receive, send)
 
@@ -613,3 +627,82 @@ def test_stalled_traces_are_shown_with_the_agent_waited_on(stalled: str, fresh: 
     assert '<section class="wide" id="stalled-panel">' in plain
     assert re.search(r'<div class="tile unknown" id="tile-stalled">', plain)
     assert "none: no trace is waiting on an agent" in plain
+
+
+# --- the Kenny fault fed over HTTP, against the real stall detection ----------------------------------------
+def _metric(url: str, name: str) -> dict[str, float]:
+    """``name``'s samples on ``url``'s /metrics, by their labels' values joined with ','."""
+    from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {",".join(s.labels.values()): s.value for f in parse_text(text) for s in f.samples if s.name == name}
+
+
+def _frozen_stall(url: str) -> int:
+    """The traces stalled at Kenny, once every trace in flight is one of them (the loop has ended, so nothing
+    more can stall or complete until the TTL), read alike by /status.json, /traces and /metrics; else 0."""
+    st = status(url)
+    stalled = st["stalled"] or {}
+    kenny = stalled.get("Kenny", 0)
+    if not kenny or st["traces"]["in_flight"] != sum(stalled.values()):
+        return 0
+    listed = httpx.get(url + "/traces", params={"status": "stalled", "limit": 1000}, timeout=10).json()
+    gauge = _metric(url, "ark_traces_stalled")
+    return kenny if listed["count"] == kenny == gauge.get("Kenny") else 0
+
+
+@pytest.mark.slow
+def test_kenny_fault_over_http_shows_the_real_stall_and_the_failed_passes(start: Any, tmp_path: Path) -> None:
+    """``ark-obs synthetic --target URL --fault kenny-errors`` (another process, as agents on other hosts): Kenny
+    fails three passes and, quarantined by the Watchdog in that process, skips the next ones. On the page of
+    the real ``ark-obs serve``, the stalled tile is amber and counts every trace waiting on Kenny, as
+    /traces?status=stalled and ark_traces_stalled{waiting_on="Kenny"} count them; the list's rows wait on
+    Kenny; the failed passes are counted apart from the complete ones (not green) as ark_traces_failed_total
+    and /traces?status=failed count them; both link their runbook section.
+
+    ARK_OBS_STALL_SECONDS=2 instead of 6: the same detection, 4 s sooner (the 6 s default is proved within
+    10 s by tests/service/test_stalls_e2e.py). The loop runs 3 s and stops, so the state is frozen once every
+    trace in flight is stalled (until the 300 s TTL): the page, the API and /metrics, read a refresh apart,
+    must then agree exactly."""
+    server = start({"ARK_OBS_STALL_SECONDS": "2"})
+    loop = subprocess.run(
+        [sys.executable, "-m", "ark_obs", "synthetic", "--target", server.url, "--fault", "kenny-errors",
+         "--rate", "20", "--duration", "3", "--latency-scale", "0.1", "--json"],
+        cwd=tmp_path, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert loop.returncode in (0, 1), loop.stderr.decode()  # 1: the quarantines are reported as a criterion
+    found: list[int] = []
+    wait_for(lambda: found.append(_frozen_stall(server.url)) or found[-1] > 0, "every trace in flight stalled at "
+             "Kenny, alike on /status.json, /traces?status=stalled and /metrics", timeout=20)  # fmt: skip
+    stalled = found[-1]
+    assert stalled > 10  # more than the list shows
+
+    dom = render(server.url, tmp_path, "status_kenny_stalled.png")
+    assert _frozen_stall(server.url) == stalled  # still the same after the page's reads
+    assert re.search(r'<div class="tile warn" id="tile-stalled">', dom)
+    assert re.search(rf'<div class="value" id="sum-stalled" data-total="{stalled}">{stalled:,}</div>', dom)
+    # the runbook base is ARK_OBS_RUNBOOK_URL's default here (this serve sets none)
+    detail = rf'id="sum-stalled-detail">{stalled:,} waiting on Kenny<a class="runbook" href="[^"]+#traces-stalled"'
+    assert re.search(detail, dom), element(dom, "sum-stalled-detail")
+    rows = re.findall(r'<tr data-stalled="([0-9a-f]{32})" data-waiting-on="([^"]+)">', dom)
+    assert len(rows) == 10 and {agent for _, agent in rows} == {"Kenny"}
+    listed = httpx.get(server.url + "/traces", params={"status": "stalled", "limit": 1000}, timeout=10).json()
+    assert {t for t, _ in rows} <= {t["trace_id"] for t in listed["traces"]}
+    assert f"and {stalled - 10:,} more" in dom
+    assert f"(waiting on an agent now: {stalled:,} traces, the 10 most recently active shown)" in dom
+
+    # the passes Kenny failed: complete, counted apart, not green
+    failed = _metric(server.url, "ark_traces_failed_total")
+    listed_failed = httpx.get(server.url + "/traces", params={"status": "failed", "limit": 1000}, timeout=10).json()
+    assert failed == {"Kenny": 3.0} and listed_failed["count"] == 3
+    assert {t["failed_at"] for t in listed_failed["traces"]} == {"Kenny"}
+    assert re.search(r'<div class="tile warn" id="tile-traces">', dom)
+    note = re.search(r'<div class="detail" id="sum-failed" data-failed="(\d+)">(.*?)</div>', dom)
+    assert note and note.group(1) == "3", note
+    assert text_of(note.group(2)) == "3 failed: 3 at Kennyrunbook"
+    assert re.search(r'href="[^"]+/runbook#traces-failed"', note.group(2))
+    complete, incomplete = text_of(element(dom, "sum-traces")).split(" / ")
+    assert int(complete) >= 3 and incomplete == "0"  # none expired yet: the stalled wait for the TTL
+    assert not {"tile-stalled", "tile-traces"} & set(green_tiles(dom))
+    runbook_page = httpx.get(server.url + "/runbook", timeout=10).text
+    assert '<h2 id="traces-stalled">' in runbook_page and '<h2 id="traces-failed">' in runbook_page

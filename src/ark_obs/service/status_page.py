@@ -9,9 +9,11 @@ and JavaScript, nothing fetched from outside the service) polls every 1.5 s:
 - ``GET /status.json`` (served here): the trace store's health (down or degraded, what fails and since
   when), agents up, silent or unknown from the heartbeat monitor, the decision latency distribution over
   the last 5 minutes (per-bucket counts of ``ark_pass_latency_ms``, and of ``ark_trace_latency_ms`` for
-  services fed only over HTTP), trace, denial and quarantine counts, the incomplete traces of the window,
+  services fed only over HTTP), trace counts (the failed ones apart), denial and quarantine counts, the
+  traces stalled now (the ``ark_traces_stalled`` reading), the incomplete traces of the window,
   and, with ``ARK_OBS_PROMETHEUS_URL``, the fleet's numbers from the shipped recording rules;
-- ``GET /traces?status=stalled`` when the service offers it: traces waiting on an agent.
+- ``GET /traces?status=stalled`` when the service offers it: the newest traces waiting on an agent (the
+  stalled tile counts them all from ``/status.json``'s ``stalled``, the reading ``ark_traces_stalled`` gives).
 
 One time base: every counter the page shows (``StatusOut.period``) is an increase over the SLO window
 (``window_seconds``, 5 minutes), the same window ``/slos`` judges, and the page says how much of it
@@ -126,6 +128,8 @@ class PeriodOut(BaseModel):
 
     complete: int
     incomplete: int
+    failed: int = Field(description="complete traces an agent failed in (ark_traces_failed_total)")
+    failed_by_agent: dict[str, int] = Field(description="``failed`` by the agent the traces failed at")
     denials: int | None
     quarantines: int | None
 
@@ -174,6 +178,11 @@ class StatusOut(BaseModel):
     traces: TracesOut
     incomplete: list[IncompleteOut] = Field(description="the newest incomplete traces of the window")
     incomplete_more: int = Field(description="incomplete traces of the window not in ``incomplete``")
+    stalled: dict[str, int] | None = Field(
+        None,
+        description="traces stalled now by the agent they wait on, as ark_traces_stalled reads them; "
+        "null when the store cannot be read",
+    )
     denials: int
     quarantines: dict[str, int]
     heartbeat_failures: dict[str, int]
@@ -332,9 +341,17 @@ def snapshot(
     window = min(LATENCY_WINDOW_SECONDS, collector.window.retention)
     store = _store(collector, window)
     incomplete = _totals(collector, catalog.ARK_TRACES_INCOMPLETE_TOTAL.name, "missing_agent")
+    failed = catalog.ARK_TRACES_FAILED_TOTAL.name
+    failed_by_agent = {
+        agent: n
+        for agent in _totals(collector, failed, "agent")
+        if (n := _increase(collector, failed, window, {"agent": agent}) or 0)
+    }
     period = PeriodOut(
         complete=_increase(collector, catalog.ARK_TRACES_COMPLETE_TOTAL.name, window) or 0,
         incomplete=_increase(collector, catalog.ARK_TRACES_INCOMPLETE_TOTAL.name, window) or 0,
+        failed=sum(failed_by_agent.values()),
+        failed_by_agent=failed_by_agent,
         denials=_increase(collector, catalog.HRM_DENIALS_TOTAL.name, window),
         quarantines=_increase(collector, catalog.WATCHDOG_QUARANTINES_TOTAL.name, window),
     )
@@ -373,6 +390,7 @@ def snapshot(
         ),
         incomplete=rows,
         incomplete_more=more,
+        stalled=traces.stalled(),
         denials=sum(_totals(collector, catalog.HRM_DENIALS_TOTAL.name).values()),
         quarantines=_totals(collector, catalog.WATCHDOG_QUARANTINES_TOTAL.name, "agent"),
         heartbeat_failures=_totals(collector, catalog.AGENT_HEARTBEAT_FAILURES_TOTAL.name, "agent"),
