@@ -706,5 +706,10 @@ def test_kenny_fault_over_http_shows_the_real_stall_and_the_failed_passes(start:
     complete, incomplete = text_of(element(dom, "sum-traces")).split(" / ")
     assert int(complete) >= 3 and incomplete == "0"  # none expired yet: the stalled wait for the TTL
     assert not {"tile-stalled", "tile-traces"} & set(green_tiles(dom))
+    # decision latency, judged on the few completed passes, says the stalled ones are not among its events
+    note = re.search(r'data-slo="decision_latency_p95".*?<div class="note" data-note="stalled" data-stalled="(\d+)">'
+                     r'([^<]+)<a class="runbook" href="[^"]+#traces-stalled"', dom)  # fmt: skip
+    assert note and note.group(1) == str(stalled), note
+    assert note.group(2).startswith(f"{stalled:,} traces stalled now are not among these events")
     runbook_page = httpx.get(server.url + "/runbook", timeout=10).text
     assert '<h2 id="traces-stalled">' in runbook_page and '<h2 id="traces-failed">' in runbook_page
