@@ -87,7 +87,8 @@ def render(url: str, profile: Path, shot: str, live: str = "ok") -> str:
     if key not in _RENDERED:
         _RENDERED[key] = _render(url, profile, shot)
     dom = _RENDERED[key]
-    assert f'id="live" class="{live}"' in dom, "a panel failed to load" if live == "ok" else live
+    shown = re.search(r'id="live" class="([^"]*)"[^>]*>(.*?)</', dom, re.S)
+    assert f'id="live" class="{live}"' in dom, (live, shown and shown.groups())
     return dom
 
 
