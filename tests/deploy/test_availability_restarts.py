@@ -13,6 +13,7 @@ import pytest
 
 from ark_obs.metrics import MetricsCollector
 from ark_obs.slo.collector import ProcessQuarantines
+from plugins.multiprocess import SCRAPED_COLLECTOR
 from plugins.net import free_port as _free_port
 from plugins.prometheus_server import PrometheusFactory, PrometheusServer
 
@@ -24,33 +25,15 @@ DOWNTIME_PER_QUARANTINE_S = 5.0
 
 # The recording process: ark-obs' collector served over HTTP; each stdin line "agent reason" is one
 # Watchdog quarantine, acknowledged with "ok" once recorded.
-RECORDER = """
-import sys, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from ark_obs.metrics import MetricsCollector
-
-collector = MetricsCollector(ticker=False)
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = collector.export_prometheus().encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-threading.Thread(target=server.serve_forever, daemon=True).start()
-print("ready", flush=True)
+RECORDER = (
+    SCRAPED_COLLECTOR
+    + """
 for line in sys.stdin:
     agent, reason = line.split()
     collector.inc_counter("watchdog_quarantines_total", labels={"agent": agent, "reason": reason})
     print("ok", flush=True)
 """
+)
 
 
 class Recorder:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.multiprocess import multiproc_env
+from plugins.multiprocess import SCRAPED_COLLECTOR, multiproc_env
 from plugins.net import free_port
 from plugins.prometheus_server import PrometheusFactory, PrometheusServer
 
@@ -25,30 +25,12 @@ RULES = [ROOT / "deploy/prometheus/rules/ark-slo.rules.yml", ROOT / "deploy/prom
 DOWNTIME_PER_QUARANTINE_S = 5.0
 
 # The exporter: the multiprocess exposition (every process' files plus scrape-time families) over HTTP.
-EXPORTER = """
-import sys, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from ark_obs.metrics import MetricsCollector
-
-collector = MetricsCollector(ticker=False)
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = collector.export_prometheus().encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-threading.Thread(target=server.serve_forever, daemon=True).start()
-print("ready", flush=True)
+EXPORTER = (
+    SCRAPED_COLLECTOR
+    + """
 sys.stdin.readline()
 """
+)
 
 # An agent process: each stdin line "deny RULE" or "quarantine AGENT REASON" is recorded, then "ok".
 AGENT = """

@@ -23,6 +23,32 @@ sys.stdin.readline()
 print(json.dumps(eval(sys.argv[1], {"c": c})), flush=True)
 """
 
+# The start of a process that serves an ark-obs collector to Prometheus (argv[1]: the port) and prints
+# "ready"; a test appends what the process then does (say, read stdin lines and record them).
+SCRAPED_COLLECTOR = """
+import sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ark_obs.metrics import MetricsCollector
+
+collector = MetricsCollector(ticker=False)
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = collector.export_prometheus().encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+print("ready", flush=True)
+"""
+
 
 def multiproc_env(path: Path) -> dict[str, str]:
     """The environment of a process in multiprocess mode over ``path``."""

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from ark_obs.settings import Settings
+from plugins.multiprocess import SCRAPED_COLLECTOR
 from plugins.net import free_port
 from plugins.prometheus_server import PrometheusFactory, PrometheusServer, ScrapeTarget
 from service.test_status_page_story import render, serve, status, text_of, wait_for
@@ -29,28 +30,9 @@ REFRESH_S = 1.5  # the page's refresh: /status.json asks Prometheus at each one
 
 # The agent process: an ark-obs collector served over HTTP; each stdin line "quarantine AGENT REASON" or
 # "deny RULE AGENT" is recorded, acknowledged with "ok".
-AGENT = """
-import sys, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from ark_obs.metrics import MetricsCollector
-
-collector = MetricsCollector(ticker=False)
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = collector.export_prometheus().encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-threading.Thread(target=server.serve_forever, daemon=True).start()
-print("ready", flush=True)
+AGENT = (
+    SCRAPED_COLLECTOR
+    + """
 for line in sys.stdin:
     kind, a, b = line.split()
     if kind == "quarantine":
@@ -59,6 +41,7 @@ for line in sys.stdin:
         collector.inc_counter("hrm_denials_total", labels={"rule_id": a, "agent": b})
     print("ok", flush=True)
 """
+)
 
 
 class AgentProcess:

@@ -285,23 +285,15 @@ def _varint_at(buf: bytes, pos: int, end: int) -> tuple[int, int]:
 def _length_fields(buf: bytes, pos: int, end: int, field: int) -> Iterator[tuple[int, int]]:
     """(start, end) of each length-delimited occurrence of ``field`` in ``buf[pos:end]`` (others skipped)."""
     while pos < end:
-        tag, pos = _varint_at(buf, pos, end)
-        wire = tag & 7
-        if wire == 2:
-            size, pos = _varint_at(buf, pos, end)
-            if tag >> 3 == field:
-                yield pos, pos + size
-            pos += size
-        elif wire == 0:
-            pos = _varint_at(buf, pos, end)[1]
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
+        tag, after_tag = _varint_at(buf, pos, end)
+        if tag & 7 == 2 and tag >> 3 == field:
+            size, start = _varint_at(buf, after_tag, end)
+            if start + size > end:
+                raise ValueError("field past its message")
+            yield start, start + size
+            pos = start + size
         else:
-            raise ValueError(f"wire type {wire}")
-        if pos > end:
-            raise ValueError("field past its message")
+            pos = _next_field(buf, pos, end)
 
 
 def count_protobuf_spans(body: bytes, stop_after: int) -> int:
