@@ -19,6 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from ark_obs.catalog import LATENCY_BUCKETS_MS
 from ark_obs.metrics import MetricsCollector
 from ark_obs.traces import DEFAULT_PIPELINE, SPAN_METRIC, TraceMonitor
 from ark_obs.traces.memory import MemoryStore
@@ -58,6 +61,26 @@ def _throughput(traces: int = 50_000, rounds: int = 5) -> list[dict[str, Any]]:
                 record(trace_id, agent)
         assert m.collector.registry.prometheus.get_sample_value("ark_traces_complete_total") == traces
 
+    def monitor_timed() -> None:
+        m = _monitor()
+        record = m.record_span
+        for trace_id in ids:
+            for agent in AGENTS:
+                record(trace_id, agent, duration_ms=5.0)
+
+    def raw_slis() -> None:
+        # what the span SLIs alone cost on the raw client, children cached: ark_spans_total and
+        # ark_span_latency_ms, without exemplars (ark refreshes each bucket's at most once a second)
+        reg = CollectorRegistry()
+        counter = Counter("spans", "raw", ["agent", "outcome"], registry=reg)
+        histogram = Histogram("span_latency_ms", "raw", ["agent"], buckets=LATENCY_BUCKETS_MS, registry=reg)
+        children = {agent: (counter.labels(agent, "ok").inc, histogram.labels(agent).observe) for agent in AGENTS}
+        for _ in ids:
+            for agent in AGENTS:
+                inc, observe = children[agent]
+                inc()
+                observe(5.0)
+
     def collector_api() -> None:
         m = _monitor()
         m.collector.traces = m
@@ -76,6 +99,8 @@ def _throughput(traces: int = 50_000, rounds: int = 5) -> list[dict[str, Any]]:
     fns: dict[str, Callable[[], None]] = {
         "bare": bare,
         "monitor": monitor,
+        "monitor_timed": monitor_timed,
+        "raw_slis": raw_slis,
         "collector": collector_api,
         "monitor_uuid": monitor_uuid,
     }
@@ -100,6 +125,28 @@ def _throughput(traces: int = 50_000, rounds: int = 5) -> list[dict[str, Any]]:
             3.0,
             f"{1e9 / best['monitor']:,.0f} spans/s vs {1e9 / best['bare']:,.0f}; includes finalizing and "
             "counting each trace (counter, latency histogram with exemplar)",
+        ),
+        row(
+            "memory store: TraceMonitor.record_span(..., duration_ms=5)",
+            best["monitor_timed"],
+            "ns/span",
+            best["bare"],
+            None,
+            "a timed span also feeds ark_span_latency_ms{agent} (with the trace id as exemplar)",
+        ),
+        row(
+            "raw prometheus_client: the span SLIs alone, cached children (counter inc + histogram observe)",
+            best["raw_slis"],
+            "ns/span",
+            note="no store: what recording ark_spans_total and ark_span_latency_ms per span costs on the raw client",
+        ),
+        row(
+            "memory store: record_span with duration_ms (store + SLIs) vs the raw client's SLIs alone",
+            best["monitor_timed"],
+            "ns/span",
+            best["raw_slis"],
+            None,
+            "the whole path (store, trace accounting, SLIs) next to what the raw client spends on the SLIs alone",
         ),
         row(
             "memory store: collector.record_trace_span (seed API)",

@@ -22,6 +22,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.samples import Exemplar
+from prometheus_client.values import MutexValue
 
 from ark_obs import catalog
 from ark_obs.catalog import Kind, MetricSpec
@@ -88,13 +89,25 @@ def as_float(value: object) -> float:
 
 
 # --- children: the objects the hot path calls ------------------------------------------------------
+def _cell_lock(cell: Any) -> Any:
+    """The lock of an in-process prometheus_client value cell, or None (multiprocess files: call its inc()).
+
+    An in-process cell is a float under its own lock (``MutexValue.inc``: ``with lock: value += amount``);
+    doing that inline saves a Python call per cell on the hot path, with the same lock.
+    """
+    if type(cell) is MutexValue:
+        return cell._lock
+    return None
+
+
 class CounterChild:
     """One counter series."""
 
-    __slots__ = ("_drop", "_value")
+    __slots__ = ("_drop", "_lock", "_value")
 
     def __init__(self, raw: Any, drop: Callable[[DropReason], None]) -> None:
         self._value = raw._value  # the client's value cell: skips its per-call checks, which we do here
+        self._lock = _cell_lock(self._value)
         self._drop = drop
 
     def inc(self, amount: float = 1.0) -> None:
@@ -102,7 +115,13 @@ class CounterChild:
         if type(amount) is not float:
             amount = as_float(amount)
         if 0.0 <= amount < INF:
-            self._value.inc(amount)
+            lock = self._lock
+            if lock is None:
+                self._value.inc(amount)
+            else:  # the cell's own update, under its own lock, without a call per increment
+                lock.acquire()
+                self._value._value += amount
+                lock.release()
         elif -INF < amount < 0.0:
             self._drop("negative")  # would make rate() see a counter reset
         else:
@@ -152,11 +171,19 @@ class GaugeChild:
 class HistogramChild:
     """One histogram series; also tracks the min and max of the current window slice."""
 
-    __slots__ = ("_bounds", "_buckets", "_drop", "_ex_due", "_lock", "_sum", "key", "vmax", "vmin")
+    __slots__ = (
+        "_bounds", "_buckets", "_cells", "_drop", "_ex_due", "_lock", "_sum", "_sum_lock", "key", "vmax", "vmin",
+    )  # fmt: skip
 
     def __init__(self, raw: Any, drop: Callable[[DropReason], None], key: Hashable) -> None:
         self._sum = raw._sum
         self._buckets = raw._buckets
+        # in-process cells are updated inline under their own locks (no call per cell); else their inc()
+        self._sum_lock = _cell_lock(self._sum)
+        locks = [_cell_lock(b) for b in self._buckets]
+        self._cells: tuple[tuple[Any, Any], ...] | None = (
+            None if self._sum_lock is None or None in locks else tuple(zip(self._buckets, locks, strict=True))
+        )
         self._bounds = tuple(raw._upper_bounds)
         self._drop = drop
         self._lock = threading.Lock()
@@ -177,8 +204,19 @@ class HistogramChild:
             self._drop("non_finite" if value - value != 0.0 else "negative")
             return
         i = bisect_left(self._bounds, value)
-        self._sum.inc(value)
-        self._buckets[i].inc(1.0)
+        cells = self._cells
+        if cells is None:
+            self._sum.inc(value)
+            self._buckets[i].inc(1.0)
+        else:
+            lock = self._sum_lock
+            lock.acquire()
+            self._sum._value += value
+            lock.release()
+            bucket, lock = cells[i]
+            lock.acquire()
+            bucket._value += 1.0
+            lock.release()
         if value < self.vmin or value > self.vmax:  # rare after warm-up: lock only for a new extreme
             with self._lock:
                 if value < self.vmin:

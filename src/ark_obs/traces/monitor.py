@@ -171,7 +171,7 @@ class TraceMonitor:
         self._dropped = collector.metric(catalog.ARK_OBS_DROPPED_TOTAL.name)
         self._span_latency = collector.metric(catalog.ARK_SPAN_LATENCY_MS.name)
         self._spans = collector.metric(catalog.ARK_SPANS_TOTAL.name)
-        # agent -> [latency child, ok counter child, error counter child, next span beat (monitor clock)];
+        # agent -> [latency observe, ok counter inc, error counter inc (bound once), next span beat (monitor clock)];
         # bounded like the series themselves
         self._span_slis: dict[str, list[Any]] = {}
         # called with an agent whose span arrived, at most every SPAN_BEAT_SECONDS per agent (the
@@ -268,9 +268,9 @@ class TraceMonitor:
             self.on_dropped(1, repr(exc))
         # the span-metrics SLIs (as OpenTelemetry's span-metrics connector derives them), once per span
         slis = self._span_slis.get(agent) or self._span_sli(agent)
-        (slis[1] if ok else slis[2]).inc()
+        (slis[1] if ok else slis[2])()
         if end > start or duration_ms is not None:  # a span without timing is counted, not timed
-            slis[0].observe((end - start) * 1000.0, trace_id)
+            slis[0]((end - start) * 1000.0, trace_id)
         if now >= slis[3] and self.agent_seen is not None:
             slis[3] = now + SPAN_BEAT_SECONDS
             try:
@@ -281,9 +281,9 @@ class TraceMonitor:
     def _span_sli(self, agent: str) -> list[Any]:
         """The span-metric children of ``agent`` (cached while under the series cap; refused ones count drops)."""
         slis = [
-            self._span_latency.labels(agent),
-            self._spans.labels(agent, "ok"),
-            self._spans.labels(agent, "error"),
+            self._span_latency.labels(agent).observe,
+            self._spans.labels(agent, "ok").inc,
+            self._spans.labels(agent, "error").inc,
             -math.inf,
         ]
         if len(self._span_slis) < self.collector.registry.max_series:
