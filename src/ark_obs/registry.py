@@ -95,9 +95,10 @@ def _cell_lock(cell: Any) -> Any:
     An in-process cell is a float under its own lock (``MutexValue.inc``: ``with lock: value += amount``);
     doing that inline saves a Python call per cell on the hot path, with the same lock.
     """
-    if type(cell) is MutexValue:
-        return cell._lock
-    return None
+    lock = getattr(cell, "_lock", None) if type(cell) is MutexValue else None
+    if lock is None or type(getattr(cell, "_value", None)) is not float:
+        return None  # not the cell this was written for (another client version): its own inc()
+    return lock
 
 
 class CounterChild:
