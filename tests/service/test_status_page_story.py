@@ -697,15 +697,18 @@ def test_kenny_fault_over_http_shows_the_real_stall_and_the_failed_passes(start:
     # the passes Kenny failed: complete, counted apart, not green
     failed = _metric(server.url, "ark_traces_failed_total")
     listed_failed = httpx.get(server.url + "/traces", params={"status": "failed", "limit": 1000}, timeout=10).json()
-    assert failed == {"Kenny": 3.0} and listed_failed["count"] == 3
+    # how many passes Kenny failed before the Watchdog quarantined him depends on the loop's timing: every
+    # view must count the same number (the loop has stopped, so it no longer changes)
+    n_failed = int(failed.get("Kenny", 0))
+    assert set(failed) == {"Kenny"} and n_failed >= 1 and listed_failed["count"] == n_failed
     assert {t["failed_at"] for t in listed_failed["traces"]} == {"Kenny"}
     assert re.search(r'<div class="tile warn" id="tile-traces">', dom)
     note = re.search(r'<div class="detail" id="sum-failed" data-failed="(\d+)">(.*?)</div>', dom)
-    assert note and note.group(1) == "3", note
-    assert text_of(note.group(2)) == "3 failed: 3 at Kennyrunbook"
+    assert note and note.group(1) == str(n_failed), note
+    assert text_of(note.group(2)) == f"{n_failed} failed: {n_failed} at Kennyrunbook"
     assert re.search(r'href="[^"]+/runbook#traces-failed"', note.group(2))
     complete, incomplete = text_of(element(dom, "sum-traces")).split(" / ")
-    assert int(complete) >= 3 and incomplete == "0"  # none expired yet: the stalled wait for the TTL
+    assert int(complete) >= n_failed and incomplete == "0"  # none expired yet: the stalled wait for the TTL
     assert not {"tile-stalled", "tile-traces"} & set(green_tiles(dom))
     # decision latency, judged on the few completed passes, says the stalled ones are not among its events
     note = re.search(r'data-slo="decision_latency_p95".*?<div class="note" data-note="stalled" data-stalled="(\d+)">'
