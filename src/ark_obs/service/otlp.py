@@ -98,6 +98,7 @@ _JSON_STRING: Final = re.compile(rb'"[^"]*"')
 # brackets to depth steps for a signed running sum: opening +1, closing -1 (255 as a signed byte)
 _DEPTH_STEPS: Final = bytes.maketrans(b"[]{}", bytes((1, 255, 1, 255)))
 _DEPTH_SLICE: Final = 65536
+_FIRST_DEPTH_SLICE: Final = 4096
 # a span's start time key: only spans have one (events and links do not), so their count is a lower bound
 # of a well-formed request's span count, found with bytes.count before anything is parsed
 _SPAN_KEYS: Final = (b'"startTimeUnixNano"', b'"start_time_unix_nano"')
@@ -243,10 +244,17 @@ def check_json_depth(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
         raise OtlpError(
             400, f"body is not an OTLP request: {loose} more array elements than objects (OTLP arrays hold objects)"
         )
-    steps = memoryview(s.translate(_DEPTH_STEPS, b",:")).cast("b")
+    structure = s.translate(_DEPTH_STEPS, b",:")
+    if b"\x01" * (max_depth + 1) in structure:  # the usual deep body: a run of openings, found in one C scan
+        raise OtlpError(400, f"body nests arrays or objects deeper than {max_depth} levels")
+    steps = memoryview(structure).cast("b")
     depth = 0
-    for at in range(0, len(steps), _DEPTH_SLICE):
-        levels = list(accumulate(steps[at : at + _DEPTH_SLICE], initial=depth))
+    at = 0
+    while at < len(steps):
+        # a small first slice: a body deep near its start is refused after a few thousand steps, not 65,536
+        size = _DEPTH_SLICE if at else _FIRST_DEPTH_SLICE
+        levels = list(accumulate(steps[at : at + size], initial=depth))
+        at += size
         if max(levels) > max_depth:
             raise OtlpError(400, f"body nests arrays or objects deeper than {max_depth} levels")
         if min(levels) < 0:
