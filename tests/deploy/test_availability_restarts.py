@@ -3,8 +3,6 @@ stopped and started again mid-window, and records more; the shipped rules equal 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +11,7 @@ import pytest
 
 from ark_obs.metrics import MetricsCollector
 from ark_obs.slo.collector import ProcessQuarantines
-from plugins.multiprocess import SCRAPED_COLLECTOR
+from plugins.multiprocess import SCRAPED_COLLECTOR, LineProcess
 from plugins.net import free_port as _free_port
 from plugins.prometheus_server import PrometheusFactory, PrometheusServer
 
@@ -36,28 +34,14 @@ for line in sys.stdin:
 )
 
 
-class Recorder:
+class Recorder(LineProcess):
     """One run of the recording process on ``port``."""
 
     def __init__(self, port: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", RECORDER, str(port)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+        super().__init__(RECORDER, str(port))
 
     def quarantine(self, agent: str, reason: str) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{agent} {reason}\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "ok"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(10)
+        self.send(f"{agent} {reason}")
 
 
 @pytest.fixture

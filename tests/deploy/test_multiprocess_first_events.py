@@ -8,15 +8,13 @@ exporter is restarting. The shipped rules must count every one of them.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from plugins.multiprocess import SCRAPED_COLLECTOR, multiproc_env
+from plugins.multiprocess import SCRAPED_COLLECTOR, LineProcess, multiproc_env
 from plugins.net import free_port
 from plugins.prometheus_server import PrometheusFactory, PrometheusServer
 
@@ -48,29 +46,14 @@ for line in sys.stdin:
 """
 
 
-class Process:
+class Process(LineProcess):
     """A Python process in multiprocess mode over ``path``, driven line by line."""
 
     def __init__(self, code: str, path: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, *args],
-            env=multiproc_env(path),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+        super().__init__(code, *args, env=multiproc_env(path))
 
     def __call__(self, line: str) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "ok"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(10)
+        self.send(line)
 
 
 @pytest.fixture

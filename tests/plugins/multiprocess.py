@@ -50,6 +50,28 @@ print("ready", flush=True)
 """
 
 
+class LineProcess:
+    """A Python process running ``code`` with ``args``, driven line by line: it prints "ready" once started
+    and "ok" after each line it was sent (``send``); ``stop`` ends it."""
+
+    def __init__(self, code: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "ok"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(10)
+
+
 def multiproc_env(path: Path) -> dict[str, str]:
     """The environment of a process in multiprocess mode over ``path``."""
     return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(path)}

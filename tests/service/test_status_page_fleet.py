@@ -9,8 +9,6 @@ them, and says so when Prometheus stops answering. Screenshots: status_fleet.png
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ import httpx
 import pytest
 
 from ark_obs.settings import Settings
-from plugins.multiprocess import SCRAPED_COLLECTOR
+from plugins.multiprocess import SCRAPED_COLLECTOR, LineProcess
 from plugins.net import free_port
 from plugins.prometheus_server import PrometheusFactory, PrometheusServer, ScrapeTarget
 from service.test_status_page_story import render, serve, status, text_of, wait_for
@@ -44,22 +42,9 @@ for line in sys.stdin:
 )
 
 
-class AgentProcess:
+class AgentProcess(LineProcess):
     def __init__(self, port: int) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", AGENT, str(port)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "ok"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(10)
+        super().__init__(AGENT, str(port))
 
 
 @pytest.fixture(scope="module")
